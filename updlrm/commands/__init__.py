@@ -1,0 +1,1 @@
+"""Subcommands of the `updlrm` command, one module each."""
