@@ -157,6 +157,18 @@ class Plan:
     output_bytes: int = 4 * MIB
     meta: dict = field(default_factory=dict)
 
+    def assign_offsets(self) -> None:
+        """Pack each DPU's shards from heap+0 in plan order (see :func:`partition.validate.assign_offsets`)."""
+        from .validate import assign_offsets
+
+        assign_offsets(self)
+
+    def validate(self, tables: Optional[list[TableSpec]] = None) -> None:
+        """Raise PlanError / PlanDoesNotFitError if the plan breaks a rule (see :func:`partition.validate.validate_plan`)."""
+        from .validate import validate_plan
+
+        validate_plan(self, tables)
+
     def shards_on(self, dpu: int) -> list[Shard]:
         return [s for s in self.shards if s.dpu == dpu]
 
