@@ -1,0 +1,53 @@
+/*
+ * dpu_emu.h - emulator-only extras next to the libdpu subset (only with UPDLRM_EMULATOR):
+ * exact per-DPU counters of the last launch, the last fault, and the worker-thread count.
+ */
+#ifndef UPDLRM_EMU_DPU_EMU_H
+#define UPDLRM_EMU_DPU_EMU_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dpu.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define DPU_EMU_MAX_TASKLETS 24
+
+/* Counters of one DPU. DMA figures cover the last launch; host transfer bytes accumulate since
+ * the last dpu_emu_reset_transfer_counters() (or the allocation). */
+struct dpu_emu_counters {
+    uint64_t dma_read_ops[DPU_EMU_MAX_TASKLETS];    /* mram_read calls per tasklet */
+    uint64_t dma_read_bytes[DPU_EMU_MAX_TASKLETS];  /* bytes read from MRAM per tasklet */
+    uint64_t dma_write_ops[DPU_EMU_MAX_TASKLETS];   /* mram_write calls per tasklet */
+    uint64_t dma_write_bytes[DPU_EMU_MAX_TASKLETS]; /* bytes written to MRAM per tasklet */
+    uint64_t host_to_dpu_bytes; /* bytes the host wrote (push, broadcast, copy_to) */
+    uint64_t dpu_to_host_bytes; /* bytes the host read (push FROM_DPU, copy_from) */
+    uint64_t wall_ns;           /* emulator wall time of this DPU's last launch (emulator-wall) */
+    uint64_t modeled_cycles;    /* perfcounter model: DMA alpha + beta * bytes (see perfcounter.h) */
+    uint32_t wram_static_bytes; /* WRAM globals + NR_TASKLETS * STACK_SIZE_DEFAULT */
+    uint32_t wram_heap_peak_bytes; /* mem_alloc high-water mark in the last launch */
+    uint32_t nr_tasklets;
+    int32_t faulted;            /* 1 when this DPU faulted in the last launch */
+};
+
+struct dpu_set_t;
+
+/* Copies the counters of every DPU of `set` (one struct per DPU, in DPU_FOREACH order). */
+dpu_error_t dpu_emu_get_counters(struct dpu_set_t set, struct dpu_emu_counters *out);
+/* Zeroes the host transfer byte counters of every DPU of `set`. */
+dpu_error_t dpu_emu_reset_transfer_counters(struct dpu_set_t set);
+/* The last fault of `set` (from a launch or a load): DPU index, tasklet (UINT32_MAX when none),
+ * and the reason in `msg` (NUL-terminated, truncated to `len`). Returns DPU_OK when there was
+ * a fault, DPU_ERR_INVALID_DPU_SET when the set never faulted. */
+dpu_error_t dpu_emu_last_fault(struct dpu_set_t set, uint32_t *dpu, uint32_t *tasklet, char *msg, size_t len);
+/* Worker threads used by later dpu_load() calls (0 = one per online CPU, the default). */
+void dpu_emu_set_workers(unsigned n);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
