@@ -1,0 +1,149 @@
+"""The ``pim`` backend: embedding lookups on (emulated) UPMEM DPUs through :mod:`updlrm.pim`.
+
+At construction it places the model's tables with :func:`updlrm.partition.make_plan` (or checks a
+given :class:`~updlrm.partition.Plan` against the model's table shapes) and copies the weights
+into DPU MRAM via :class:`updlrm.pim.PimEmbedding`; later changes to the model's embedding
+parameters are not seen. The MLPs run on the CPU with the model's parameters.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from updlrm.batch import Batch
+from updlrm.errors import BackendUnavailableError, InvalidBatchError
+from updlrm.stats import BatchStats
+
+from .base import Backend
+
+DTYPES = ("fp32", "int32")
+DEVICES = ("emulator", "simulator", "hw")
+#: Default topology when neither nr_dpus nor a plan is given.
+DEFAULT_NR_DPUS = 64
+DEFAULT_NR_TASKLETS = 16
+
+
+class PimBackend(Backend):
+    """Lookups on DPUs. Options: ``nr_dpus`` (default 64), ``strategy`` (a strategy name or a
+    Plan), ``plan`` (a Plan; alternative to passing it as strategy), ``dtype`` ("fp32" or
+    "int32" fixed point), ``device`` ("emulator", or "simulator"/"hw" with the SDK module),
+    ``nr_tasklets`` (default 16), ``profile`` (access profile for popularity-aware strategies,
+    passed to make_plan), ``max_bag_lookups`` (int32: the largest bag the fixed-point scale
+    allows; larger bags are rejected), ``plan_options`` (extra make_plan keyword arguments)."""
+
+    name = "pim"
+
+    def __init__(
+        self,
+        model,
+        nr_dpus: int | None = None,
+        strategy="row_uniform",
+        plan=None,
+        dtype: str = "fp32",
+        device: str = "emulator",
+        nr_tasklets: int | None = None,
+        profile=None,
+        max_bag_lookups: int = 4096,
+        plan_options: dict | None = None,
+        **unused,
+    ):
+        super().__init__(model)
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        if device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+        if max_bag_lookups < 1:
+            raise ValueError(f"max_bag_lookups must be >= 1, got {max_bag_lookups}")
+        from updlrm.partition import Plan, PlanError, Topology, make_plan, validate_plan
+
+        try:
+            from updlrm.pim import PimEmbedding
+        except ImportError as exc:
+            raise BackendUnavailableError(
+                f"backend 'pim' needs updlrm.pim and its native module, which failed to import ({exc}); "
+                f"rebuild with scripts/dev_build.sh"
+            ) from exc
+
+        if isinstance(strategy, Plan):
+            if plan is not None:
+                raise ValueError("give the plan either as strategy=Plan or as plan=Plan, not both")
+            plan, strategy = strategy, None
+        tables = list(model.tables)
+        if plan is None:
+            if not isinstance(strategy, str):
+                raise TypeError(f"strategy must be a strategy name or a Plan, got {type(strategy).__name__}")
+            topology = Topology(
+                nr_dpus=DEFAULT_NR_DPUS if nr_dpus is None else int(nr_dpus),
+                nr_tasklets=DEFAULT_NR_TASKLETS if nr_tasklets is None else int(nr_tasklets),
+            )
+            plan = make_plan(tables, topology, strategy, profile, **(plan_options or {}))
+        else:
+            if not isinstance(plan, Plan):
+                raise TypeError(f"plan must be an updlrm.partition.Plan, got {type(plan).__name__}")
+            validate_plan(plan, tables)  # PlanError naming the table whose shape differs
+            topo = plan.topology
+            if nr_dpus is not None and int(nr_dpus) != topo.nr_dpus:
+                raise PlanError(f"nr_dpus={nr_dpus} but the given plan places the tables on {topo.nr_dpus} DPUs")
+            if nr_tasklets is not None and int(nr_tasklets) != topo.nr_tasklets:
+                raise PlanError(
+                    f"nr_tasklets={nr_tasklets} but the given plan's topology has {topo.nr_tasklets} tasklets"
+                )
+        self._plan = plan
+        self.dtype = dtype
+        self.device = device
+        self.max_bag_lookups = int(max_bag_lookups)
+        weights = [w.detach().to(torch.float32).cpu().contiguous().numpy() for w in model.embedding_weights()]
+        self._pim = PimEmbedding(weights, plan, dtype=dtype, device=device, max_bag_lookups=self.max_bag_lookups)
+
+    @property
+    def plan(self):
+        return self._plan
+
+    @property
+    def pim(self):
+        """The underlying :class:`updlrm.pim.PimEmbedding`."""
+        return self._pim
+
+    def check(self, batch: Batch) -> None:
+        if self.dtype != "int32":
+            return
+        lengths = batch.lengths()  # [T, B]
+        longest = int(lengths.max()) if lengths.numel() else 0
+        if longest > self.max_bag_lookups:
+            t, b = (int(v) for v in np.unravel_index(int(torch.argmax(lengths)), tuple(lengths.shape)))
+            raise InvalidBatchError(
+                f"table {t} ({self.model.tables[t].name!r}), sample {b}: bag of {longest} lookups exceeds "
+                f"max_bag_lookups={self.max_bag_lookups}, the largest bag the int32 fixed-point scale "
+                f"was chosen for (build the engine with a larger max_bag_lookups)"
+            )
+
+    def embed(self, batch: Batch, stats: BatchStats) -> torch.Tensor:
+        if self._pim is None:
+            raise RuntimeError("the pim backend is closed")
+        pooled = self._pim.lookup(batch.indices.numpy(), batch.offsets.numpy(), batch.batch_size)
+        pim_stats = self._pim.last_stats
+        if pim_stats is not None:
+            stats.phases.extend(pim_stats.phases)
+            stats.counters.update(pim_stats.counters)
+        if isinstance(pooled, list):  # unequal dims cannot happen for a DLRM, but be explicit
+            pooled = np.stack(pooled, axis=1)
+        return torch.from_numpy(np.ascontiguousarray(pooled, dtype=np.float32))
+
+    def pooled_error_bound(self, lengths: torch.Tensor) -> torch.Tensor | None:
+        """int32: max abs error per element of each bag, ``[T, B]`` float64, from the
+        PimEmbedding's fixed-point bound; None for fp32 (the engine uses a float bound)."""
+        if self.dtype != "int32":
+            return None
+        lens = lengths.numpy()
+        bound = np.asarray(self._pim.fixed_point_bound(lens), dtype=np.float64)
+        return torch.from_numpy(np.broadcast_to(bound, lens.shape).copy()) if bound.ndim <= 1 else torch.from_numpy(bound)
+
+    def close(self) -> None:
+        if self._pim is not None:
+            try:
+                self._pim.close()
+            finally:
+                self._pim = None

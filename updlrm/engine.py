@@ -1,0 +1,226 @@
+"""The inference engine: runs a DLRM model with a chosen embedding backend (cpu, cuda, pim).
+
+::
+
+    model = updlrm.DLRM(updlrm.configs.get("kaggle", row_scale=1e-3))
+    with updlrm.Engine(model, backend="pim", nr_dpus=64, strategy="row_uniform") as engine:
+        batch = updlrm.batch.random_batch(model.config, batch_size=2048)
+        probs = engine.predict(batch)   # [B] click probabilities
+        pooled = engine.embed(batch)    # [B, T, d] pooled embeddings
+        print(engine.last_stats.to_dict())
+
+Every batch is validated once at the boundary (:func:`updlrm.batch.validate_batch` plus the
+backend's own limits); a bad batch raises :class:`updlrm.errors.InvalidBatchError` before
+anything runs, leaves ``last_stats`` as it was, and the engine serves the next batch.
+
+Threading: an engine holds a lock around each call, so it is safe to call from one worker thread
+at a time (serving does that); calls from several threads are serialised, not parallel.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import torch
+
+from updlrm.backends import BACKENDS, make_backend
+from updlrm.batch import Batch, validate_batch
+from updlrm.stats import BatchStats
+
+__all__ = ["Engine", "FP32_RELATIVE_BOUND"]
+
+#: fp32 pooled embeddings agree with an exact sum within this share of the bag's sum of |w|
+#: (the issue's acceptance tolerance), or 2*n*u for long bags (recursive summation, u = 2^-24).
+FP32_RELATIVE_BOUND = 1e-5
+_FP32_UNIT_ROUNDOFF = 2.0**-24
+
+
+class Engine:
+    """Serve a :class:`updlrm.DLRM` with one embedding backend.
+
+    Args:
+        model: a :class:`updlrm.model.DLRM` (put in eval mode; its parameters are not changed).
+        backend: "cpu" (torch EmbeddingBag), "cuda" (CPU-GPU hybrid; see ``cuda_mode``) or "pim".
+        nr_dpus: pim: DPUs to place the tables on (default 64; taken from the plan when one is given).
+        strategy: pim: a partitioning strategy name (``updlrm.partition.strategy_names()``) or a Plan.
+        dtype: pim: "fp32" or "int32" (fixed point with a per-table scale; see ``max_bag_lookups``).
+        device: pim: "emulator" (always there), "simulator" or "hw" (need the UPMEM SDK build).
+        nr_tasklets: pim: tasklets per DPU (default 16).
+        profile: pim: access profile passed to ``make_plan`` for popularity-aware strategies.
+        plan: pim: a ready Plan (same as ``strategy=plan``); it must match the model's tables.
+        **options: backend extras: ``cuda_mode="hybrid"|"gpu"``, ``cuda_device``,
+            ``max_bag_lookups`` (pim int32, default 4096), ``plan_options`` (dict for make_plan).
+
+    Attributes: ``last_stats`` (:class:`updlrm.stats.BatchStats` of the last successful call),
+    ``tables`` (the model's TableSpecs), ``plan`` (pim placement, else None), ``backend_name``.
+    """
+
+    def __init__(
+        self,
+        model,
+        backend: str = "cpu",
+        nr_dpus: int | None = None,
+        strategy="row_uniform",
+        dtype: str = "fp32",
+        device: str = "emulator",
+        nr_tasklets: int | None = None,
+        profile=None,
+        plan=None,
+        **options,
+    ):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        if backend != "pim":
+            # The PIM-only options make no sense elsewhere: say so instead of ignoring them.
+            given = {
+                "nr_dpus": nr_dpus is not None,
+                "plan": plan is not None,
+                "dtype": dtype != "fp32",
+                "device": device != "emulator",
+                "nr_tasklets": nr_tasklets is not None,
+                "profile": profile is not None,
+                "strategy": not (isinstance(strategy, str) and strategy == "row_uniform"),
+            }
+            wrong = [k for k, v in given.items() if v]
+            if wrong:
+                raise ValueError(f"option(s) {', '.join(wrong)} only apply to backend='pim', not {backend!r}")
+        self.model = model.eval()
+        self.config = model.config
+        self.backend_name = backend
+        self._lock = threading.Lock()
+        self.last_stats: BatchStats | None = None
+        self._backend = make_backend(
+            backend,
+            model,
+            nr_dpus=nr_dpus,
+            strategy=strategy,
+            plan=plan,
+            dtype=dtype,
+            device=device,
+            nr_tasklets=nr_tasklets,
+            profile=profile,
+            **options,
+        )
+        self.dtype = dtype if backend == "pim" else "fp32"
+        self._plan = self._backend.plan
+
+    # -- properties ---------------------------------------------------------------------------
+    @property
+    def tables(self) -> list:
+        """The model's tables (``updlrm.partition.TableSpec`` each), in order."""
+        return list(self.config.tables)
+
+    @property
+    def plan(self):
+        """The pim backend's placement (``updlrm.partition.Plan``), None for cpu/cuda."""
+        return self._plan
+
+    @property
+    def backend(self):
+        """The backend object (``updlrm.backends.Backend``), e.g. ``engine.backend.pim``."""
+        return self._backend
+
+    # -- serving ------------------------------------------------------------------------------
+    def validate(self, batch: Batch) -> None:
+        """Raise InvalidBatchError if ``batch`` does not fit this model and backend; no side effect."""
+        validate_batch(batch, self.config.tables, self.config.n_dense)
+        self._backend.check(batch)
+
+    @torch.inference_mode()
+    def embed(self, batch: Batch) -> torch.Tensor:
+        """Pooled embeddings ``[B, T, d]`` float32 (CPU) of ``batch``; ``last_stats`` gets the
+        embedding phases only."""
+        with self._lock:
+            self._check_open()
+            self.validate(batch)
+            stats = BatchStats()
+            pooled = self._backend.embed(batch, stats)
+            pooled = pooled.cpu()
+            self._finish(stats, batch)
+            return pooled
+
+    @torch.inference_mode()
+    def predict(self, batch: Batch) -> torch.Tensor:
+        """Click probabilities ``[B]`` float32 (CPU): bottom MLP, embeddings on the backend,
+        dot interaction, top MLP. ``last_stats`` gets the embedding phases and ``mlp``."""
+        probs, _ = self._run(batch, keep_pooled=False)
+        return probs
+
+    @torch.inference_mode()
+    def predict_with_pooled(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Probabilities ``[B]`` and the pooled embeddings ``[B, T, d]`` of one run (for checks)."""
+        probs, pooled = self._run(batch, keep_pooled=True)
+        return probs, pooled
+
+    def _run(self, batch: Batch, keep_pooled: bool):
+        with self._lock:
+            self._check_open()
+            self.validate(batch)
+            stats = BatchStats()
+            t0 = time.perf_counter()
+            x = self._backend.bottom(batch.dense)
+            bottom_s = time.perf_counter() - t0
+            pooled = self._backend.embed(batch, stats)
+            probs = self._backend.dense_part(x, pooled, stats, bottom_s)
+            self._finish(stats, batch)
+            return probs, (pooled.cpu() if keep_pooled else None)
+
+    def _finish(self, stats: BatchStats, batch: Batch) -> None:
+        stats.counters.setdefault("batch_size", batch.batch_size)
+        stats.counters.setdefault("lookups", batch.nr_lookups)
+        stats.counters.setdefault("backend", self.backend_name)
+        self.last_stats = stats
+
+    def _check_open(self) -> None:
+        if self._backend is None:
+            raise RuntimeError("this Engine is closed")
+
+    # -- accuracy bounds ----------------------------------------------------------------------
+    @torch.inference_mode()
+    def pooled_error_bound(self, batch: Batch) -> torch.Tensor:
+        """Max abs difference ``[B, T, 1]`` (float64) this engine's pooled embeddings may have
+        from the exact sums of a validated ``batch``.
+
+        fp32: ``max(1e-5, 2*n*2^-24) * sum_i |w_i|`` per bag of n lookups (reordered fp32 sums);
+        int32 (pim): the PimEmbedding's fixed-point bound for a bag of n lookups, plus the fp32 term.
+        """
+        validate_batch(batch, self.config.tables, self.config.n_dense)
+        lengths = batch.lengths().to(torch.float64)  # [T, B]
+        abs_sums = []
+        for t, bag in enumerate(self.model.embeddings):
+            ids, offs = batch.table(t)
+            abs_sums.append(
+                torch.nn.functional.embedding_bag(ids, bag.weight.detach().abs().double(), offs, mode="sum")
+                .abs()
+                .amax(dim=1)
+            )
+        abs_sum = torch.stack(abs_sums, dim=0)  # [T, B], largest per-element sum of |w| in each bag
+        rel = torch.clamp(2.0 * lengths * _FP32_UNIT_ROUNDOFF, min=FP32_RELATIVE_BOUND)
+        bound = rel * abs_sum
+        fixed = getattr(self._backend, "pooled_error_bound", lambda _l: None)(batch.lengths())
+        if fixed is not None:
+            bound = bound + fixed.to(torch.float64)
+        return bound.T.unsqueeze(2).contiguous()
+
+    # -- lifetime -----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release the backend (DPUs, GPU memory); idempotent."""
+        with self._lock:
+            if self._backend is not None:
+                try:
+                    self._backend.close()
+                finally:
+                    self._backend = None
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        extra = ""
+        if self.plan is not None:
+            extra = f", nr_dpus={self.plan.topology.nr_dpus}, strategy={self.plan.strategy!r}, dtype={self.dtype!r}"
+        return f"Engine({self.config.name!r}, backend={self.backend_name!r}{extra})"
