@@ -1,0 +1,50 @@
+"""`updlrm serve`: run the HTTP inference server (dynamic batching) for a model on a backend."""
+
+from __future__ import annotations
+
+import sys
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "serve", help="serve predictions over HTTP with dynamic batching",
+        description="HTTP inference server: POST /v1/predict, GET /healthz, /metrics, /v1/model, /docs. "
+                    "Binds to 127.0.0.1 unless --host says otherwise. Stops gracefully on SIGTERM.")
+    p.add_argument("--model", default="tiny", help="named config (tiny, kaggle, terabyte, ...) or a checkpoint file")
+    p.add_argument("--backend", default="cpu", choices=("cpu", "cuda", "pim"))
+    p.add_argument("--plan", default=None, help="plan file for the pim backend (default: --strategy over --nr-dpus)")
+    p.add_argument("--strategy", default="row_uniform", help="partitioning strategy when no --plan (pim)")
+    p.add_argument("--nr-dpus", type=int, default=64, help="DPUs for the pim backend when no --plan")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "int32"), help="PIM table element type")
+    p.add_argument("--row-scale", type=float, default=1.0, help="scale table rows of a named config (e.g. 1e-3)")
+    p.add_argument("--max-rows", type=int, default=None, help="cap table rows of a named config")
+    p.add_argument("--seed", type=int, default=None, help="parameter seed of a named config")
+    p.add_argument("--max-batch", type=int, default=64, help="most samples per engine batch")
+    p.add_argument("--max-wait-ms", type=float, default=2.0, help="longest a request waits for its batch to fill")
+    p.add_argument("--max-queue", type=int, default=1024, help="samples waiting before requests get 503")
+    p.add_argument("--max-request-samples", type=int, default=1024, help="most samples in one request")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="port (0: pick a free one; the chosen port is printed)")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from updlrm.serving.loader import ServeSettings
+    from updlrm.serving.server import run_server
+
+    settings = ServeSettings(
+        model=args.model, backend=args.backend, plan=args.plan, strategy=args.strategy, nr_dpus=args.nr_dpus,
+        dtype=args.dtype, row_scale=args.row_scale, max_rows=args.max_rows, seed=args.seed,
+        max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+        max_request_samples=args.max_request_samples, host=args.host, port=args.port)
+    try:
+        settings.check()
+    except ValueError as exc:
+        print(f"updlrm serve: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return run_server(settings, log_level=args.log_level)
+    except OSError as exc:
+        print(f"updlrm serve: {exc}", file=sys.stderr)
+        return 1

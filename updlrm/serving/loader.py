@@ -1,0 +1,152 @@
+"""What the server serves: its settings, and loading a model + engine from a name or a checkpoint.
+
+``load_model(settings)`` builds a :class:`LoadedModel`: the engine (``updlrm.engine.Engine`` on
+the chosen backend, with the plan when one is given), the model's input shape (dense width,
+tables) for request validation, and ``run_batch``, the one function the batcher calls in the
+engine thread.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+#: Backends the server accepts (the engine may still refuse one this machine lacks).
+BACKENDS = ("cpu", "cuda", "pim")
+
+
+@dataclass
+class ServeSettings:
+    """Everything ``updlrm serve`` takes. Times in milliseconds, sizes in samples."""
+
+    model: str = "tiny"  # named config (updlrm.configs.names()) or a checkpoint path
+    backend: str = "cpu"
+    plan: Optional[str] = None  # plan file (pim); else ``strategy`` over ``nr_dpus``
+    row_scale: float = 1.0  # named configs only
+    max_rows: Optional[int] = None  # named configs only
+    seed: Optional[int] = None  # named configs only: parameter seed (default: the config's)
+    nr_dpus: int = 64
+    strategy: str = "row_uniform"
+    dtype: str = "fp32"
+    max_batch: int = 64
+    max_wait_ms: float = 2.0
+    max_queue: int = 1024  # samples waiting before 503
+    max_request_samples: int = 1024
+    max_lookups_per_bag: int = 4096
+    max_body_bytes: int = 16 << 20
+    host: str = "127.0.0.1"
+    port: int = 8000
+    extra_engine_args: dict = field(default_factory=dict)
+
+    def check(self) -> None:
+        """Raise ValueError naming the first bad setting."""
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        for name in ("max_batch", "max_queue", "max_request_samples", "max_lookups_per_bag", "max_body_bytes",
+                     "nr_dpus"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.max_wait_ms >= 0:
+            raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        if self.max_queue < self.max_request_samples:
+            raise ValueError(f"max_queue ({self.max_queue}) must be >= max_request_samples "
+                             f"({self.max_request_samples}), or a full-size request could never be queued")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to serve. ``run_batch(merged) -> (probabilities [B], BatchStats | None)``."""
+
+    name: str
+    backend: str
+    n_dense: int
+    tables: list  # TableSpec (name, rows, dim) per table, in order
+    run_batch: Callable[[Any], tuple]
+    close: Callable[[], None] = lambda: None
+    plan_summary: Optional[dict] = None
+    engine: Any = None
+
+
+def plan_summary(plan) -> Optional[dict]:
+    """A short JSON-able description of a plan (``None`` without one)."""
+    if plan is None:
+        return None
+    topo = plan.topology
+    return {
+        "strategy": plan.strategy,
+        "nr_dpus": int(topo.nr_dpus),
+        "nr_ranks": int(topo.nr_ranks),
+        "nr_groups": len(plan.groups),
+        "nr_cache_groups": sum(1 for g in plan.groups if getattr(g, "kind", "base") == "cache"),
+        "nr_shards": len(plan.shards),
+        "dpus_used": len({s.dpu for s in plan.shards}),
+        "request_bytes": int(plan.request_bytes),
+        "output_bytes": int(plan.output_bytes),
+    }
+
+
+def build_dlrm(settings: ServeSettings):
+    """The torch DLRM for ``settings.model``: a named config or a checkpoint file."""
+    from updlrm import configs
+    from updlrm.model import DLRM
+
+    if os.path.exists(settings.model):
+        try:
+            from updlrm import model_io
+        except ImportError:
+            raise ValueError(f"--model {settings.model!r} is a file, but checkpoint loading "
+                             "(updlrm.model_io) is not available in this build") from None
+        return model_io.load(settings.model)
+    if settings.model not in configs.names():
+        raise ValueError(f"--model {settings.model!r} is neither a file nor a named config; "
+                         f"named configs: {', '.join(configs.names())}")
+    config = configs.get(settings.model, row_scale=settings.row_scale, max_rows=settings.max_rows, seed=settings.seed)
+    return DLRM(config)
+
+
+def engine_runner(engine) -> Callable[[Any], tuple]:
+    """``run_batch`` for an ``updlrm.engine.Engine``: MergedBatch -> (probabilities [B], stats)."""
+    import torch
+
+    from updlrm.batch import Batch
+
+    def run_batch(merged) -> tuple[np.ndarray, Any]:
+        batch = Batch(torch.from_numpy(merged.dense), torch.from_numpy(merged.indices),
+                      torch.from_numpy(merged.offsets))
+        with torch.inference_mode():
+            probs = engine.predict(batch)
+        return probs.detach().cpu().numpy(), getattr(engine, "last_stats", None)
+
+    return run_batch
+
+
+def load_model(settings: ServeSettings) -> LoadedModel:
+    """Build the model and its engine (for pim: allocate and load the DPUs). Slow; call once."""
+    settings.check()
+    from updlrm.engine import Engine
+
+    model = build_dlrm(settings)
+    model.eval()
+    kwargs = dict(settings.extra_engine_args)
+    if settings.backend == "pim":
+        if settings.plan:
+            from updlrm.partition import load_plan
+
+            kwargs["strategy"] = load_plan(settings.plan)
+        else:
+            kwargs["strategy"] = settings.strategy
+        kwargs.setdefault("nr_dpus", settings.nr_dpus)
+        kwargs.setdefault("dtype", settings.dtype)
+    elif settings.plan:
+        raise ValueError(f"--plan is for the pim backend; backend is {settings.backend!r}")
+    engine = Engine(model, backend=settings.backend, **kwargs)
+    config = model.config
+    return LoadedModel(
+        name=config.name, backend=settings.backend, n_dense=int(config.n_dense), tables=list(engine.tables),
+        run_batch=engine_runner(engine), close=engine.close,
+        plan_summary=plan_summary(getattr(engine, "plan", None)), engine=engine)
