@@ -51,6 +51,8 @@ class PimBackend(Backend):
         **unused,
     ):
         super().__init__(model)
+        self._pim = None
+        self._plan = None
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         if device not in DEVICES:
@@ -58,14 +60,6 @@ class PimBackend(Backend):
         if max_bag_lookups < 1:
             raise ValueError(f"max_bag_lookups must be >= 1, got {max_bag_lookups}")
         from updlrm.partition import Plan, PlanError, Topology, make_plan, validate_plan
-
-        try:
-            from updlrm.pim import PimEmbedding
-        except ImportError as exc:
-            raise BackendUnavailableError(
-                f"backend 'pim' needs updlrm.pim and its native module, which failed to import ({exc}); "
-                f"rebuild with scripts/dev_build.sh"
-            ) from exc
 
         if isinstance(strategy, Plan):
             if plan is not None:
@@ -91,6 +85,15 @@ class PimBackend(Backend):
                 raise PlanError(
                     f"nr_tasklets={nr_tasklets} but the given plan's topology has {topo.nr_tasklets} tasklets"
                 )
+        # The plan is checked first so that a wrong plan is reported as such.
+        try:
+            from updlrm.pim import PimEmbedding
+        except ImportError as exc:
+            raise BackendUnavailableError(
+                f"backend 'pim' needs updlrm.pim and its native module, which failed to import ({exc}); "
+                f"rebuild with scripts/dev_build.sh"
+            ) from exc
+
         self._plan = plan
         self.dtype = dtype
         self.device = device
