@@ -1,0 +1,245 @@
+"""Engine end to end: cpu backend vs torch references, bad batches leave the engine serving, cuda
+unavailable here, plans for another model rejected, and the full DLRM on `pim` (emulated DPUs)
+agreeing with `cpu` within the dtype's bound for several strategies."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import threading
+import types
+
+import numpy as np
+import pytest
+import torch
+
+import updlrm
+from updlrm import configs
+from updlrm.batch import Batch, random_batch
+from updlrm.engine import Engine
+from updlrm.errors import BackendUnavailableError, InvalidBatchError
+from updlrm.model import DLRM
+from updlrm.partition import PlanError, TableSpec, Topology, make_plan
+from updlrm.stats import BatchStats
+
+CFG = dataclasses.replace(configs.get("tiny"), seed=11)
+
+
+def reference_pooled(model: DLRM, batch: Batch) -> torch.Tensor:
+    """torch.nn.functional.embedding_bag per table, in float64: [B, T, d]."""
+    outs = []
+    b = batch.batch_size
+    for t, bag in enumerate(model.embeddings):
+        lo, hi = int(batch.offsets[t * b]), int(batch.offsets[(t + 1) * b])
+        outs.append(
+            torch.nn.functional.embedding_bag(
+                batch.indices[lo:hi], bag.weight.detach().double(), batch.offsets[t * b : (t + 1) * b] - lo, mode="sum"
+            )
+        )
+    return torch.stack(outs, dim=1)
+
+
+def bad_batch(batch: Batch) -> Batch:
+    ids = batch.indices.clone()
+    ids[-1] = 10**6
+    return Batch(batch.dense, ids, batch.offsets)
+
+
+def test_public_api_exports():
+    assert updlrm.DLRM is DLRM and updlrm.Engine is Engine and updlrm.Batch is Batch
+    assert updlrm.configs.get("tiny").name == "tiny" and updlrm.DLRMConfig is type(CFG)
+
+
+def test_cpu_engine_matches_torch_reference():
+    model = DLRM(CFG)
+    batch = random_batch(CFG, batch_size=33, pooling=7, seed=3)
+    with Engine(model, backend="cpu") as engine:
+        pooled = engine.embed(batch)
+        assert [p.name for p in engine.last_stats.phases] == ["embed"]
+        probs = engine.predict(batch)
+        stats = engine.last_stats
+        assert engine.plan is None and engine.tables == list(CFG.tables)
+    np.testing.assert_allclose(pooled.double().numpy(), reference_pooled(model, batch).numpy(), atol=1e-6)
+    with torch.no_grad():
+        want = model.top(model.interact(model.bottom(batch.dense), reference_pooled(model, batch).float()))
+    np.testing.assert_allclose(probs.numpy(), want.numpy(), atol=1e-6)
+    assert probs.shape == (33,)
+    assert {p.name: p.source for p in stats.phases} == {"embed": "measured", "mlp": "measured"}
+    assert stats.counters["lookups"] == 33 * 7 * CFG.nr_tables
+
+
+def test_bad_batch_changes_nothing_and_engine_serves_next():
+    model = DLRM(CFG)
+    good = random_batch(CFG, batch_size=8, pooling=3, seed=1)
+    with Engine(model) as engine:
+        first = engine.predict(good)
+        stats_before = engine.last_stats
+        with pytest.raises(InvalidBatchError, match=r"table 3 \('T4'\): id 1000000"):
+            engine.predict(bad_batch(good))
+        with pytest.raises(InvalidBatchError, match="dense"):
+            engine.embed(Batch(good.dense[:, :2], good.indices, good.offsets))
+        assert engine.last_stats is stats_before
+        again = engine.predict(good)
+    assert torch.equal(first, again)
+
+
+def test_closed_engine_and_options_for_other_backends():
+    model = DLRM(CFG)
+    engine = Engine(model)
+    engine.close()
+    engine.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        engine.predict(random_batch(CFG, 2, pooling=1))
+    with pytest.raises(ValueError, match="nr_dpus, dtype only apply to backend='pim'"):
+        Engine(model, backend="cpu", nr_dpus=8, dtype="int32")
+    with pytest.raises(ValueError, match="unknown backend 'tpu'"):
+        Engine(model, backend="tpu")
+
+
+def test_engine_is_safe_from_several_threads():
+    model = DLRM(CFG)
+    batches = [random_batch(CFG, 16, pooling=4, seed=s) for s in range(6)]
+    with torch.no_grad():
+        want = [model(b) for b in batches]
+    results = [None] * len(batches)
+    with Engine(model) as engine:
+
+        def work(i):
+            results[i] = engine.predict(batches[i])
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(batches))]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    for got, exp in zip(results, want):
+        assert torch.allclose(got, exp, atol=1e-6)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible; the unavailable path cannot be tested")
+def test_cuda_backend_unavailable_here():
+    with pytest.raises(BackendUnavailableError, match=r"torch.cuda.is_available\(\) is False"):
+        Engine(DLRM(CFG), backend="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("mode", ["hybrid", "gpu"])
+def test_cuda_backend_matches_cpu(mode):
+    model = DLRM(CFG)
+    batch = random_batch(CFG, 64, pooling=5, seed=2)
+    with Engine(model, backend="cuda", cuda_mode=mode) as engine:
+        probs = engine.predict(batch)
+    with torch.no_grad():
+        assert torch.allclose(probs, model(batch), atol=1e-5)
+
+
+def test_plan_for_another_model_is_rejected():
+    model = DLRM(CFG)
+    other = [TableSpec(s.name, s.rows + 1, s.dim) for s in CFG.tables]
+    plan = make_plan(other, Topology(nr_dpus=4), "row_uniform")
+    with pytest.raises(PlanError, match=r"table 0 'T1' with 51 x 8 but the model has 'T1' with 50 x 8"):
+        Engine(model, backend="pim", strategy=plan)
+    fewer = make_plan(list(CFG.tables[:3]), Topology(nr_dpus=4), "row_uniform")
+    with pytest.raises(PlanError, match="3 tables but the model has 4"):
+        Engine(model, backend="pim", plan=fewer)
+    right = make_plan(list(CFG.tables), Topology(nr_dpus=4), "row_uniform")
+    with pytest.raises(PlanError, match="nr_dpus=8 but the given plan places the tables on 4 DPUs"):
+        Engine(model, backend="pim", plan=right, nr_dpus=8)
+
+
+# -- the pim backend's plumbing, with a stand-in PimEmbedding (exact sums in NumPy) ----------------
+class StandInPim:
+    """Implements the PimEmbedding contract with NumPy float64 sums; records what it was given."""
+
+    created: list = []
+
+    def __init__(self, weights, plan, dtype="fp32", device="emulator", max_bag_lookups=4096):
+        self.weights, self.plan, self.dtype = [np.asarray(w, dtype=np.float64) for w in weights], plan, dtype
+        self.max_bag_lookups = max_bag_lookups
+        self.last_stats = None
+        self.closed = False
+        StandInPim.created.append(self)
+
+    def lookup(self, indices, offsets, batch_size):
+        t_count = len(self.weights)
+        out = np.zeros((batch_size, t_count, self.weights[0].shape[1]), dtype=np.float32)
+        for k in range(t_count * batch_size):  # a reference, not a hot path
+            t, b = divmod(k, batch_size)
+            out[b, t] = self.weights[t][indices[offsets[k] : offsets[k + 1]]].sum(axis=0)
+        stats = BatchStats()
+        for name in ("pack", "cpu_to_dpu", "kernel", "dpu_to_cpu", "merge"):
+            stats.add(name, 1e-3, "emulator-wall" if name == "kernel" else "measured")
+        stats.counters["lookups_per_dpu"] = [1, 2]
+        self.last_stats = stats
+        return out
+
+    def fixed_point_bound(self, bag_lookups):
+        return np.asarray(bag_lookups, dtype=np.float64) * 1e-7
+
+    def close(self):
+        self.closed = True
+
+
+def test_pim_backend_plumbing_with_stand_in(monkeypatch):
+    fake = types.ModuleType("updlrm.pim")
+    fake.PimEmbedding = StandInPim
+    monkeypatch.setitem(sys.modules, "updlrm.pim", fake)
+    model = DLRM(CFG)
+    batch = random_batch(CFG, 12, pooling=4, seed=5)
+    engine = Engine(model, backend="pim", nr_dpus=4, strategy="column_wise", dtype="int32", max_bag_lookups=6)
+    pim = StandInPim.created[-1]
+    assert engine.plan.strategy == "column_wise" and engine.plan.topology.nr_dpus == 4
+    assert pim.dtype == "int32" and pim.max_bag_lookups == 6 and pim.plan is engine.plan
+    assert all(np.array_equal(w, m.weight.detach().double().numpy()) for w, m in zip(pim.weights, model.embeddings))
+    probs, pooled = engine.predict_with_pooled(batch)
+    names = [p.name for p in engine.last_stats.phases]
+    assert names == ["pack", "cpu_to_dpu", "kernel", "dpu_to_cpu", "merge", "mlp"]
+    assert engine.last_stats.counters["lookups_per_dpu"] == [1, 2]
+    np.testing.assert_allclose(pooled.double().numpy(), reference_pooled(model, batch).numpy(), atol=1e-6)
+    bound = engine.pooled_error_bound(batch)
+    assert bound.shape == (12, CFG.nr_tables, 1) and bool((bound >= 4e-7).all())
+    # a bag longer than the int32 scale allows is rejected before anything runs
+    long_bag = random_batch(CFG, 12, pooling=7, seed=5)
+    with pytest.raises(InvalidBatchError, match="bag of 7 lookups exceeds max_bag_lookups=6"):
+        engine.predict(long_bag)
+    engine.close()
+    assert pim.closed
+
+
+# -- the real PIM path (needs updlrm.pim and the native emulator) -------------------------------------
+def _pim_or_skip():
+    return pytest.importorskip("updlrm.pim", reason="updlrm.pim (kernel+driver part) not built yet")
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "int32"])
+@pytest.mark.parametrize("strategy, nr_dpus", [("row_uniform", 8), ("table_wise", 3), ("column_wise", 4)])
+def test_pim_matches_cpu_within_dtype_bound(dtype, strategy, nr_dpus):
+    _pim_or_skip()
+    model = DLRM(CFG)
+    batch = random_batch(CFG, batch_size=40, pooling=9, seed=21)
+    lengths = np.random.default_rng(2).integers(0, 30, size=CFG.nr_tables * 40)
+    lengths[:5] = 0  # empty bags
+    ids = np.concatenate(
+        [np.random.default_rng(3).integers(0, CFG.tables[k // 40].rows, size=n) for k, n in enumerate(lengths)]
+    )
+    batch = Batch(batch.dense, ids, np.concatenate([[0], np.cumsum(lengths)]))
+    exact = reference_pooled(model, batch)
+    with Engine(model, backend="cpu") as cpu:
+        p_cpu = cpu.predict(batch).double()
+    with Engine(model, backend="pim", nr_dpus=nr_dpus, strategy=strategy, dtype=dtype) as engine:
+        p_pim, pooled = engine.predict_with_pooled(batch)
+        bound = engine.pooled_error_bound(batch)
+        stats = engine.last_stats
+        # a bad batch in between changes nothing; the next good batch gives the same answer
+        with pytest.raises(InvalidBatchError):
+            engine.predict(bad_batch(batch))
+        assert engine.last_stats is stats
+        assert torch.equal(engine.predict(batch), p_pim)
+    assert bool(((pooled.double() - exact).abs() <= bound).all())
+    with torch.no_grad():
+        x = model.bottom(batch.dense)
+        # both paths deviate from the exact sums by at most `bound` (fp32 CPU sums included)
+        p_bound = model.probability_error_bound(x, exact.float(), 2 * bound) + 1e-6
+    assert bool(((p_pim.double() - p_cpu).abs() <= p_bound).all())
+    assert {p.name for p in stats.phases} >= {"pack", "cpu_to_dpu", "kernel", "dpu_to_cpu", "merge", "mlp"}
+    assert stats.get("kernel").source in ("emulator-wall", "modeled")
