@@ -21,7 +21,8 @@
 
 #include <stdint.h>
 
-#define UPDLRM_ABI_VERSION 1u
+/* v2: status._pad became status.bad_tasklet; codes 6 and 7 added; UPDLRM_MRAM_BYTES added. */
+#define UPDLRM_ABI_VERSION 2u
 
 /* Element types of a shard. Both are 4 bytes wide. */
 #define UPDLRM_DTYPE_FP32 0u  /* IEEE fp32, accumulated in fp32 (software float on a real DPU) */
@@ -33,6 +34,7 @@
 #define UPDLRM_MAX_TASKLETS 24u   /* v1A has 24 hardware threads, v1B 16 */
 #define UPDLRM_MAX_DMA_BYTES 2048u
 #define UPDLRM_MRAM_ALIGN 8u
+#define UPDLRM_MRAM_BYTES (64u << 20) /* MRAM bank per DPU; the kernel never addresses beyond it */
 
 /* Kernel status codes (struct updlrm_status.code). */
 #define UPDLRM_OK 0u
@@ -41,6 +43,12 @@
 #define UPDLRM_ERR_BAD_ROW 3u      /* a lookup's local row >= its shard's nr_rows */
 #define UPDLRM_ERR_BAD_LAYOUT 4u   /* offsets in args overlap or are not 8-byte aligned */
 #define UPDLRM_ERR_BAD_DTYPE 5u    /* a shard's dtype is not one of UPDLRM_DTYPE_* */
+#define UPDLRM_ERR_BAD_SHARD_DESC 6u /* a shard descriptor is inconsistent (alignment, row_bytes,
+                                       extent past args.bags_offset); bad_value = shard id */
+#define UPDLRM_ERR_BAD_BAG 7u       /* a bag's lookups run past args.nr_lookups or its output past
+                                       args.out_bytes / unaligned; bad_value = bag.first_lookup */
+/* bad_bag is UPDLRM_NO_BAG when the error is not tied to a bag (args, shard descriptors). */
+#define UPDLRM_NO_BAG 0xFFFFFFFFu
 
 /* Symbol identifiers (used by the kernel) and their names as strings (used by the host). */
 #define UPDLRM_ARGS updlrm_args
@@ -106,7 +114,7 @@ struct updlrm_status {
     uint32_t bad_bag;      /* bag index that raised `code` */
     uint32_t bad_value;    /* offending value (shard id, local row, dtype, ...) */
     uint32_t nr_tasklets;  /* NR_TASKLETS the kernel was built with */
-    uint32_t _pad;
+    uint32_t bad_tasklet;  /* tasklet that raised `code` */
     uint64_t cycles[UPDLRM_MAX_TASKLETS];  /* perfcounter cycles per tasklet for this launch */
     uint32_t lookups[UPDLRM_MAX_TASKLETS]; /* lookups done per tasklet for this launch */
 };

@@ -1,0 +1,415 @@
+/*
+ * driver.c - the updlrm host driver (see driver.h): DPU allocation, kernel load, shard writes and
+ * one launch of the embedding-lookup kernel, using only the libdpu API. The same file builds
+ * against the emulator's dpu.h (UPDLRM_EMULATOR defined) and the UPMEM SDK's dpu.h.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "driver.h"
+
+#include <dpu.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct updlrm_driver {
+    struct dpu_set_t set;
+    uint32_t nr_dpus;
+};
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int fail(int code, char *msg, size_t msg_len, const char *fmt, ...)
+{
+    if (msg != NULL && msg_len > 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(msg, msg_len, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+/* libdpu error -> message "<what>: <libdpu's string>". */
+static int fail_dpu(dpu_error_t err, char *msg, size_t msg_len, const char *what)
+{
+    const char *s = dpu_error_to_string(err);
+    int code = fail(UPDLRM_DRV_ERR_DPU, msg, msg_len, "%s failed: %s (dpu_error_t %d)", what,
+                    s != NULL ? s : "unknown error", (int)err);
+    free((void *)s); /* libdpu (and the emulator) return a string the caller owns */
+    return code;
+}
+
+int updlrm_driver_open(const char *kernel_path, uint32_t nr_dpus, const char *profile, struct updlrm_driver **out,
+                       double *seconds, char *msg, size_t msg_len)
+{
+    double t0 = now_s();
+    struct updlrm_driver *drv;
+    dpu_error_t err;
+    uint32_t got = 0;
+
+    if (out == NULL || kernel_path == NULL)
+        return fail(UPDLRM_DRV_ERR_ARG, msg, msg_len, "updlrm_driver_open: NULL kernel_path or out");
+    *out = NULL;
+    if (nr_dpus == 0)
+        return fail(UPDLRM_DRV_ERR_ARG, msg, msg_len, "updlrm_driver_open: nr_dpus must be >= 1");
+    drv = (struct updlrm_driver *)calloc(1, sizeof(*drv));
+    if (drv == NULL)
+        return fail(UPDLRM_DRV_ERR_NOMEM, msg, msg_len, "updlrm_driver_open: out of host memory");
+    err = dpu_alloc(nr_dpus, profile != NULL ? profile : "", &drv->set);
+    if (err != DPU_OK) {
+        free(drv);
+        return fail_dpu(err, msg, msg_len, "dpu_alloc");
+    }
+    err = dpu_get_nr_dpus(drv->set, &got);
+    if (err != DPU_OK || got != nr_dpus) {
+        dpu_free(drv->set);
+        free(drv);
+        if (err != DPU_OK)
+            return fail_dpu(err, msg, msg_len, "dpu_get_nr_dpus");
+        return fail(UPDLRM_DRV_ERR_DPU, msg, msg_len, "dpu_alloc gave %u DPUs, %u were asked for", got, nr_dpus);
+    }
+    drv->nr_dpus = got;
+    err = dpu_load(drv->set, kernel_path, NULL);
+    if (err != DPU_OK) {
+        int code;
+        char what[512];
+        snprintf(what, sizeof(what), "dpu_load(%s)", kernel_path);
+        code = fail_dpu(err, msg, msg_len, what);
+        dpu_free(drv->set);
+        free(drv);
+        return code;
+    }
+    *out = drv;
+    if (seconds != NULL)
+        *seconds = now_s() - t0;
+    return UPDLRM_DRV_OK;
+}
+
+uint32_t updlrm_driver_nr_dpus(const struct updlrm_driver *drv)
+{
+    return drv != NULL ? drv->nr_dpus : 0;
+}
+
+/* Per-DPU chunk size for shard pushes: tail staging stays within about 64 MiB over all DPUs
+ * (at most 64 KiB x nr_dpus beyond 1,024 DPUs). */
+static uint64_t shard_chunk_bytes(uint32_t nr_dpus)
+{
+    uint64_t chunk = (64ull << 20) / nr_dpus;
+    if (chunk > (8ull << 20))
+        chunk = 8ull << 20;
+    if (chunk < (64ull << 10))
+        chunk = 64ull << 10;
+    return chunk & ~7ull;
+}
+
+int updlrm_driver_write_shards(struct updlrm_driver *drv, const void *const *data, const uint64_t *data_bytes,
+                               const struct updlrm_shard *descs, uint32_t descs_stride, double *seconds, char *msg,
+                               size_t msg_len)
+{
+    double t0 = now_s();
+    struct dpu_set_t dpu;
+    uint32_t i;
+    uint64_t max_bytes = 0, chunk;
+    uint8_t *zeros = NULL, *tails = NULL;
+    dpu_error_t err;
+    int code = UPDLRM_DRV_OK;
+
+    if (drv == NULL || data == NULL || data_bytes == NULL || descs == NULL)
+        return fail(UPDLRM_DRV_ERR_ARG, msg, msg_len, "updlrm_driver_write_shards: NULL argument");
+    if (descs_stride == 0 || descs_stride > UPDLRM_MAX_SHARDS)
+        return fail(UPDLRM_DRV_ERR_ARG, msg, msg_len, "updlrm_driver_write_shards: %u shard descriptors per DPU, allowed 1..%u",
+                    descs_stride, UPDLRM_MAX_SHARDS);
+    for (i = 0; i < drv->nr_dpus; i++) {
+        if (data_bytes[i] % 8 != 0 || (data_bytes[i] > 0 && data[i] == NULL))
+            return fail(UPDLRM_DRV_ERR_ARG, msg, msg_len,
+                        "updlrm_driver_write_shards: DPU %u has %llu shard bytes (must be a multiple of 8, with data)", i,
+                        (unsigned long long)data_bytes[i]);
+        if (data_bytes[i] > max_bytes)
+            max_bytes = data_bytes[i];
+    }
+    if (max_bytes > UPDLRM_MRAM_BYTES)
+        return fail(UPDLRM_DRV_ERR_ARG, msg, msg_len, "updlrm_driver_write_shards: %llu shard bytes exceed the 64 MiB MRAM",
+                    (unsigned long long)max_bytes);
+
+    /* Shard data: one push per chunk; DPUs whose data ended get zeros, the one ending inside the
+     * chunk get a zero-padded copy of its tail. */
+    chunk = shard_chunk_bytes(drv->nr_dpus);
+    if (chunk > max_bytes)
+        chunk = max_bytes;
+    if (max_bytes > 0) {
+        zeros = (uint8_t *)calloc(1, chunk);
+        if (zeros == NULL) {
+            code = fail(UPDLRM_DRV_ERR_NOMEM, msg, msg_len, "updlrm_driver_write_shards: out of host memory");
+            goto done;
+        }
+    }
+    for (uint64_t off = 0; off < max_bytes; off += chunk) {
+        uint64_t len = max_bytes - off < chunk ? max_bytes - off : chunk;
+        uint64_t nr_tails = 0, tail_used = 0;
+        for (i = 0; i < drv->nr_dpus; i++)
+            nr_tails += (data_bytes[i] > off && data_bytes[i] < off + len);
+        free(tails);
+        tails = NULL;
+        if (nr_tails > 0) {
+            tails = (uint8_t *)malloc(nr_tails * len);
+            if (tails == NULL) {
+                code = fail(UPDLRM_DRV_ERR_NOMEM, msg, msg_len, "updlrm_driver_write_shards: out of host memory");
+                goto done;
+            }
+        }
+        DPU_FOREACH(drv->set, dpu, i)
+        {
+            const uint8_t *src = (const uint8_t *)data[i];
+            const void *buf;
+            if (data_bytes[i] >= off + len) {
+                buf = src + off;
+            } else if (data_bytes[i] <= off) {
+                buf = zeros;
+            } else {
+                uint8_t *t = tails + tail_used;
+                memcpy(t, src + off, data_bytes[i] - off);
+                memset(t + (data_bytes[i] - off), 0, len - (data_bytes[i] - off));
+                tail_used += len;
+                buf = t;
+            }
+            err = dpu_prepare_xfer(dpu, (void *)buf);
+            if (err != DPU_OK) {
+                code = fail_dpu(err, msg, msg_len, "dpu_prepare_xfer (shards)");
+                goto done;
+            }
+        }
+        err = dpu_push_xfer(drv->set, DPU_XFER_TO_DPU, DPU_MRAM_HEAP_POINTER_NAME, (uint32_t)off, (size_t)len,
+                            DPU_XFER_DEFAULT);
+        if (err != DPU_OK) {
+            code = fail_dpu(err, msg, msg_len, "dpu_push_xfer (shards)");
+            goto done;
+        }
+    }
+
+    /* Descriptors: one push of descs_stride entries per DPU. */
+    DPU_FOREACH(drv->set, dpu, i)
+    {
+        err = dpu_prepare_xfer(dpu, (void *)(descs + (size_t)i * descs_stride));
+        if (err != DPU_OK) {
+            code = fail_dpu(err, msg, msg_len, "dpu_prepare_xfer (shard descriptors)");
+            goto done;
+        }
+    }
+    err = dpu_push_xfer(drv->set, DPU_XFER_TO_DPU, UPDLRM_SYM_SHARDS, 0,
+                        (size_t)descs_stride * sizeof(struct updlrm_shard), DPU_XFER_DEFAULT);
+    if (err != DPU_OK)
+        code = fail_dpu(err, msg, msg_len, "dpu_push_xfer (" UPDLRM_SYM_SHARDS ")");
+
+done:
+    free(zeros);
+    free(tails);
+    if (seconds != NULL)
+        *seconds = now_s() - t0;
+    return code;
+}
+
+/* Which DPU faulted, and why. */
+static void describe_fault(struct updlrm_driver *drv, dpu_error_t err, struct updlrm_fault *fault)
+{
+    const char *s = dpu_error_to_string(err);
+    fault->dpu = -1;
+    fault->tasklet = -1;
+    snprintf(fault->reason, sizeof(fault->reason), "%s", s != NULL ? s : "DPU fault");
+    free((void *)s);
+#ifdef UPDLRM_EMULATOR
+    {
+        uint32_t dpu_id = 0, tasklet = 0;
+        if (dpu_emu_last_fault(drv->set, &dpu_id, &tasklet, fault->reason, sizeof(fault->reason)) == DPU_OK) {
+            fault->dpu = (int32_t)dpu_id;
+            fault->tasklet = (int32_t)tasklet;
+        }
+    }
+#else
+    {
+        struct dpu_set_t dpu;
+        uint32_t i;
+        DPU_FOREACH(drv->set, dpu, i)
+        {
+            bool done = false, faulted = false;
+            if (dpu_status(dpu, &done, &faulted) == DPU_OK && faulted) {
+                fault->dpu = (int32_t)i;
+                break;
+            }
+        }
+    }
+#endif
+}
+
+static const char *kernel_code_name(uint32_t code)
+{
+    switch (code) {
+    case UPDLRM_ERR_ABI_VERSION: return "ABI version mismatch";
+    case UPDLRM_ERR_BAD_SHARD: return "bag names a shard id >= nr_shards";
+    case UPDLRM_ERR_BAD_ROW: return "local row id >= the shard's nr_rows";
+    case UPDLRM_ERR_BAD_LAYOUT: return "launch args regions overlap, are unaligned or exceed MRAM";
+    case UPDLRM_ERR_BAD_DTYPE: return "shard dtype is neither fp32 nor int32";
+    case UPDLRM_ERR_BAD_SHARD_DESC: return "inconsistent shard descriptor";
+    case UPDLRM_ERR_BAD_BAG: return "bag lookups or output slot out of range";
+    default: return "unknown kernel error";
+    }
+}
+
+int updlrm_driver_launch(struct updlrm_driver *drv, const struct updlrm_launch_args *args, const uint8_t *request,
+                         size_t request_stride, uint32_t request_offset, size_t request_bytes, uint8_t *output,
+                         size_t output_stride, uint32_t output_offset, size_t output_bytes,
+                         struct updlrm_status *status, struct updlrm_launch_times *times, struct updlrm_fault *fault,
+                         char *msg, size_t msg_len)
+{
+    struct dpu_set_t dpu;
+    uint32_t i;
+    dpu_error_t err;
+    double t0, t1, t2, t3;
+
+    if (drv == NULL || args == NULL || status == NULL || times == NULL || fault == NULL)
+        return fail(UPDLRM_DRV_ERR_ARG, msg, msg_len, "updlrm_driver_launch: NULL argument");
+    memset(times, 0, sizeof(*times));
+    memset(fault, 0, sizeof(*fault));
+    fault->dpu = -1;
+    fault->tasklet = -1;
+    if (request_bytes % 8 != 0 || output_bytes % 8 != 0 || request_offset % 8 != 0 || output_offset % 8 != 0)
+        return fail(UPDLRM_DRV_ERR_ARG, msg, msg_len,
+                    "updlrm_driver_launch: request %zu B at %u, output %zu B at %u: all must be multiples of 8",
+                    request_bytes, request_offset, output_bytes, output_offset);
+    if ((request_bytes > 0 && (request == NULL || request_stride < request_bytes))
+        || (output_bytes > 0 && (output == NULL || output_stride < output_bytes)))
+        return fail(UPDLRM_DRV_ERR_ARG, msg, msg_len, "updlrm_driver_launch: buffer stride smaller than the transfer");
+
+    /* CPU -> DPU: launch args (WRAM) and the request (MRAM), one push per symbol. */
+    t0 = now_s();
+    DPU_FOREACH(drv->set, dpu, i)
+    {
+        err = dpu_prepare_xfer(dpu, (void *)&args[i]);
+        if (err != DPU_OK)
+            return fail_dpu(err, msg, msg_len, "dpu_prepare_xfer (launch args)");
+    }
+    err = dpu_push_xfer(drv->set, DPU_XFER_TO_DPU, UPDLRM_SYM_ARGS, 0, sizeof(struct updlrm_launch_args),
+                        DPU_XFER_DEFAULT);
+    if (err != DPU_OK)
+        return fail_dpu(err, msg, msg_len, "dpu_push_xfer (" UPDLRM_SYM_ARGS ")");
+    if (request_bytes > 0) {
+        DPU_FOREACH(drv->set, dpu, i)
+        {
+            err = dpu_prepare_xfer(dpu, (void *)(request + (size_t)i * request_stride));
+            if (err != DPU_OK)
+                return fail_dpu(err, msg, msg_len, "dpu_prepare_xfer (request)");
+        }
+        err = dpu_push_xfer(drv->set, DPU_XFER_TO_DPU, DPU_MRAM_HEAP_POINTER_NAME, request_offset, request_bytes,
+                            DPU_XFER_DEFAULT);
+        if (err != DPU_OK)
+            return fail_dpu(err, msg, msg_len, "dpu_push_xfer (request)");
+    }
+    t1 = now_s();
+    times->cpu_to_dpu_s = t1 - t0;
+    times->request_push_bytes = request_bytes;
+
+    /* Kernel. */
+    err = dpu_launch(drv->set, DPU_SYNCHRONOUS);
+    t2 = now_s();
+    times->kernel_s = t2 - t1;
+    if (err != DPU_OK) {
+        describe_fault(drv, err, fault);
+        return fail(UPDLRM_DRV_ERR_FAULT, msg, msg_len, "DPU %d tasklet %d faulted: %s", fault->dpu, fault->tasklet,
+                    fault->reason);
+    }
+
+    /* Status of every DPU. */
+    DPU_FOREACH(drv->set, dpu, i)
+    {
+        err = dpu_prepare_xfer(dpu, &status[i]);
+        if (err != DPU_OK)
+            return fail_dpu(err, msg, msg_len, "dpu_prepare_xfer (status)");
+    }
+    err = dpu_push_xfer(drv->set, DPU_XFER_FROM_DPU, UPDLRM_SYM_STATUS, 0, sizeof(struct updlrm_status),
+                        DPU_XFER_DEFAULT);
+    if (err != DPU_OK)
+        return fail_dpu(err, msg, msg_len, "dpu_push_xfer (" UPDLRM_SYM_STATUS ")");
+    t3 = now_s();
+    times->status_s = t3 - t2;
+    for (i = 0; i < drv->nr_dpus; i++) {
+        const struct updlrm_status *st = &status[i];
+        if (st->abi_version != UPDLRM_ABI_VERSION) {
+            fault->dpu = (int32_t)i;
+            fault->kernel_code = UPDLRM_ERR_ABI_VERSION;
+            fault->bad_value = st->abi_version;
+            snprintf(fault->reason, sizeof(fault->reason), "kernel ABI version %u, host expects %u (rebuild the kernel)",
+                     st->abi_version, UPDLRM_ABI_VERSION);
+            return fail(UPDLRM_DRV_ERR_KERNEL, msg, msg_len, "DPU %u: %s", i, fault->reason);
+        }
+        if (st->code != UPDLRM_OK) {
+            fault->dpu = (int32_t)i;
+            fault->tasklet = (int32_t)st->bad_tasklet;
+            fault->kernel_code = st->code;
+            fault->bad_bag = st->bad_bag;
+            fault->bad_value = st->bad_value;
+            if (st->bad_bag == UPDLRM_NO_BAG)
+                snprintf(fault->reason, sizeof(fault->reason), "kernel error %u (%s), value %u", st->code,
+                         kernel_code_name(st->code), st->bad_value);
+            else
+                snprintf(fault->reason, sizeof(fault->reason), "kernel error %u (%s) at bag %u, value %u", st->code,
+                         kernel_code_name(st->code), st->bad_bag, st->bad_value);
+            return fail(UPDLRM_DRV_ERR_KERNEL, msg, msg_len, "DPU %u tasklet %u: %s", i, st->bad_tasklet,
+                        fault->reason);
+        }
+    }
+
+    /* DPU -> CPU: the partial sums, one push padded to the largest output. */
+    if (output_bytes > 0) {
+        DPU_FOREACH(drv->set, dpu, i)
+        {
+            err = dpu_prepare_xfer(dpu, output + (size_t)i * output_stride);
+            if (err != DPU_OK)
+                return fail_dpu(err, msg, msg_len, "dpu_prepare_xfer (output)");
+        }
+        err = dpu_push_xfer(drv->set, DPU_XFER_FROM_DPU, DPU_MRAM_HEAP_POINTER_NAME, output_offset, output_bytes,
+                            DPU_XFER_DEFAULT);
+        if (err != DPU_OK)
+            return fail_dpu(err, msg, msg_len, "dpu_push_xfer (output)");
+    }
+    times->dpu_to_cpu_s = now_s() - t3;
+    times->output_pull_bytes = output_bytes;
+    return UPDLRM_DRV_OK;
+}
+
+void updlrm_driver_close(struct updlrm_driver *drv)
+{
+    if (drv == NULL)
+        return;
+    dpu_free(drv->set);
+    free(drv);
+}
+
+#ifdef UPDLRM_EMULATOR
+int updlrm_driver_emu_counters(struct updlrm_driver *drv, struct dpu_emu_counters *out, char *msg, size_t msg_len)
+{
+    dpu_error_t err;
+    if (drv == NULL || out == NULL)
+        return fail(UPDLRM_DRV_ERR_ARG, msg, msg_len, "updlrm_driver_emu_counters: NULL argument");
+    err = dpu_emu_get_counters(drv->set, out);
+    if (err != DPU_OK)
+        return fail_dpu(err, msg, msg_len, "dpu_emu_get_counters");
+    return UPDLRM_DRV_OK;
+}
+
+int updlrm_driver_emu_reset_transfer_counters(struct updlrm_driver *drv, char *msg, size_t msg_len)
+{
+    dpu_error_t err;
+    if (drv == NULL)
+        return fail(UPDLRM_DRV_ERR_ARG, msg, msg_len, "updlrm_driver_emu_reset_transfer_counters: NULL argument");
+    err = dpu_emu_reset_transfer_counters(drv->set);
+    if (err != DPU_OK)
+        return fail_dpu(err, msg, msg_len, "dpu_emu_reset_transfer_counters");
+    return UPDLRM_DRV_OK;
+}
+#endif

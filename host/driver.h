@@ -1,0 +1,96 @@
+/*
+ * driver.h - the updlrm host driver: allocate DPUs, load the embedding-lookup kernel, write table
+ * shards, run one launch (args, request, launch, status, partial sums), free. Written only against
+ * the libdpu API (<dpu.h>); built twice: against host/emu (the emulator, always) and, where the
+ * UPMEM SDK is found, against the real libdpu.
+ *
+ * Every function returns an updlrm_drv_code and writes a one-line message into the caller's
+ * buffer on error; nothing here exits or aborts. Byte offsets are relative to the DPU's MRAM heap
+ * (DPU_MRAM_HEAP_POINTER) and multiples of 8; transfers to/from all DPUs move the same length
+ * (libdpu's push_xfer rule), so per-DPU buffers are padded by the caller to a common stride.
+ * Times are wall-clock seconds from CLOCK_MONOTONIC.
+ */
+#ifndef UPDLRM_DRIVER_H
+#define UPDLRM_DRIVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "updlrm_abi.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum updlrm_drv_code {
+    UPDLRM_DRV_OK = 0,
+    UPDLRM_DRV_ERR_ARG = 1,    /* a bad argument (the message names it) */
+    UPDLRM_DRV_ERR_NOMEM = 2,  /* host memory allocation failed */
+    UPDLRM_DRV_ERR_DPU = 3,    /* libdpu returned an error (alloc, load, transfer) */
+    UPDLRM_DRV_ERR_FAULT = 4,  /* a DPU faulted during the launch (see struct updlrm_fault) */
+    UPDLRM_DRV_ERR_KERNEL = 5, /* the kernel reported an error in updlrm_status on some DPU */
+};
+
+/* Where a launch failed. dpu/tasklet are -1 when unknown. */
+struct updlrm_fault {
+    int32_t dpu;
+    int32_t tasklet;
+    uint32_t kernel_code; /* UPDLRM_ERR_* for UPDLRM_DRV_ERR_KERNEL, else 0 */
+    uint32_t bad_bag;
+    uint32_t bad_value;
+    char reason[256];
+};
+
+/* Phase times (seconds) and bytes of one launch. */
+struct updlrm_launch_times {
+    double cpu_to_dpu_s; /* launch args + request push */
+    double kernel_s;     /* dpu_launch (synchronous) */
+    double status_s;     /* updlrm_status gather */
+    double dpu_to_cpu_s; /* partial-sum gather */
+    uint64_t request_push_bytes; /* per DPU, padded to the largest request */
+    uint64_t output_pull_bytes;  /* per DPU, padded to the largest output */
+};
+
+struct updlrm_driver;
+
+/* Allocates nr_dpus DPUs with `profile` ("" for the default) and loads `kernel_path`. */
+int updlrm_driver_open(const char *kernel_path, uint32_t nr_dpus, const char *profile, struct updlrm_driver **out,
+                       double *seconds, char *msg, size_t msg_len);
+
+uint32_t updlrm_driver_nr_dpus(const struct updlrm_driver *drv);
+
+/* Writes table shards and their descriptors. data[d] holds data_bytes[d] bytes (a multiple of 8)
+ * for MRAM heap + 0 of DPU d; pushes are padded to the largest and cut into chunks so that host
+ * memory stays bounded. descs is [nr_dpus][descs_stride] descriptors (rows padded with zeros); only
+ * the first nr_descs[d] of row d are meaningful. */
+int updlrm_driver_write_shards(struct updlrm_driver *drv, const void *const *data, const uint64_t *data_bytes,
+                               const struct updlrm_shard *descs, uint32_t descs_stride, double *seconds, char *msg,
+                               size_t msg_len);
+
+/* One launch. args[d]: launch args of DPU d. request: [nr_dpus][request_stride] bytes, of which the
+ * first request_bytes (the largest request, multiple of 8) are pushed to heap + request_offset.
+ * After the kernel, status[d] is read from every DPU and output_bytes (multiple of 8) are pulled
+ * from heap + output_offset into output[d * output_stride]. A DPU fault gives UPDLRM_DRV_ERR_FAULT
+ * and a kernel error status UPDLRM_DRV_ERR_KERNEL, both with *fault filled in; the DPUs stay usable. */
+int updlrm_driver_launch(struct updlrm_driver *drv, const struct updlrm_launch_args *args, const uint8_t *request,
+                         size_t request_stride, uint32_t request_offset, size_t request_bytes, uint8_t *output,
+                         size_t output_stride, uint32_t output_offset, size_t output_bytes,
+                         struct updlrm_status *status, struct updlrm_launch_times *times, struct updlrm_fault *fault,
+                         char *msg, size_t msg_len);
+
+/* Frees the DPUs. Safe on NULL. */
+void updlrm_driver_close(struct updlrm_driver *drv);
+
+#ifdef UPDLRM_EMULATOR
+struct dpu_emu_counters;
+/* The emulator's per-DPU counters of the last launch (out: one per DPU). */
+int updlrm_driver_emu_counters(struct updlrm_driver *drv, struct dpu_emu_counters *out, char *msg, size_t msg_len);
+/* Resets the emulator's host<->DPU byte counters. */
+int updlrm_driver_emu_reset_transfer_counters(struct updlrm_driver *drv, char *msg, size_t msg_len);
+#endif
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* UPDLRM_DRIVER_H */

@@ -1,0 +1,348 @@
+// module.cpp - the pybind11 module of the PIM backend: `updlrm._native._emu` (host driver linked
+// with the emulator) or `updlrm._native._sdk` (the same driver linked with the UPMEM SDK's libdpu).
+//
+// One class, Runtime: DPU set + loaded kernel + the packer/merger of one plan. Python
+// (updlrm/pim/) maps lookups to (group, local row) with numpy and calls Runtime.lookup(), which
+// packs, launches (as many launches as the plan's capacities need), merges and returns timings
+// and counters - with the GIL released throughout. Errors of a launch come back as a dict
+// {"kind", "message", "dpu", "tasklet", "reason", ...} so that Python raises the right exception;
+// argument errors raise ValueError. Nothing here exits the process.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <chrono>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "driver.h"
+#include "packer.h"
+
+#ifdef UPDLRM_EMULATOR
+#include <dpu.h>
+#include <dpu_emu.h>
+#endif
+
+#ifndef UPDLRM_MODULE_NAME
+#define UPDLRM_MODULE_NAME _emu
+#endif
+
+namespace py = pybind11;
+using updlrm::Launch;
+using updlrm::PackCounters;
+using updlrm::Packer;
+using updlrm::PlanSpec;
+
+namespace {
+
+double now_s() {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+template <typename T>
+std::vector<T> to_vec(const py::dict &d, const char *key) {
+    if (!d.contains(key)) throw py::value_error(std::string("plan spec lacks '") + key + "'");
+    auto arr = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(d[key]);
+    if (!arr) throw py::value_error(std::string("plan spec '") + key + "' is not an array");
+    return std::vector<T>(arr.data(), arr.data() + arr.size());
+}
+
+template <typename T>
+py::array_t<T> np_1d(const std::vector<T> &v) {
+    py::array_t<T> a(v.size());
+    if (!v.empty()) std::memcpy(a.mutable_data(), v.data(), v.size() * sizeof(T));
+    return a;
+}
+
+template <typename T>
+py::array_t<T> np_2d(const std::vector<T> &v, size_t rows, size_t cols) {
+    py::array_t<T> a({rows, cols});
+    if (!v.empty()) std::memcpy(a.mutable_data(), v.data(), v.size() * sizeof(T));
+    return a;
+}
+
+class Runtime {
+  public:
+    Runtime(const std::string &kernel_path, uint32_t nr_dpus, const std::string &profile) {
+        char msg[512] = {0};
+        int code;
+        {
+            py::gil_scoped_release release;
+            code = updlrm_driver_open(kernel_path.c_str(), nr_dpus, profile.c_str(), &drv_, &open_seconds_, msg,
+                                      sizeof(msg));
+        }
+        if (code != UPDLRM_DRV_OK) throw std::runtime_error(std::string("opening the DPUs: ") + msg);
+        nr_dpus_ = nr_dpus;
+    }
+    ~Runtime() { close(); }
+
+    void close() {
+        if (drv_ != nullptr) {
+            updlrm_driver_close(drv_);
+            drv_ = nullptr;
+        }
+    }
+    bool closed() const { return drv_ == nullptr; }
+    uint32_t nr_dpus() const { return nr_dpus_; }
+    double open_seconds() const { return open_seconds_; }
+
+    // data: one uint8 array per DPU (MRAM heap + 0 onwards, length a multiple of 8);
+    // descs: uint8 [nr_dpus, stride * 32] shard descriptors. Returns the seconds it took.
+    double write_shards(const py::list &data, py::array_t<uint8_t, py::array::c_style> descs) {
+        check_open();
+        if (data.size() != nr_dpus_)
+            throw py::value_error("write_shards: " + std::to_string(data.size()) + " data buffers for " +
+                                  std::to_string(nr_dpus_) + " DPUs");
+        if (descs.ndim() != 2 || static_cast<uint32_t>(descs.shape(0)) != nr_dpus_ || descs.shape(1) % 32 != 0 ||
+            descs.shape(1) == 0)
+            throw py::value_error("write_shards: descs must be uint8 [nr_dpus, k * 32] with k >= 1");
+        std::vector<py::array_t<uint8_t, py::array::c_style>> keep;
+        std::vector<const void *> ptrs(nr_dpus_);
+        std::vector<uint64_t> sizes(nr_dpus_);
+        for (uint32_t d = 0; d < nr_dpus_; d++) {
+            auto a = py::array_t<uint8_t, py::array::c_style>::ensure(data[d]);
+            if (!a) throw py::value_error("write_shards: data[" + std::to_string(d) + "] is not a uint8 array");
+            ptrs[d] = a.data();
+            sizes[d] = static_cast<uint64_t>(a.size());
+            keep.push_back(std::move(a));
+        }
+        char msg[512] = {0};
+        double seconds = 0;
+        int code;
+        uint32_t stride = static_cast<uint32_t>(descs.shape(1) / 32);
+        const auto *dp = reinterpret_cast<const updlrm_shard *>(descs.data());
+        {
+            py::gil_scoped_release release;
+            code = updlrm_driver_write_shards(drv_, ptrs.data(), sizes.data(), dp, stride, &seconds, msg, sizeof(msg));
+        }
+        if (code != UPDLRM_DRV_OK) throw std::runtime_error(std::string("writing shards: ") + msg);
+        return seconds;
+    }
+
+    void set_plan(const py::dict &d) {
+        PlanSpec s;
+        s.nr_dpus = nr_dpus_;
+        s.nr_tables = d["nr_tables"].cast<uint32_t>();
+        s.width = d["width"].cast<uint32_t>();
+        s.dtype = d["dtype"].cast<uint32_t>();
+        s.shard_dpu = to_vec<uint32_t>(d, "shard_dpu");
+        s.shard_local = to_vec<uint32_t>(d, "shard_local");
+        s.shard_col = to_vec<uint32_t>(d, "shard_col");
+        s.shard_ncols = to_vec<uint32_t>(d, "shard_ncols");
+        s.shard_row_bytes = to_vec<uint32_t>(d, "shard_row_bytes");
+        s.shard_table = to_vec<uint32_t>(d, "shard_table");
+        s.group_rep_ptr = to_vec<uint32_t>(d, "group_rep_ptr");
+        s.rep_shard_ptr = to_vec<uint32_t>(d, "rep_shard_ptr");
+        s.rep_shards = to_vec<uint32_t>(d, "rep_shards");
+        s.nr_shards_on_dpu = to_vec<uint32_t>(d, "nr_shards_on_dpu");
+        s.col_scale = to_vec<double>(d, "col_scale");
+        s.request_offset = d["request_offset"].cast<uint32_t>();
+        s.request_capacity = d["request_capacity"].cast<uint32_t>();
+        s.output_offset = d["output_offset"].cast<uint32_t>();
+        s.output_capacity = d["output_capacity"].cast<uint32_t>();
+        size_t ns = s.shard_dpu.size();
+        for (const auto *v : {&s.shard_local, &s.shard_col, &s.shard_ncols, &s.shard_row_bytes, &s.shard_table})
+            if (v->size() != ns) throw py::value_error("plan spec: per-shard arrays differ in length");
+        for (size_t i = 0; i < ns; i++) {
+            if (s.shard_dpu[i] >= nr_dpus_) throw py::value_error("plan spec: shard " + std::to_string(i) + " on DPU " +
+                                                                  std::to_string(s.shard_dpu[i]) + " >= nr_dpus");
+            if (uint64_t(s.shard_col[i]) + s.shard_ncols[i] > s.width)
+                throw py::value_error("plan spec: shard " + std::to_string(i) + " columns exceed the result width");
+        }
+        if (s.group_rep_ptr.empty() || s.rep_shard_ptr.empty() || s.group_rep_ptr.back() + 1 != s.rep_shard_ptr.size() ||
+            s.rep_shard_ptr.back() != s.rep_shards.size())
+            throw py::value_error("plan spec: inconsistent group/replica/shard pointers");
+        for (uint32_t x : s.rep_shards)
+            if (x >= ns) throw py::value_error("plan spec: replica names shard " + std::to_string(x));
+        if (s.nr_shards_on_dpu.size() != nr_dpus_) throw py::value_error("plan spec: nr_shards_on_dpu length");
+        if (s.dtype == UPDLRM_DTYPE_INT32 && s.col_scale.size() != s.width)
+            throw py::value_error("plan spec: col_scale must have one entry per result column");
+        packer_ = std::make_unique<Packer>(std::move(s));
+    }
+
+    // grp int32 [N], lrow uint32 [N], offsets int64 [T*B+1], out float32 [B, W] (overwritten).
+    py::dict lookup(py::array_t<int32_t, py::array::c_style> grp, py::array_t<uint32_t, py::array::c_style> lrow,
+                    py::array_t<int64_t, py::array::c_style> offsets, uint32_t batch_size,
+                    py::array_t<float, py::array::c_style> out) {
+        check_open();
+        if (!packer_) throw py::value_error("lookup: set_plan() was not called");
+        const PlanSpec &spec = packer_->spec();
+        if (static_cast<uint64_t>(offsets.size()) != uint64_t(spec.nr_tables) * batch_size + 1)
+            throw py::value_error("lookup: offsets has " + std::to_string(offsets.size()) + " entries, expected T*B+1 = " +
+                                  std::to_string(uint64_t(spec.nr_tables) * batch_size + 1));
+        int64_t n = offsets.data()[offsets.size() - 1];
+        if (grp.size() != n || lrow.size() != n)
+            throw py::value_error("lookup: grp/lrow must have offsets[-1] = " + std::to_string(n) + " entries");
+        if (out.ndim() != 2 || out.shape(0) != batch_size || out.shape(1) != spec.width)
+            throw py::value_error("lookup: out must be float32 [B, W]");
+
+        const int32_t *g = grp.data();
+        const uint32_t *l = lrow.data();
+        const int64_t *o = offsets.data();
+        float *res = out.mutable_data();
+        const uint32_t N = nr_dpus_;
+        const size_t T = UPDLRM_MAX_TASKLETS;
+
+        std::string err_kind, err_msg, err_reason;
+        updlrm_fault fault{};
+        fault.dpu = fault.tasklet = -1;
+        double pack_s = 0, c2d_s = 0, kernel_s = 0, status_s = 0, d2c_s = 0, merge_s = 0;
+        std::vector<uint64_t> push_bytes, pull_bytes;
+        PackCounters pc;
+        std::vector<uint64_t> rd_ops(N * T), rd_bytes(N * T), wr_ops(N * T), wr_bytes(N * T);
+        std::vector<uint64_t> emu_wall_ns(N), modeled_cycles(N), cycles(N * T), tl_lookups(N * T);
+        std::vector<uint64_t> wram_static(N), wram_heap(N);
+        size_t nr_launches = 0;
+        {
+            py::gil_scoped_release release;
+            double t0 = now_s();
+            std::vector<Launch> launches;
+            std::string perr = packer_->pack(g, l, o, batch_size, launches, pc);
+            pack_s = now_s() - t0;
+            if (!perr.empty()) {
+                err_kind = "pack";
+                err_msg = perr;
+            }
+            nr_launches = launches.size();
+            double m0 = now_s();
+            std::fill(res, res + size_t(batch_size) * spec.width, 0.0f);
+            std::vector<int64_t> acc;
+            if (spec.dtype == UPDLRM_DTYPE_INT32) acc.assign(size_t(batch_size) * spec.width, 0);
+            merge_s += now_s() - m0;
+            std::vector<updlrm_status> status(N);
+            std::vector<uint8_t> output;
+#ifdef UPDLRM_EMULATOR
+            std::vector<dpu_emu_counters> ec(N);
+#endif
+            for (size_t li = 0; li < launches.size() && err_kind.empty(); li++) {
+                const Launch &L = launches[li];
+                size_t ostride = L.output_bytes;
+                output.resize(ostride * N);
+                updlrm_launch_times times{};
+                char msg[512] = {0};
+                int code = updlrm_driver_launch(drv_, L.args.data(), L.request.data(), L.request_stride,
+                                                spec.request_offset, L.request_stride, output.data(), ostride,
+                                                spec.output_offset, L.output_bytes, status.data(), &times, &fault,
+                                                msg, sizeof(msg));
+                c2d_s += times.cpu_to_dpu_s;
+                kernel_s += times.kernel_s;
+                status_s += times.status_s;
+                d2c_s += times.dpu_to_cpu_s;
+                push_bytes.push_back(times.request_push_bytes);
+                pull_bytes.push_back(times.output_pull_bytes);
+#ifdef UPDLRM_EMULATOR
+                if (updlrm_driver_emu_counters(drv_, ec.data(), nullptr, 0) == UPDLRM_DRV_OK) {
+                    for (uint32_t d = 0; d < N; d++) {
+                        for (size_t t = 0; t < T && t < DPU_EMU_MAX_TASKLETS; t++) {
+                            rd_ops[d * T + t] += ec[d].dma_read_ops[t];
+                            rd_bytes[d * T + t] += ec[d].dma_read_bytes[t];
+                            wr_ops[d * T + t] += ec[d].dma_write_ops[t];
+                            wr_bytes[d * T + t] += ec[d].dma_write_bytes[t];
+                        }
+                        emu_wall_ns[d] += ec[d].wall_ns;
+                        modeled_cycles[d] += ec[d].modeled_cycles;
+                        wram_static[d] = ec[d].wram_static_bytes;
+                        wram_heap[d] = std::max<uint64_t>(wram_heap[d], ec[d].wram_heap_peak_bytes);
+                    }
+                }
+#endif
+                if (code != UPDLRM_DRV_OK) {
+                    err_kind = code == UPDLRM_DRV_ERR_FAULT ? "fault" : code == UPDLRM_DRV_ERR_KERNEL ? "kernel" : "native";
+                    err_msg = msg;
+                    err_reason = fault.reason;
+                    break;
+                }
+                for (uint32_t d = 0; d < N; d++)
+                    for (size_t t = 0; t < T; t++) {
+                        cycles[d * T + t] += status[d].cycles[t];
+                        tl_lookups[d * T + t] += status[d].lookups[t];
+                    }
+                double m1 = now_s();
+                packer_->merge(L, output.data(), ostride, res, acc.empty() ? nullptr : acc.data());
+                merge_s += now_s() - m1;
+            }
+            if (err_kind.empty() && spec.dtype == UPDLRM_DTYPE_INT32) {
+                double m2 = now_s();
+                packer_->finish_int32(acc.data(), batch_size, res);
+                merge_s += now_s() - m2;
+            }
+        }
+        py::dict r;
+        r["pack_native_s"] = pack_s;
+        r["cpu_to_dpu_s"] = c2d_s;
+        r["kernel_s"] = kernel_s;
+        r["status_s"] = status_s;
+        r["dpu_to_cpu_s"] = d2c_s;
+        r["merge_s"] = merge_s;
+        r["nr_launches"] = nr_launches;
+        r["request_push_bytes"] = push_bytes;
+        r["output_pull_bytes"] = pull_bytes;
+        r["lookups_per_dpu"] = np_1d(pc.lookups);
+        r["bags_per_dpu"] = np_1d(pc.bags);
+        r["request_bytes_per_dpu"] = np_1d(pc.request_bytes);
+        r["output_bytes_per_dpu"] = np_1d(pc.output_bytes);
+        r["kernel_cycles"] = np_2d(cycles, N, T);
+        r["tasklet_lookups"] = np_2d(tl_lookups, N, T);
+#ifdef UPDLRM_EMULATOR
+        r["dma_read_ops"] = np_2d(rd_ops, N, T);
+        r["dma_read_bytes"] = np_2d(rd_bytes, N, T);
+        r["dma_write_ops"] = np_2d(wr_ops, N, T);
+        r["dma_write_bytes"] = np_2d(wr_bytes, N, T);
+        r["emu_wall_ns"] = np_1d(emu_wall_ns);
+        r["modeled_cycles"] = np_1d(modeled_cycles);
+        r["wram_static_bytes"] = np_1d(wram_static);
+        r["wram_heap_peak_bytes"] = np_1d(wram_heap);
+#endif
+        if (!err_kind.empty()) {
+            py::dict e;
+            e["kind"] = err_kind;
+            e["message"] = err_msg;
+            e["reason"] = err_reason.empty() ? err_msg : err_reason;
+            e["dpu"] = fault.dpu;
+            e["tasklet"] = fault.tasklet;
+            e["kernel_code"] = fault.kernel_code;
+            e["bad_bag"] = fault.bad_bag;
+            e["bad_value"] = fault.bad_value;
+            r["error"] = e;
+        }
+        return r;
+    }
+
+  private:
+    void check_open() const {
+        if (drv_ == nullptr) throw std::runtime_error("the DPU runtime is closed");
+    }
+    updlrm_driver *drv_ = nullptr;
+    uint32_t nr_dpus_ = 0;
+    double open_seconds_ = 0;
+    std::unique_ptr<Packer> packer_;
+};
+
+}  // namespace
+
+PYBIND11_MODULE(UPDLRM_MODULE_NAME, m) {
+    m.doc() = "updlrm PIM runtime: host driver (libdpu API) + request packer + result merger";
+#ifdef UPDLRM_EMULATOR
+    m.attr("EMULATOR") = true;
+#else
+    m.attr("EMULATOR") = false;
+#endif
+    m.attr("ABI_VERSION") = UPDLRM_ABI_VERSION;
+    m.attr("MAX_TASKLETS") = UPDLRM_MAX_TASKLETS;
+    m.attr("MAX_SHARDS") = UPDLRM_MAX_SHARDS;
+    m.attr("MRAM_BYTES") = UPDLRM_MRAM_BYTES;
+    py::class_<Runtime>(m, "Runtime")
+        .def(py::init<const std::string &, uint32_t, const std::string &>(), py::arg("kernel_path"), py::arg("nr_dpus"),
+             py::arg("profile") = "")
+        .def_property_readonly("nr_dpus", &Runtime::nr_dpus)
+        .def_property_readonly("open_seconds", &Runtime::open_seconds)
+        .def_property_readonly("closed", &Runtime::closed)
+        .def("write_shards", &Runtime::write_shards, py::arg("data"), py::arg("descs"))
+        .def("set_plan", &Runtime::set_plan, py::arg("spec"))
+        .def("lookup", &Runtime::lookup, py::arg("grp"), py::arg("lrow"), py::arg("offsets"), py::arg("batch_size"),
+             py::arg("out"))
+        .def("close", &Runtime::close);
+}

@@ -1,0 +1,99 @@
+// packer.h - the request packer and result merger of the PIM backend (native, no Python, no libdpu).
+//
+// The packer turns one batch of lookups, already mapped by Python to (row group, local row), into
+// per-DPU kernel requests: for every lookup it picks a replica of its group (least-loaded DPU so
+// far in this batch, counted in lookups), emits one entry per column slice of that replica, and
+// groups the entries into bags per (DPU, shard, sample) - bags without lookups are not sent. A
+// batch whose requests or outputs exceed the plan's per-DPU capacities is cut into several
+// launches (between bags, or inside one very large bag: partial sums simply add up).
+//
+// The merger adds every partial sum into the [B, W] float32 result (W = sum of table dims,
+// table t at columns [col_offset_t, col_offset_t + dim_t)): row shards add up, column slices land
+// side by side, and int32 fixed point partials are summed exactly in int64 and converted back
+// once per element (value = q / scale_t).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "updlrm_abi.h"
+
+namespace updlrm {
+
+// Static description of a plan, in flat arrays (built once by updlrm/pim/).
+struct PlanSpec {
+    uint32_t nr_dpus = 0;
+    uint32_t nr_tables = 0;
+    uint32_t width = 0;  // W: columns of the concatenated result row
+    uint32_t dtype = UPDLRM_DTYPE_FP32;
+    // Per shard (global shard id s).
+    std::vector<uint32_t> shard_dpu, shard_local, shard_col, shard_ncols, shard_row_bytes, shard_table;
+    // Group g's replicas are replicas[group_rep_ptr[g] .. group_rep_ptr[g+1]); replica r's shards
+    // are rep_shards[rep_shard_ptr[r] .. rep_shard_ptr[r+1]).
+    std::vector<uint32_t> group_rep_ptr, rep_shard_ptr, rep_shards;
+    std::vector<uint32_t> nr_shards_on_dpu;  // descriptors written to each DPU
+    std::vector<double> col_scale;           // [W] int32: scale of the column's table; fp32: unused
+    // MRAM layout, bytes from the heap (same on every DPU).
+    uint32_t request_offset = 0, request_capacity = 0, output_offset = 0, output_capacity = 0;
+};
+
+// One launch's worth of requests.
+struct Launch {
+    std::vector<updlrm_launch_args> args;    // [nr_dpus]
+    std::vector<uint8_t> request;            // [nr_dpus][request_stride]
+    size_t request_stride = 0;               // = the largest request (bytes, multiple of 8)
+    size_t output_bytes = 0;                 // the largest output (bytes, multiple of 8)
+    // Merge map, per DPU in bag order: destination sample and shard of each output slot.
+    std::vector<std::vector<uint32_t>> bag_sample, bag_shard, bag_out;
+};
+
+struct PackCounters {
+    std::vector<uint64_t> lookups, bags, request_bytes, output_bytes;  // per DPU, summed over launches
+};
+
+class Packer {
+  public:
+    explicit Packer(PlanSpec spec);
+    const PlanSpec &spec() const { return spec_; }
+
+    // grp[i], lrow[i]: group and local row of lookup i (i < offsets[T*B]); offsets: T*B+1 bag
+    // starts, table-major. Appends the launches to `out`. Returns "" or an error message (a plan
+    // whose capacities cannot hold even one lookup, a group id out of range).
+    std::string pack(const int32_t *grp, const uint32_t *lrow, const int64_t *offsets, uint32_t batch_size,
+                     std::vector<Launch> &out, PackCounters &counters);
+
+    // Adds one launch's partial sums (output: [nr_dpus][output_stride] bytes) into result
+    // ([B, W] float32, fp32 plans) or acc ([B, W] int64, int32 plans).
+    void merge(const Launch &launch, const uint8_t *output, size_t output_stride, float *result, int64_t *acc) const;
+    // int32 plans: result = acc / scale per column.
+    void finish_int32(const int64_t *acc, uint32_t batch_size, float *result) const;
+
+  private:
+    struct DpuState {
+        std::vector<updlrm_bag> bags;
+        std::vector<uint32_t> ids, sample, shard;
+        uint64_t out_bytes = 0;
+    };
+    bool fits();
+    void commit(uint32_t a, uint32_t e, uint32_t sample);
+    void finalize(std::vector<Launch> &out);
+    bool launch_empty() const { return nr_bags_ == 0; }
+    void count_range(uint32_t a, uint32_t e);
+    std::string place(uint32_t a, uint32_t e, uint32_t sample, uint32_t table, std::vector<Launch> &out, int depth);
+
+    PlanSpec spec_;
+    // Per batch state.
+    const uint32_t *lrow_ = nullptr;
+    std::vector<uint32_t> rep_;        // chosen replica per lookup
+    std::vector<uint64_t> load_;       // lookups assigned per DPU in this batch
+    std::vector<DpuState> dpus_;       // current launch
+    uint64_t nr_bags_ = 0;
+    std::vector<uint32_t> cnt_, cursor_;  // per shard scratch
+    std::vector<uint32_t> touched_shards_, touched_dpus_;
+    std::vector<uint64_t> new_bags_, new_ids_, new_out_;  // per DPU scratch (zero between calls)
+    PackCounters *counters_ = nullptr;
+};
+
+}  // namespace updlrm
