@@ -1,0 +1,339 @@
+"""`updlrm demo`: one Kaggle-shaped DLRM answering the same Zipf-skewed batches on the CPU and on
+emulated UPMEM DPUs, checking that both agree and printing what each phase cost.
+
+    updlrm demo                      # B=2048, 3 batches, 64 emulated DPUs, row_uniform, fp32
+    updlrm demo --dtype int32 --strategy column_wise --json
+
+Exit status: 0 when the two backends agree within the dtype's bound, 1 when they do not, 2 when
+the PIM backend cannot run here (with the reason on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+#: What each figure's source means, in the words printed next to it.
+SOURCE_LABELS = {
+    "measured": "measured (host wall clock)",
+    "emulator-wall": "emulator wall time (NOT a DPU latency)",
+    "modeled": "modeled (UPMEM timing model)",
+    "hardware": "measured on UPMEM hardware",
+    "simulator": "UPMEM simulator",
+}
+#: Pipeline order of the rows of the phase table.
+PHASE_ORDER = ("embed", "pack", "cpu_to_dpu", "launch", "kernel", "dpu_to_cpu", "merge", "mlp")
+PHASE_TITLES = {
+    "embed": "embedding lookups",
+    "pack": "pack requests",
+    "cpu_to_dpu": "CPU->DPU",
+    "launch": "launch",
+    "kernel": "kernel",
+    "dpu_to_cpu": "DPU->CPU",
+    "merge": "merge partial sums",
+    "mlp": "MLPs + interaction",
+}
+#: Default table scale: Kaggle's 33.8M rows x 0.01 = 338k rows (21 MiB fp32), ample for 64 DPUs.
+DEFAULT_ROW_SCALE = 0.01
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "demo",
+        help="run a Kaggle-shaped DLRM on the CPU and on emulated DPUs and compare",
+        description=(
+            "Build a Criteo-Kaggle-shaped DLRM (tables scaled by --row-scale), run the same "
+            "Zipf-skewed batches on the cpu backend and on the pim backend (emulated UPMEM DPUs), "
+            "check that both agree within the dtype's error bound, and print per-phase times "
+            "(median over batches) and the emulator's counters."
+        ),
+    )
+    p.add_argument("--batch-size", type=int, default=2048, help="samples per batch (default 2048)")
+    p.add_argument("--batches", type=int, default=3, help="batches to run (default 3)")
+    p.add_argument("--dpus", type=int, default=64, help="emulated DPUs (default 64)")
+    p.add_argument("--strategy", default="row_uniform", help="partitioning strategy (default row_uniform)")
+    p.add_argument("--dtype", choices=("fp32", "int32"), default="fp32", help="element type on the DPUs")
+    p.add_argument(
+        "--row-scale", type=float, default=DEFAULT_ROW_SCALE, help=f"table row scale (default {DEFAULT_ROW_SCALE})"
+    )
+    p.add_argument("--pooling", type=int, default=20, help="lookups per bag (default 20)")
+    p.add_argument("--alpha", type=float, default=1.05, help="Zipf exponent of the ids (default 1.05)")
+    p.add_argument("--seed", type=int, default=0, help="model and batch seed (default 0)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
+    p.set_defaults(func=run)
+
+
+def _progress(msg: str) -> None:
+    print(f"[demo] {msg}", file=sys.stderr, flush=True)
+
+
+def _check_args(args) -> str | None:
+    for name in ("batch_size", "batches", "dpus"):
+        if getattr(args, name) < 1:
+            return f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}"
+    if args.pooling < 0:
+        return f"--pooling must be >= 0, got {args.pooling}"
+    if not args.row_scale > 0:
+        return f"--row-scale must be > 0, got {args.row_scale}"
+    if args.alpha < 0:
+        return f"--alpha must be >= 0, got {args.alpha}"
+    return None
+
+
+def _summarise_counters(counters: dict) -> dict:
+    """The emulator's counters of one batch as plain numbers (whatever of them the backend gave)."""
+    out: dict = {}
+
+    def arr(key):
+        v = counters.get(key)
+        return None if v is None else np.asarray(v, dtype=np.float64)
+
+    lookups = arr("lookups")
+    if lookups is not None and lookups.size:
+        out["lookups_per_dpu"] = {"min": float(lookups.min()), "mean": float(lookups.mean()), "max": float(lookups.max())}
+        out["lookup_imbalance_max_over_mean"] = float(lookups.max() / lookups.mean()) if lookups.mean() > 0 else None
+    for key in ("dma_read_ops", "dma_read_bytes", "dma_write_ops", "dma_write_bytes", "pushed_bytes", "pulled_bytes"):
+        a = arr(key)
+        if a is not None:
+            out[key] = int(a.sum())
+    nr_dpus = lookups.size if lookups is not None else None
+    for key, padded in (("push_lengths", "pushed_bytes_padded"), ("pull_lengths", "pulled_bytes_padded")):
+        a = arr(key)
+        if a is not None and nr_dpus:
+            out[padded] = int(a.sum() * nr_dpus)
+    for key in ("launches_count", "nr_launches"):
+        if key in counters and np.isscalar(counters[key]):
+            out["launches"] = int(counters[key])
+    return out
+
+
+def _median_summary(per_batch: list[dict]) -> dict:
+    """Median over batches of each numeric leaf of the counter summaries."""
+    if not per_batch:
+        return {}
+    out: dict = {}
+    for key, value in per_batch[0].items():
+        if isinstance(value, dict):
+            out[key] = {k: statistics.median(b[key][k] for b in per_batch) for k in value}
+        elif value is None:
+            out[key] = None
+        else:
+            out[key] = statistics.median(b[key] for b in per_batch)
+    return out
+
+
+def _modeled_phases(engine, stats):
+    """Timing-model phases for a batch when the backend did not add them (None if not possible)."""
+    if any(p.source == "modeled" for p in stats.phases):
+        return None, None
+    try:
+        from updlrm.timing_model import TimingModel, counters_from_dict
+
+        kernels, transfers = counters_from_dict(stats.counters)
+        return TimingModel.default().model_batch(engine.plan.topology, kernels, transfers).phases, None
+    except Exception as exc:  # the model is optional for the demo: say why it is missing
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def run(args) -> int:
+    problem = _check_args(args)
+    if problem:
+        print(f"updlrm demo: {problem}", file=sys.stderr)
+        return 2
+    from updlrm import configs
+    from updlrm.batch import random_batch
+    from updlrm.engine import Engine
+    from updlrm.errors import BackendUnavailableError
+    from updlrm.model import DLRM
+
+    torch.manual_seed(args.seed)
+    cfg = configs.get("kaggle", row_scale=args.row_scale, seed=args.seed)
+    _progress(
+        f"model {cfg.name}: {cfg.nr_tables} tables, {cfg.total_rows:,} rows x dim {cfg.embedding_dim} "
+        f"({cfg.embedding_bytes / 2**20:.1f} MiB fp32), row scale {args.row_scale:g}"
+    )
+    t0 = time.perf_counter()
+    model = DLRM(cfg).eval()
+    _progress(f"initialised the model in {time.perf_counter() - t0:.1f} s; generating {args.batches} batches")
+    batches = [
+        random_batch(cfg, args.batch_size, pooling=args.pooling, alpha=args.alpha, seed=args.seed * 1000 + i)
+        for i in range(args.batches)
+    ]
+    cpu = Engine(model, backend="cpu")
+    _progress(f"placing the tables on {args.dpus} emulated DPUs ({args.strategy}, {args.dtype}) and loading MRAM")
+    t0 = time.perf_counter()
+    try:
+        pim = Engine(model, backend="pim", nr_dpus=args.dpus, strategy=args.strategy, dtype=args.dtype)
+    except BackendUnavailableError as exc:
+        print(f"updlrm demo: the pim backend cannot run here: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # PlanError, PlanDoesNotFitError, unknown strategy
+        print(f"updlrm demo: cannot place the tables: {exc}", file=sys.stderr)
+        return 2
+    load_s = time.perf_counter() - t0
+    _progress(f"tables loaded in {load_s:.1f} s")
+
+    # one small warm-up batch per backend (first-call costs: allocator, thread pools, caches)
+    warm = random_batch(cfg, min(64, args.batch_size), pooling=args.pooling, alpha=args.alpha, seed=args.seed + 999_999)
+    cpu.predict(warm)
+    pim.predict(warm)
+
+    times: dict[tuple[str, str, str], list[float]] = {}
+    counter_summaries, modeled_note = [], None
+    worst = {"pooled_abs": 0.0, "pooled_bound": 0.0, "pooled_ratio": 0.0, "prob_abs": 0.0, "prob_bound": 0.0, "prob_ratio": 0.0}
+    try:
+        for i, batch in enumerate(batches):
+            _progress(f"batch {i + 1}/{len(batches)}: {batch.nr_lookups:,} lookups")
+            p_cpu, pooled_cpu = cpu.predict_with_pooled(batch)
+            cpu_stats = cpu.last_stats
+            p_pim, pooled_pim = pim.predict_with_pooled(batch)
+            pim_stats = pim.last_stats
+            for backend, stats in (("cpu", cpu_stats), ("pim", pim_stats)):
+                for ph in stats.phases:
+                    times.setdefault((backend, ph.name, ph.source), []).append(ph.seconds)
+            modeled, note = _modeled_phases(pim, pim_stats)
+            modeled_note = modeled_note or note
+            for ph in modeled or ():
+                times.setdefault(("pim", ph.name, ph.source), []).append(ph.seconds)
+            counter_summaries.append(_summarise_counters(pim_stats.counters))
+
+            # agreement: both paths deviate from the exact sums by at most their bound
+            bound = (pim.pooled_error_bound(batch) + cpu.pooled_error_bound(batch)).expand_as(pooled_cpu)
+            diff = (pooled_pim.double() - pooled_cpu.double()).abs()
+            with torch.no_grad():
+                x = model.bottom(batch.dense)
+                p_bound = model.probability_error_bound(x, pooled_cpu, bound) + 1e-6
+            p_diff = (p_pim.double() - p_cpu.double()).abs()
+            k = int(torch.argmax(diff / bound))
+            worst["pooled_abs"] = max(worst["pooled_abs"], float(diff.max()))
+            worst["pooled_bound"] = max(worst["pooled_bound"], float(bound.min()))
+            worst["pooled_ratio"] = max(worst["pooled_ratio"], float(diff.reshape(-1)[k] / bound.reshape(-1)[k]))
+            j = int(torch.argmax(p_diff / p_bound))
+            worst["prob_abs"] = max(worst["prob_abs"], float(p_diff.max()))
+            worst["prob_bound"] = max(worst["prob_bound"], float(p_bound.min()))
+            worst["prob_ratio"] = max(worst["prob_ratio"], float(p_diff[j] / p_bound[j]))
+    finally:
+        pim.close()
+        cpu.close()
+    agree = worst["pooled_ratio"] <= 1.0 and worst["prob_ratio"] <= 1.0
+
+    phases = []
+    for (backend, name, source), secs in times.items():
+        phases.append(
+            {
+                "backend": backend,
+                "phase": name,
+                "source": source,
+                "median_s": statistics.median(secs),
+                "all_s": secs,
+            }
+        )
+    phases.sort(key=lambda r: (r["backend"], PHASE_ORDER.index(r["phase"]) if r["phase"] in PHASE_ORDER else 99, r["source"]))
+    lookups = batches[0].nr_lookups
+
+    def backend_embed_s(backend: str, sources: tuple[str, ...]) -> float:
+        return sum(r["median_s"] for r in phases if r["backend"] == backend and r["phase"] != "mlp" and r["source"] in sources)
+
+    cpu_embed = backend_embed_s("cpu", ("measured",))
+    pim_embed = backend_embed_s("pim", ("measured", "emulator-wall"))
+    report = {
+        "model": {
+            "config": cfg.name,
+            "tables": cfg.nr_tables,
+            "rows": cfg.total_rows,
+            "dim": cfg.embedding_dim,
+            "embedding_mib_fp32": cfg.embedding_bytes / 2**20,
+            "row_scale": args.row_scale,
+        },
+        "workload": {
+            "batch_size": args.batch_size,
+            "batches": args.batches,
+            "pooling": args.pooling,
+            "zipf_alpha": args.alpha,
+            "lookups_per_batch": lookups,
+            "seed": args.seed,
+        },
+        "pim": {"dpus": args.dpus, "strategy": args.strategy, "dtype": args.dtype, "device": "emulator", "load_s": load_s},
+        "phases": phases,
+        "lookups_per_s": {
+            "cpu_embed_measured": lookups / cpu_embed if cpu_embed > 0 else None,
+            "pim_emulated_end_to_end": lookups / pim_embed if pim_embed > 0 else None,
+        },
+        "counters_median": _median_summary(counter_summaries),
+        "modeled_note": modeled_note,
+        "agreement": {**worst, "ok": agree},
+        "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()},
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_report(report)
+    if not agree:
+        print("updlrm demo: cpu and pim DISAGREE beyond the dtype's bound", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _fmt_count(v) -> str:
+    return "-" if v is None else f"{v:,.0f}"
+
+
+def _print_report(r: dict) -> None:
+    m, w, p = r["model"], r["workload"], r["pim"]
+    print(
+        f"updlrm demo: {m['config']} DLRM, {m['tables']} tables, {m['rows']:,} rows x dim {m['dim']} "
+        f"({m['embedding_mib_fp32']:.1f} MiB, row scale {m['row_scale']:g})"
+    )
+    print(
+        f"workload: {w['batches']} batches of B={w['batch_size']}, pooling {w['pooling']}, Zipf alpha "
+        f"{w['zipf_alpha']:g} ({w['lookups_per_batch']:,} lookups per batch)"
+    )
+    print(f"pim: {p['dpus']} emulated DPUs, strategy {p['strategy']}, dtype {p['dtype']} (tables loaded in {p['load_s']:.1f} s)")
+    print()
+    print(f"{'backend':<8} {'phase':<20} {'median ms':>10}  source")
+    print("-" * 78)
+    for row in r["phases"]:
+        title = PHASE_TITLES.get(row["phase"], row["phase"])
+        print(f"{row['backend']:<8} {title:<20} {row['median_s'] * 1e3:>10.3f}  {SOURCE_LABELS.get(row['source'], row['source'])}")
+    print()
+    lps = r["lookups_per_s"]
+    if lps["cpu_embed_measured"]:
+        print(f"cpu embedding lookups/s (torch EmbeddingBag, measured):      {lps['cpu_embed_measured'] / 1e6:8.2f} M")
+    if lps["pim_emulated_end_to_end"]:
+        print(f"pim lookups/s on this machine (pack..merge incl. emulator):  {lps['pim_emulated_end_to_end'] / 1e6:8.2f} M")
+    if r["modeled_note"]:
+        print(f"modeled phases: not available ({r['modeled_note']})")
+    c = r["counters_median"]
+    if c:
+        print()
+        print("emulator counters (median over batches)")
+        if "lookups_per_dpu" in c:
+            l = c["lookups_per_dpu"]
+            print(f"  lookups per DPU          min {l['min']:,.0f}  mean {l['mean']:,.1f}  max {l['max']:,.0f}")
+        for key, title in (
+            ("dma_read_ops", "MRAM DMA reads (ops)"),
+            ("dma_read_bytes", "MRAM DMA read bytes"),
+            ("dma_write_ops", "MRAM DMA writes (ops)"),
+            ("dma_write_bytes", "MRAM DMA write bytes"),
+            ("pushed_bytes", "bytes pushed (useful)"),
+            ("pushed_bytes_padded", "bytes pushed (incl. padding)"),
+            ("pulled_bytes", "bytes pulled (useful)"),
+            ("pulled_bytes_padded", "bytes pulled (incl. padding)"),
+        ):
+            if key in c:
+                print(f"  {title:<28} {_fmt_count(c[key])}")
+    a = r["agreement"]
+    print()
+    verdict = "OK" if a["ok"] else "MISMATCH"
+    print(
+        f"agreement {verdict}: pooled max |pim-cpu| = {a['pooled_abs']:.3g} "
+        f"(worst diff/bound {a['pooled_ratio']:.3g}); probabilities max |pim-cpu| = {a['prob_abs']:.3g} "
+        f"(worst diff/bound {a['prob_ratio']:.3g})"
+    )
