@@ -243,3 +243,50 @@ def test_pim_matches_cpu_within_dtype_bound(dtype, strategy, nr_dpus):
     assert bool(((p_pim.double() - p_cpu).abs() <= p_bound).all())
     assert {p.name for p in stats.phases} >= {"pack", "cpu_to_dpu", "kernel", "dpu_to_cpu", "merge", "mlp"}
     assert stats.get("kernel").source in ("emulator-wall", "modeled")
+
+
+# -- `updlrm demo` -------------------------------------------------------------------------------------
+DEMO_ARGS = ["demo", "--batches", "2", "--batch-size", "32", "--dpus", "4", "--row-scale", "1e-4", "--json"]
+
+
+class NoisyStandInPim(StandInPim):
+    """A PIM stand-in whose sums are off by 1e-3: the demo must notice and fail."""
+
+    def lookup(self, indices, offsets, batch_size):
+        return super().lookup(indices, offsets, batch_size) + np.float32(1e-3)
+
+
+@pytest.mark.parametrize("pim_class, rc", [(StandInPim, 0), (NoisyStandInPim, 1)])
+def test_demo_reports_and_checks_agreement(monkeypatch, capsys, pim_class, rc):
+    from updlrm.cli import main
+
+    fake = types.ModuleType("updlrm.pim")
+    fake.PimEmbedding = pim_class
+    monkeypatch.setitem(sys.modules, "updlrm.pim", fake)
+    assert main(DEMO_ARGS) == rc
+    out = capsys.readouterr()
+    report = __import__("json").loads(out.out)
+    assert report["agreement"]["ok"] is (rc == 0)
+    assert report["workload"]["lookups_per_batch"] == 32 * 20 * 26
+    rows = {(r["backend"], r["phase"]): r for r in report["phases"]}
+    assert rows[("cpu", "embed")]["source"] == "measured"
+    assert rows[("pim", "kernel")]["source"] == "emulator-wall" and len(rows[("pim", "kernel")]["all_s"]) == 2
+    assert "[demo] model kaggle" in out.err  # progress goes to stderr
+
+
+def test_demo_rejects_bad_arguments(capsys):
+    from updlrm.cli import main
+
+    assert main(["demo", "--batches", "0"]) == 2
+    assert "--batches must be >= 1" in capsys.readouterr().err
+
+
+def test_demo_on_emulated_dpus(capsys):
+    _pim_or_skip()
+    from updlrm.cli import main
+
+    assert main(DEMO_ARGS + ["--dtype", "int32"]) == 0
+    report = __import__("json").loads(capsys.readouterr().out)
+    assert report["agreement"]["ok"]
+    kernel = [r for r in report["phases"] if r["backend"] == "pim" and r["phase"] == "kernel"]
+    assert {r["source"] for r in kernel} <= {"emulator-wall", "modeled"} and kernel
