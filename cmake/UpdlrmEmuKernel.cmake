@@ -6,7 +6,8 @@
 # dpu_load() accepts. Steps: compile each source (-fPIC -fno-common, -DNR_TASKLETS,
 # -DSTACK_SIZE_DEFAULT), merge the objects with `ld -r -T host/emu/kernel.ld` (which gathers the
 # WRAM globals and static MRAM variables into the sections the emulator swaps per DPU), then link
-# the merged object as a shared object. Installs into ${UPDLRM_INSTALL_DIR}/kernels unless
+# the merged object as a shared object with -Bsymbolic (the kernel's globals never bind to
+# same-named symbols of the host process). Installs into ${UPDLRM_INSTALL_DIR}/kernels unless
 # INSTALL_DIR says otherwise. Creates a target <name> (built by default) whose property
 # UPDLRM_EMU_KERNEL_FILE is the path of the .emu.so.
 set(UPDLRM_EMU_RUNTIME_INCLUDE_DIR "${CMAKE_CURRENT_LIST_DIR}/../host/emu/include")
@@ -53,7 +54,7 @@ function(updlrm_add_emu_kernel name)
   add_custom_command(
     OUTPUT "${_out}"
     COMMAND "${_ld}" -r -T "${UPDLRM_EMU_KERNEL_LD}" -o "${_merged}" $<TARGET_OBJECTS:${_objs}>
-    COMMAND "${CMAKE_C_COMPILER}" -shared -o "${_out}" "${_merged}"
+    COMMAND "${CMAKE_C_COMPILER}" -shared -Wl,-Bsymbolic -o "${_out}" "${_merged}"
     DEPENDS ${_objs} $<TARGET_OBJECTS:${_objs}> "${UPDLRM_EMU_KERNEL_LD}"
     COMMENT "Linking DPU kernel ${name} for the emulator (${name}.emu.so)"
     COMMAND_EXPAND_LISTS VERBATIM)

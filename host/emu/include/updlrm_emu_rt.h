@@ -70,12 +70,14 @@ struct updlrm_emu_rt {
     void (*fault)(const char *reason) __attribute__((noreturn)); /* stop this DPU with a fault (e.g. halt(), a kernel assert) */
 };
 
+#ifndef UPDLRM_EMU_NO_KERNEL_SYMBOLS
 /* Defined (weakly, once per kernel .so) here so that the kernel needs nothing from outside. */
 __attribute__((weak, visibility("default"), section("updlrm_rt"))) const struct updlrm_emu_rt *__updlrm_emu_rt = 0;
 /* What the loader needs to know about the kernel's build (WRAM budget check). */
 __attribute__((weak, used, visibility("default"))) const uint32_t __updlrm_emu_nr_tasklets = NR_TASKLETS;
 __attribute__((weak, used, visibility("default"))) const uint32_t __updlrm_emu_stack_size = STACK_SIZE_DEFAULT;
 __attribute__((weak, used, visibility("default"))) const uint32_t __updlrm_emu_rt_version = UPDLRM_EMU_RT_VERSION;
+#endif
 
 #define __UPDLRM_RT (__updlrm_emu_rt)
 

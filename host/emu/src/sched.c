@@ -1,2 +1,807 @@
-/* sched.c - (being written) tasklet scheduler and DPU runtime of the emulator. */
-#include "dpu.h"
+/*
+ * sched.c - the emulator's DPU runtime: tasklets as coroutines and the functions a kernel calls
+ * through its runtime table (me, mram_read/mram_write with every check, mem_alloc, barriers,
+ * mutexes, semaphores, handshakes, perfcounter, printf).
+ *
+ * Each worker thread owns one scheduler (struct emu_sched) and runs its DPUs one after another.
+ * For one DPU, NR_TASKLETS coroutines run on the worker's host stacks; a tasklet runs until it
+ * blocks (barrier, mutex, semaphore, handshake) or ends, then the scheduler picks the next
+ * runnable one round-robin. No tasklet is ever preempted, so kernel code between two blocking
+ * calls is atomic, as a correct DPU kernel must not rely on anything else anyway.
+ * A fault (bad DMA, WRAM heap exhausted, deadlock, halt) abandons the DPU's coroutines: their
+ * stacks are simply reused for the next DPU, and the wait queues live here (reset per DPU), so
+ * nothing stale remains for the next launch.
+ *
+ * Context switch: on x86-64 a 20-instruction assembly switch (callee-saved registers, MXCSR and
+ * the x87 control word); elsewhere ucontext (swapcontext also saves the signal mask with a
+ * syscall per switch, which is why x86-64 avoids it).
+ */
+#include "emu_internal.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+#include <dlfcn.h>
+
+#if !defined(__x86_64__)
+#include <ucontext.h>
+#define EMU_USE_UCONTEXT 1
+#endif
+
+static __thread struct emu_sched *tls_sched;
+
+EMU_HIDDEN uint64_t emu_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Context switch                                                                              */
+
+#ifndef EMU_USE_UCONTEXT
+/* void updlrm_emu_ctx_switch(void **save_sp, void *load_sp) */
+void updlrm_emu_ctx_switch(void **save_sp, void *load_sp) __attribute__((visibility("hidden")));
+void updlrm_emu_ctx_start(void) __attribute__((visibility("hidden")));
+__asm__(".text\n"
+        ".p2align 4\n"
+        ".globl updlrm_emu_ctx_switch\n"
+        ".hidden updlrm_emu_ctx_switch\n"
+        ".type updlrm_emu_ctx_switch,@function\n"
+        "updlrm_emu_ctx_switch:\n"
+        "  pushq %rbp\n"
+        "  pushq %rbx\n"
+        "  pushq %r12\n"
+        "  pushq %r13\n"
+        "  pushq %r14\n"
+        "  pushq %r15\n"
+        "  subq $8, %rsp\n"
+        "  stmxcsr (%rsp)\n"
+        "  fnstcw 4(%rsp)\n"
+        "  movq %rsp, (%rdi)\n"
+        "  movq %rsi, %rsp\n"
+        "  ldmxcsr (%rsp)\n"
+        "  fldcw 4(%rsp)\n"
+        "  addq $8, %rsp\n"
+        "  popq %r15\n"
+        "  popq %r14\n"
+        "  popq %r13\n"
+        "  popq %r12\n"
+        "  popq %rbx\n"
+        "  popq %rbp\n"
+        "  ret\n"
+        ".size updlrm_emu_ctx_switch, .-updlrm_emu_ctx_switch\n"
+        ".p2align 4\n"
+        ".globl updlrm_emu_ctx_start\n"
+        ".hidden updlrm_emu_ctx_start\n"
+        ".type updlrm_emu_ctx_start,@function\n"
+        "updlrm_emu_ctx_start:\n"
+        "  movq %r12, %rdi\n"
+        "  callq *%rbx\n"
+        "  ud2\n"
+        ".size updlrm_emu_ctx_start, .-updlrm_emu_ctx_start\n");
+
+/* Builds the first frame of a coroutine so that switching to it calls fn(arg). */
+static void *ctx_make(uint8_t *stack_hi, void (*fn)(void *), void *arg)
+{
+    uintptr_t top = ((uintptr_t)stack_hi & ~(uintptr_t)15) - 16;
+    uint64_t *sp = (uint64_t *)(top - 64);
+    sp[0] = 0x1F80ull | (0x037Full << 32); /* MXCSR default, x87 control word default */
+    sp[1] = 0;                             /* r15 */
+    sp[2] = 0;                             /* r14 */
+    sp[3] = 0;                             /* r13 */
+    sp[4] = (uint64_t)(uintptr_t)arg;      /* r12 */
+    sp[5] = (uint64_t)(uintptr_t)fn;       /* rbx */
+    sp[6] = 0;                             /* rbp */
+    sp[7] = (uint64_t)(uintptr_t)updlrm_emu_ctx_start;
+    return sp;
+}
+#endif
+
+static void tasklet_entry(void *arg);
+
+#ifdef EMU_USE_UCONTEXT
+static void tasklet_entry_uctx(unsigned lo, unsigned hi)
+{
+    tasklet_entry((void *)(((uintptr_t)hi << 32) | (uintptr_t)lo));
+}
+#endif
+
+/* Switches from the running tasklet back to the scheduler. */
+static void to_scheduler(struct emu_sched *s)
+{
+    struct emu_tasklet *t = &s->t[s->current];
+#ifdef EMU_USE_UCONTEXT
+    swapcontext((ucontext_t *)t->uctx, (ucontext_t *)s->sched_uctx);
+#else
+    updlrm_emu_ctx_switch(&t->sp, s->sched_sp);
+#endif
+}
+
+static void to_tasklet(struct emu_sched *s, uint32_t i)
+{
+    s->current = i;
+#ifdef EMU_USE_UCONTEXT
+    swapcontext((ucontext_t *)s->sched_uctx, (ucontext_t *)s->t[i].uctx);
+#else
+    updlrm_emu_ctx_switch(&s->sched_sp, s->t[i].sp);
+#endif
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Faults                                                                                      */
+
+static void fault_set(struct emu_sched *s, uint32_t tasklet, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void fault_set(struct emu_sched *s, uint32_t tasklet, const char *fmt, ...)
+{
+    if (s->faulted)
+        return;
+    s->faulted = 1;
+    struct emu_dpu *d = s->dpu;
+    d->fault_tasklet = tasklet;
+    int n = 0;
+    if (tasklet != EMU_NO_TASKLET)
+        n = snprintf(d->fault_msg, sizeof d->fault_msg, "tasklet %u: ", tasklet);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(d->fault_msg + n, sizeof d->fault_msg - (size_t)n, fmt, ap);
+    va_end(ap);
+}
+
+/* Faults the DPU from inside a tasklet: never returns (the coroutine is abandoned). */
+static void fault_here(struct emu_sched *s, const char *fmt, ...) __attribute__((noreturn, format(printf, 2, 3)));
+static void fault_here(struct emu_sched *s, const char *fmt, ...)
+{
+    char msg[EMU_MSG_LEN];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    fault_set(s, s->current, "%s", msg);
+    s->t[s->current].state = T_DONE;
+    to_scheduler(s);
+    /* The scheduler never resumes a faulted DPU's tasklets. */
+    __builtin_unreachable();
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* MRAM backing store                                                                          */
+
+EMU_HIDDEN int emu_mram_write(struct emu_dpu *dpu, uint32_t off, const void *src, size_t n)
+{
+    const uint8_t *p = (const uint8_t *)src;
+    while (n > 0) {
+        uint32_t page = off >> EMU_PAGE_SHIFT, in = off & (EMU_PAGE_SIZE - 1);
+        size_t chunk = EMU_PAGE_SIZE - in;
+        if (chunk > n)
+            chunk = n;
+        if (!dpu->mram_pages[page]) {
+            /* Writing zeros into an untouched page changes nothing: keep it lazy. */
+            int all_zero = 1;
+            for (size_t i = 0; i < chunk; i++)
+                if (p[i]) {
+                    all_zero = 0;
+                    break;
+                }
+            if (!all_zero) {
+                dpu->mram_pages[page] = (uint8_t *)calloc(1, EMU_PAGE_SIZE);
+                if (!dpu->mram_pages[page])
+                    return -1;
+            }
+        }
+        if (dpu->mram_pages[page])
+            memcpy(dpu->mram_pages[page] + in, p, chunk);
+        p += chunk;
+        off += (uint32_t)chunk;
+        n -= chunk;
+    }
+    return 0;
+}
+
+EMU_HIDDEN void emu_mram_read(const struct emu_dpu *dpu, uint32_t off, void *dst, size_t n)
+{
+    uint8_t *p = (uint8_t *)dst;
+    while (n > 0) {
+        uint32_t page = off >> EMU_PAGE_SHIFT, in = off & (EMU_PAGE_SIZE - 1);
+        size_t chunk = EMU_PAGE_SIZE - in;
+        if (chunk > n)
+            chunk = n;
+        if (dpu->mram_pages[page])
+            memcpy(p, dpu->mram_pages[page] + in, chunk);
+        else
+            memset(p, 0, chunk);
+        p += chunk;
+        off += (uint32_t)chunk;
+        n -= chunk;
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Runtime functions called by kernels                                                         */
+
+static unsigned rt_me(void)
+{
+    struct emu_sched *s = tls_sched;
+    return s ? s->current : 0;
+}
+
+/* Is [p, p+n) a WRAM range the kernel may DMA to/from? */
+static int wram_ok(struct emu_sched *s, const void *p, size_t n, int dma_source)
+{
+    uintptr_t a = (uintptr_t)p, e = a + n;
+    const struct emu_image *img = s->image;
+    if (a >= (uintptr_t)img->wram_start && e <= (uintptr_t)img->wram_end)
+        return 1;
+    if (a >= (uintptr_t)s->heap && e <= (uintptr_t)s->heap + s->heap_top)
+        return 1;
+    for (uint32_t i = 0; i < s->nr_tasklets; i++)
+        if (a >= (uintptr_t)s->t[i].stack_lo && e <= (uintptr_t)s->t[i].stack_hi)
+            return 1;
+    if (dma_source) {
+        /* Constant data of the kernel (on a DPU, .rodata lives in WRAM too). */
+        Dl_info info;
+        void *base_of_kernel = NULL;
+        Dl_info kinfo;
+        if (dladdr((const void *)img->main_fn, &kinfo))
+            base_of_kernel = kinfo.dli_fbase;
+        if (dladdr(p, &info) && base_of_kernel && info.dli_fbase == base_of_kernel &&
+            dladdr((const char *)p + n - 1, &info) && info.dli_fbase == base_of_kernel)
+            return 1;
+    }
+    return 0;
+}
+
+/* Translates a kernel MRAM pointer to a DPU MRAM offset; returns 0 when it is not in MRAM. */
+static int mram_offset(struct emu_sched *s, const void *p, uint32_t *off)
+{
+    uintptr_t a = (uintptr_t)p;
+    const struct emu_image *img = s->image;
+    if (a >= (uintptr_t)img->mram_start && a < (uintptr_t)img->mram_end) {
+        *off = (uint32_t)(a - (uintptr_t)img->mram_start);
+        return 1;
+    }
+    if (a >= (uintptr_t)img->mramz_start && a < (uintptr_t)img->mramz_end) {
+        *off = s->prog->mram_init_size + (uint32_t)(a - (uintptr_t)img->mramz_start);
+        return 1;
+    }
+    if (a >= EMU_MRAM_BASE && a < (uintptr_t)EMU_MRAM_BASE + EMU_MRAM_SIZE) {
+        *off = (uint32_t)(a - EMU_MRAM_BASE);
+        return 1;
+    }
+    return 0;
+}
+
+static void dma(int is_write, const void *mram_p, void *wram_p, unsigned n)
+{
+    struct emu_sched *s = tls_sched;
+    if (!s)
+        return;
+    const char *op = is_write ? "mram_write" : "mram_read";
+    uint32_t off = 0;
+    int in_mram = mram_offset(s, mram_p, &off);
+    uint32_t shown = in_mram ? EMU_MRAM_BASE + off : (uint32_t)(uintptr_t)mram_p;
+#define EMU_DMA_FMT(what) "%s " what " (mram 0x%08x %s wram %p, %u bytes)"
+#define EMU_DMA_ARGS op, shown, is_write ? "<-" : "->", wram_p, n
+    if (n < 8 || n > 2048 || (n % 8) != 0)
+        fault_here(s, "%s size %u is not a multiple of 8 in [8, 2048] (mram 0x%08x %s wram %p)", op, n, shown,
+                   is_write ? "<-" : "->", wram_p);
+    if (!in_mram)
+        fault_here(s, "%s: MRAM address %p is outside MRAM [0x%08x, 0x%08x) (wram %p, %u bytes)", op, mram_p,
+                   EMU_MRAM_BASE, EMU_MRAM_BASE + EMU_MRAM_SIZE, wram_p, n);
+    if ((uint64_t)off + n > EMU_MRAM_SIZE)
+        fault_here(s, "%s: MRAM range [0x%08x, 0x%08llx) runs past the end of MRAM 0x%08x (wram %p)", op,
+                   EMU_MRAM_BASE + off, (unsigned long long)EMU_MRAM_BASE + off + n, EMU_MRAM_BASE + EMU_MRAM_SIZE,
+                   wram_p);
+    if (off % 8 != 0)
+        fault_here(s, EMU_DMA_FMT("MRAM address is not 8-byte aligned"), EMU_DMA_ARGS);
+    if ((uintptr_t)wram_p % 8 != 0)
+        fault_here(s, EMU_DMA_FMT("WRAM address is not 8-byte aligned"), EMU_DMA_ARGS);
+    if (!wram_ok(s, wram_p, n, is_write))
+        fault_here(s,
+                   EMU_DMA_FMT("WRAM range is not inside WRAM globals, a mem_alloc block or a tasklet stack"),
+                   EMU_DMA_ARGS);
+#undef EMU_DMA_FMT
+#undef EMU_DMA_ARGS
+    struct emu_dpu *d = s->dpu;
+    uint32_t t = s->current;
+    if (is_write) {
+        if (emu_mram_write(d, off, wram_p, n) != 0)
+            fault_here(s, "mram_write: the host is out of memory for MRAM backing pages");
+        d->counters.dma_write_ops[t]++;
+        d->counters.dma_write_bytes[t] += n;
+        s->cycles += EMU_DMA_WRITE_ALPHA + n / 2;
+    } else {
+        emu_mram_read(d, off, wram_p, n);
+        d->counters.dma_read_ops[t]++;
+        d->counters.dma_read_bytes[t] += n;
+        s->cycles += EMU_DMA_READ_ALPHA + n / 2;
+    }
+}
+
+static void rt_mram_read(const void *from, void *to, unsigned n) { dma(0, from, to, n); }
+static void rt_mram_write(const void *from, void *to, unsigned n) { dma(1, to, (void *)from, n); }
+
+static void *rt_mem_alloc(size_t size)
+{
+    struct emu_sched *s = tls_sched;
+    if (!s)
+        return NULL;
+    size_t rounded = (size + 7) & ~(size_t)7;
+    uint32_t limit = s->prog->heap_limit;
+    if (size > limit || rounded > (size_t)(limit - s->heap_top))
+        fault_here(s,
+                   "mem_alloc(%zu) exceeds the WRAM heap: %u of %u bytes left (64 KiB - %zu B static data - "
+                   "%u tasklets x %u B stacks)",
+                   size, limit - s->heap_top, limit, s->prog->wram_size, s->prog->nr_tasklets,
+                   s->prog->stack_size);
+    void *p = s->heap + s->heap_top;
+    s->heap_top += (uint32_t)rounded;
+    if (s->heap_top > s->heap_peak)
+        s->heap_peak = s->heap_top;
+    return p;
+}
+
+static void rt_mem_reset(void)
+{
+    struct emu_sched *s = tls_sched;
+    if (s)
+        s->heap_top = 0;
+}
+
+static void *rt_mram_heap_pointer(void)
+{
+    struct emu_sched *s = tls_sched;
+    uint32_t off = s ? s->prog->mram_static : 0;
+    return (void *)(uintptr_t)(EMU_MRAM_BASE + off);
+}
+
+static struct emu_sync_obj *sync_obj(struct emu_sched *s, const void *addr)
+{
+    for (uint32_t i = 0; i < s->nr_objs; i++)
+        if (s->objs[i].addr == addr)
+            return &s->objs[i];
+    if (s->nr_objs == EMU_MAX_SYNC_OBJECTS)
+        fault_here(s, "more than %u distinct barriers, mutexes and semaphores", EMU_MAX_SYNC_OBJECTS);
+    struct emu_sync_obj *o = &s->objs[s->nr_objs++];
+    memset(o, 0, sizeof *o);
+    o->addr = addr;
+    return o;
+}
+
+static void block(struct emu_sched *s, enum emu_wait_kind kind, const void *obj, uint32_t arg)
+{
+    struct emu_tasklet *t = &s->t[s->current];
+    t->state = T_BLOCKED;
+    t->wait = kind;
+    t->wait_obj = obj;
+    t->wait_arg = arg;
+    to_scheduler(s);
+}
+
+static void wake(struct emu_tasklet *t)
+{
+    t->state = T_RUNNABLE;
+    t->wait = W_NONE;
+    t->wait_obj = NULL;
+}
+
+static void rt_barrier_wait(struct updlrm_emu_barrier *b)
+{
+    struct emu_sched *s = tls_sched;
+    if (!s)
+        return;
+    if (b->count == 0 || b->count > s->nr_tasklets)
+        fault_here(s, "barrier_wait on a barrier for %u tasklets, but the DPU runs %u tasklets (deadlock)", b->count,
+                   s->nr_tasklets);
+    struct emu_sync_obj *o = sync_obj(s, b);
+    o->waiting++;
+    if (o->waiting >= b->count) {
+        o->waiting = 0;
+        for (uint32_t i = 0; i < s->nr_tasklets; i++)
+            if (s->t[i].state == T_BLOCKED && s->t[i].wait == W_BARRIER && s->t[i].wait_obj == b)
+                wake(&s->t[i]);
+        return;
+    }
+    block(s, W_BARRIER, b, b->count);
+}
+
+static void rt_mutex_lock(struct updlrm_emu_mutex *m)
+{
+    struct emu_sched *s = tls_sched;
+    if (!s)
+        return;
+    struct emu_sync_obj *o = sync_obj(s, m);
+    if (!o->locked) {
+        o->locked = 1;
+        o->owner = s->current;
+        return;
+    }
+    if (o->owner == s->current)
+        fault_here(s, "mutex_lock on a mutex this tasklet already holds (deadlock)");
+    block(s, W_MUTEX, m, 0); /* ownership is handed over by mutex_unlock */
+}
+
+static int rt_mutex_trylock(struct updlrm_emu_mutex *m)
+{
+    struct emu_sched *s = tls_sched;
+    if (!s)
+        return 1;
+    struct emu_sync_obj *o = sync_obj(s, m);
+    if (o->locked)
+        return 0;
+    o->locked = 1;
+    o->owner = s->current;
+    return 1;
+}
+
+static void rt_mutex_unlock(struct updlrm_emu_mutex *m)
+{
+    struct emu_sched *s = tls_sched;
+    if (!s)
+        return;
+    struct emu_sync_obj *o = sync_obj(s, m);
+    if (!o->locked)
+        fault_here(s, "mutex_unlock on a mutex that is not locked");
+    /* Hand the mutex to the next waiter in tasklet order after the current one. */
+    for (uint32_t k = 1; k <= s->nr_tasklets; k++) {
+        uint32_t i = (s->current + k) % s->nr_tasklets;
+        if (s->t[i].state == T_BLOCKED && s->t[i].wait == W_MUTEX && s->t[i].wait_obj == m) {
+            o->owner = i;
+            wake(&s->t[i]);
+            return;
+        }
+    }
+    o->locked = 0;
+}
+
+static void rt_sem_take(struct updlrm_emu_sem *sem)
+{
+    struct emu_sched *s = tls_sched;
+    if (!s)
+        return;
+    if (sem->value > 0) {
+        sem->value--;
+        return;
+    }
+    block(s, W_SEM, sem, 0); /* sem_give hands the unit over directly */
+}
+
+static void rt_sem_give(struct updlrm_emu_sem *sem)
+{
+    struct emu_sched *s = tls_sched;
+    if (!s)
+        return;
+    for (uint32_t k = 1; k <= s->nr_tasklets; k++) {
+        uint32_t i = (s->current + k) % s->nr_tasklets;
+        if (s->t[i].state == T_BLOCKED && s->t[i].wait == W_SEM && s->t[i].wait_obj == sem) {
+            wake(&s->t[i]);
+            return;
+        }
+    }
+    sem->value++;
+}
+
+static int rt_handshake_notify(void)
+{
+    struct emu_sched *s = tls_sched;
+    if (!s)
+        return 0;
+    for (uint32_t i = 0; i < s->nr_tasklets; i++)
+        if (s->t[i].state == T_BLOCKED && s->t[i].wait == W_WAIT_FOR && s->t[i].wait_arg == s->current) {
+            wake(&s->t[i]);
+            return 0;
+        }
+    block(s, W_NOTIFY, NULL, 0);
+    return 0;
+}
+
+static int rt_handshake_wait_for(unsigned notifier)
+{
+    struct emu_sched *s = tls_sched;
+    if (!s)
+        return 0;
+    if (notifier >= s->nr_tasklets || notifier == s->current)
+        fault_here(s, "handshake_wait_for(%u): no such other tasklet (NR_TASKLETS = %u)", notifier, s->nr_tasklets);
+    struct emu_tasklet *n = &s->t[notifier];
+    if (n->state == T_BLOCKED && n->wait == W_NOTIFY) {
+        wake(n);
+        return 0;
+    }
+    block(s, W_WAIT_FOR, NULL, notifier);
+    return 0;
+}
+
+static void rt_perfcounter_config(int mode, int reset)
+{
+    (void)mode;
+    struct emu_sched *s = tls_sched;
+    if (s && reset)
+        s->perf_base = s->cycles;
+}
+
+static uint64_t rt_perfcounter_get(void)
+{
+    struct emu_sched *s = tls_sched;
+    return s ? s->cycles - s->perf_base : 0;
+}
+
+static int rt_vprintf(const char *fmt, va_list ap)
+{
+    struct emu_sched *s = tls_sched;
+    if (!s)
+        return 0;
+    struct emu_dpu *d = s->dpu;
+    char small[512];
+    va_list ap2;
+    va_copy(ap2, ap);
+    int n = vsnprintf(small, sizeof small, fmt, ap2);
+    va_end(ap2);
+    if (n <= 0)
+        return n;
+    if (d->log_len + (size_t)n > EMU_LOG_CAP) {
+        d->log_truncated = 1;
+        return n;
+    }
+    if (!d->log) {
+        d->log = (char *)malloc(EMU_LOG_CAP + 1);
+        if (!d->log) {
+            d->log_truncated = 1;
+            return n;
+        }
+    }
+    if ((size_t)n < sizeof small)
+        memcpy(d->log + d->log_len, small, (size_t)n);
+    else
+        vsnprintf(d->log + d->log_len, (size_t)n + 1, fmt, ap);
+    d->log_len += (size_t)n;
+    d->log[d->log_len] = '\0';
+    return n;
+}
+
+static void rt_fault(const char *reason) __attribute__((noreturn));
+static void rt_fault(const char *reason)
+{
+    struct emu_sched *s = tls_sched;
+    if (!s)
+        abort(); /* unreachable: a kernel runs only inside the scheduler */
+    fault_here(s, "%s", reason);
+}
+
+EMU_HIDDEN const struct updlrm_emu_rt emu_rt_table = {
+    .version = UPDLRM_EMU_RT_VERSION,
+    .reserved = 0,
+    .me = rt_me,
+    .mram_read = rt_mram_read,
+    .mram_write = rt_mram_write,
+    .mem_alloc = rt_mem_alloc,
+    .mem_reset = rt_mem_reset,
+    .mram_heap_pointer = rt_mram_heap_pointer,
+    .barrier_wait = rt_barrier_wait,
+    .mutex_lock = rt_mutex_lock,
+    .mutex_unlock = rt_mutex_unlock,
+    .mutex_trylock = rt_mutex_trylock,
+    .sem_take = rt_sem_take,
+    .sem_give = rt_sem_give,
+    .handshake_notify = rt_handshake_notify,
+    .handshake_wait_for = rt_handshake_wait_for,
+    .perfcounter_config = rt_perfcounter_config,
+    .perfcounter_get = rt_perfcounter_get,
+    .vprintf = rt_vprintf,
+    .fault = rt_fault,
+};
+
+/* ------------------------------------------------------------------------------------------ */
+/* Scheduler                                                                                   */
+
+static void tasklet_entry(void *arg)
+{
+    struct emu_sched *s = (struct emu_sched *)arg;
+    s->image->main_fn();
+    s->t[s->current].state = T_DONE;
+    to_scheduler(s);
+    __builtin_unreachable();
+}
+
+EMU_HIDDEN int emu_sched_init(struct emu_sched *s, struct emu_program *prog, struct emu_image *image)
+{
+    memset(s, 0, sizeof *s);
+    s->prog = prog;
+    s->image = image;
+    s->nr_tasklets = prog->nr_tasklets;
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    s->stacks_bytes = (size_t)s->nr_tasklets * EMU_HOST_STACK_BYTES;
+    void *m = mmap(NULL, s->stacks_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (m == MAP_FAILED)
+        return -1;
+    s->stacks = (uint8_t *)m;
+    for (uint32_t i = 0; i < s->nr_tasklets; i++) {
+        uint8_t *lo = s->stacks + (size_t)i * EMU_HOST_STACK_BYTES;
+        mprotect(lo, page, PROT_NONE); /* guard page: a host stack overflow crashes loudly */
+        s->t[i].stack_lo = lo + page;
+        s->t[i].stack_hi = lo + EMU_HOST_STACK_BYTES;
+    }
+    s->heap = (uint8_t *)aligned_alloc(64, EMU_WRAM_SIZE);
+    if (!s->heap)
+        return -1;
+    memset(s->heap, 0, EMU_WRAM_SIZE);
+#ifdef EMU_USE_UCONTEXT
+    s->sched_uctx = calloc(1, sizeof(ucontext_t));
+    for (uint32_t i = 0; i < s->nr_tasklets; i++)
+        s->t[i].uctx = calloc(1, sizeof(ucontext_t));
+#endif
+    return 0;
+}
+
+EMU_HIDDEN void emu_sched_fini(struct emu_sched *s)
+{
+    if (s->stacks)
+        munmap(s->stacks, s->stacks_bytes);
+    free(s->heap);
+#ifdef EMU_USE_UCONTEXT
+    free(s->sched_uctx);
+    for (uint32_t i = 0; i < EMU_MAX_TASKLETS; i++)
+        free(s->t[i].uctx);
+#endif
+    memset(s, 0, sizeof *s);
+}
+
+/* Describes why no tasklet can run (all remaining ones blocked). */
+static void fault_deadlock(struct emu_sched *s)
+{
+    uint32_t blocked = 0, done = 0, first = EMU_NO_TASKLET;
+    for (uint32_t i = 0; i < s->nr_tasklets; i++) {
+        if (s->t[i].state == T_BLOCKED) {
+            blocked++;
+            if (first == EMU_NO_TASKLET)
+                first = i;
+        } else if (s->t[i].state == T_DONE)
+            done++;
+    }
+    const struct emu_tasklet *t = &s->t[first];
+    const char *what = "a synchronization call";
+    switch (t->wait) {
+    case W_BARRIER: what = "barrier_wait"; break;
+    case W_MUTEX: what = "mutex_lock"; break;
+    case W_SEM: what = "sem_take"; break;
+    case W_NOTIFY: what = "handshake_notify"; break;
+    case W_WAIT_FOR: what = "handshake_wait_for"; break;
+    default: break;
+    }
+    if (t->wait == W_BARRIER) {
+        const struct updlrm_emu_barrier *b = (const struct updlrm_emu_barrier *)t->wait_obj;
+        uint32_t waiting = 0;
+        for (uint32_t i = 0; i < s->nr_tasklets; i++)
+            if (s->t[i].state == T_BLOCKED && s->t[i].wait == W_BARRIER && s->t[i].wait_obj == b)
+                waiting++;
+        fault_set(s, first,
+                  "deadlock in barrier_wait: the barrier expects %u tasklets but only %u wait on it "
+                  "(%u tasklets blocked, %u ended)",
+                  b->count, waiting, blocked, done);
+    } else {
+        fault_set(s, first, "deadlock in %s: %u tasklets blocked, %u ended, none can run", what, blocked, done);
+    }
+}
+
+static void run_one_dpu(struct emu_sched *s, struct updlrm_emu_set *set, uint32_t index)
+{
+    struct emu_program *p = s->prog;
+    struct emu_dpu *d = &set->dpus[index];
+    uint64_t t0 = emu_now_ns();
+
+    /* Per-launch state of this DPU. */
+    memset(d->counters.dma_read_ops, 0, sizeof d->counters.dma_read_ops);
+    memset(d->counters.dma_read_bytes, 0, sizeof d->counters.dma_read_bytes);
+    memset(d->counters.dma_write_ops, 0, sizeof d->counters.dma_write_ops);
+    memset(d->counters.dma_write_bytes, 0, sizeof d->counters.dma_write_bytes);
+    d->counters.faulted = 0;
+    d->fault_msg[0] = '\0';
+    d->fault_tasklet = EMU_NO_TASKLET;
+    d->log_len = 0;
+    d->log_truncated = 0;
+    if (d->log)
+        d->log[0] = '\0';
+
+    /* Swap this DPU's WRAM in. */
+    memcpy(s->image->wram_start, d->wram_saved, p->wram_size);
+    if (d->heap_top)
+        memcpy(s->heap, d->heap_saved, d->heap_top);
+    s->dpu = d;
+    s->dpu_index = index;
+    s->set = set;
+    s->heap_top = d->heap_top;
+    s->heap_peak = d->heap_top;
+    s->cycles = 0;
+    s->perf_base = 0;
+    s->faulted = 0;
+    s->nr_objs = 0;
+
+    for (uint32_t i = 0; i < s->nr_tasklets; i++) {
+        struct emu_tasklet *t = &s->t[i];
+        t->state = T_RUNNABLE;
+        t->wait = W_NONE;
+        t->wait_obj = NULL;
+#ifdef EMU_USE_UCONTEXT
+        ucontext_t *u = (ucontext_t *)t->uctx;
+        getcontext(u);
+        u->uc_stack.ss_sp = t->stack_lo;
+        u->uc_stack.ss_size = (size_t)(t->stack_hi - t->stack_lo);
+        u->uc_link = NULL;
+        uintptr_t a = (uintptr_t)s;
+        makecontext(u, (void (*)(void))tasklet_entry_uctx, 2, (unsigned)(a & 0xffffffffu), (unsigned)(a >> 32));
+#else
+        t->sp = ctx_make(t->stack_hi, tasklet_entry, s);
+#endif
+    }
+
+    tls_sched = s;
+    uint32_t next = 0;
+    for (;;) {
+        if (s->faulted)
+            break;
+        uint32_t pick = EMU_NO_TASKLET, alive = 0;
+        for (uint32_t k = 0; k < s->nr_tasklets; k++) {
+            uint32_t i = (next + k) % s->nr_tasklets;
+            if (s->t[i].state != T_DONE)
+                alive++;
+            if (s->t[i].state == T_RUNNABLE) {
+                pick = i;
+                break;
+            }
+        }
+        if (pick == EMU_NO_TASKLET) {
+            if (alive)
+                fault_deadlock(s);
+            break;
+        }
+        to_tasklet(s, pick);
+        next = (pick + 1) % s->nr_tasklets;
+    }
+    tls_sched = NULL;
+
+    /* Swap this DPU's WRAM out (also after a fault: the hardware keeps WRAM as it is). */
+    memcpy(d->wram_saved, s->image->wram_start, p->wram_size);
+    if (s->heap_top > d->heap_saved_cap) {
+        uint8_t *nb = (uint8_t *)realloc(d->heap_saved, EMU_WRAM_SIZE);
+        if (nb) {
+            d->heap_saved = nb;
+            d->heap_saved_cap = EMU_WRAM_SIZE;
+        }
+    }
+    if (s->heap_top <= d->heap_saved_cap) {
+        if (s->heap_top)
+            memcpy(d->heap_saved, s->heap, s->heap_top);
+        d->heap_top = s->heap_top;
+    } else {
+        d->heap_top = 0;
+    }
+    d->counters.wram_heap_peak_bytes = s->heap_peak;
+    d->counters.wram_static_bytes = p->wram_static;
+    d->counters.nr_tasklets = p->nr_tasklets;
+    d->counters.modeled_cycles = s->cycles;
+    d->counters.faulted = s->faulted;
+    if (d->log_truncated && d->log && d->log_len + 32 <= EMU_LOG_CAP) {
+        d->log_len += (size_t)snprintf(d->log + d->log_len, 32, "[log truncated]\n");
+    }
+    d->counters.wall_ns = emu_now_ns() - t0;
+}
+
+EMU_HIDDEN uint32_t emu_sched_run(struct emu_sched *s, struct updlrm_emu_set *set, uint32_t image_index,
+                                  uint32_t first, uint32_t count)
+{
+    uint32_t faults = 0, w = s->prog->nr_images;
+    /* DPU d runs on image d % w; start at the first DPU of the range that maps to this image. */
+    uint32_t start = first + ((image_index + w - (first % w)) % w);
+    for (uint32_t d = start; d < first + count; d += w) {
+        run_one_dpu(s, set, d);
+        if (set->dpus[d].counters.faulted)
+            faults++;
+    }
+    return faults;
+}
