@@ -281,7 +281,8 @@ def test_default_push_length_is_largest_request_padded(model):
 @pytest.mark.parametrize(
     "mutate,message",
     [
-        (lambda d: d.pop("elements"), "elements"),
+        (lambda d: d.pop("dma_write_ops"), "dma_write_ops"),
+        (lambda d: d.update(elements=[1.0, 2.0]), "elements"),
         (lambda d: d.update(dma_read_bytes=[[1.0] * 16] * 3), "dma_read_bytes"),
         (lambda d: d.update(bags=[1, 2, -3, 4]), "position (2,)"),
         (lambda d: d.update(dtype="bf16"), "dtype"),
@@ -340,3 +341,23 @@ def test_from_file_overrides_and_rejects_unknown(tmp_path, model):
     with pytest.raises(ValueError, match="dma_beta_cycles_per_byte"):
         TimingModel.from_file(p)
     assert set(model.constants) == set(CONSTANT_NAMES)
+
+
+def test_native_module_names_are_accepted(model):
+    # host/python/module.cpp reports lookups_per_dpu, request_push_bytes (per launch), ...
+    d = _counter_dict()
+    native = {
+        "nr_tasklets": d["nr_tasklets"], "dtype": d["dtype"],
+        "lookups_per_dpu": d["lookups"], "bags_per_dpu": d["bags"],
+        "dma_read_ops": d["dma_read_ops"], "dma_read_bytes": d["dma_read_bytes"],
+        "dma_write_ops": d["dma_write_ops"], "dma_write_bytes": d["dma_write_bytes"],
+        "request_bytes_per_dpu": [64.0, 128.0, 64.0, 8.0], "output_bytes_per_dpu": [256.0] * 4,
+        "request_push_bytes": [128], "output_pull_bytes": [256],
+    }
+    kernels, tr = counters_from_dict(native)
+    assert kernels[0].lookups.tolist() == list(map(float, d["lookups"]))
+    assert tr.to_dpu_lengths.tolist() == [32.0, 128.0]  # launch args + the padded request
+    assert tr.from_dpu_lengths.tolist() == [312.0, 256.0]  # status + the padded output
+    # elements estimated from the row bytes read (DMA read bytes minus the staged request)
+    rd = np.asarray(d["dma_read_bytes"]).sum(1)
+    assert kernels[0].elements == pytest.approx((rd - np.array([64.0, 128.0, 64.0, 8.0])) / 4)

@@ -252,6 +252,46 @@ def _lengths_or_one_push(d: Mapping[str, Any], lengths_key: str, bytes_arr: np.n
     return np.asarray([np.ceil(biggest / 8.0) * 8.0] if biggest > 0 else [], dtype=np.float64)
 
 
+#: Names the native module (host/python/module.cpp ``lookup``) uses, mapped to this module's.
+NATIVE_ALIASES = {
+    "lookups_per_dpu": "lookups",
+    "bags_per_dpu": "bags",
+    "elements_per_dpu": "elements",
+    "tasklet_lookups": "lookups_per_tasklet",
+    "request_bytes_per_dpu": "pushed_bytes",
+    "output_bytes_per_dpu": "pulled_bytes",
+}
+#: Bytes of the fixed per-launch transfers of the driver (host/driver.c): the launch args pushed to
+#: WRAM and the status gathered back (sizes from dpu_kernels/include/updlrm_abi.h, ABI v2).
+LAUNCH_ARGS_BYTES = 32
+STATUS_BYTES = 24 + 8 * 24 + 4 * 24
+
+
+def _normalise_native(d: Mapping[str, Any]) -> dict:
+    """Accept the native module's raw counter names too (see :data:`NATIVE_ALIASES`).
+
+    ``request_push_bytes`` / ``output_pull_bytes`` (one padded length per launch) become
+    ``push_lengths`` / ``pull_lengths`` with the driver's args push and status pull added per
+    launch. A missing ``elements`` is estimated as (DMA read bytes - request bytes) / 4 per DPU
+    (exact when every row slice has an even column count) and flagged ``elements_estimated``.
+    """
+    out = dict(d)
+    for native, ours in NATIVE_ALIASES.items():
+        if native in out and ours not in out:
+            out[ours] = out[native]
+    if "push_lengths" not in out and "request_push_bytes" in out:
+        out["push_lengths"] = [x for n in np.atleast_1d(out["request_push_bytes"]) for x in (LAUNCH_ARGS_BYTES, n)]
+    if "pull_lengths" not in out and "output_pull_bytes" in out:
+        out["pull_lengths"] = [x for n in np.atleast_1d(out["output_pull_bytes"]) for x in (STATUS_BYTES, n)]
+    if "elements" not in out and "dma_read_bytes" in out and "pushed_bytes" in out and not out.get("launches"):
+        rd = np.asarray(out["dma_read_bytes"], dtype=np.float64)
+        req = np.asarray(out["pushed_bytes"], dtype=np.float64)
+        if rd.ndim == 2 and req.shape == (rd.shape[0],):
+            out["elements"] = np.maximum(rd.sum(axis=1) - req, 0.0) / 4.0
+            out["elements_estimated"] = True
+    return out
+
+
 def counters_from_dict(d: Mapping[str, Any]) -> tuple[list[KernelCounters], TransferCounters]:
     """Turn the PIM backend's plain counter dict into model inputs.
 
@@ -268,11 +308,13 @@ def counters_from_dict(d: Mapping[str, Any]) -> tuple[list[KernelCounters], Tran
         launches: [ {kernel fields...}, ... ]   (optional) one dict per launch when a batch needs
                             several; each inherits nr_tasklets/dtype from the top level.
 
+    The native module's raw names are accepted as well (:data:`NATIVE_ALIASES`).
     Returns (kernel counters, one per launch; transfer counters). Raises ``ValueError`` naming the
     missing or malformed field.
     """
     if not isinstance(d, Mapping):
         raise ValueError(f"counters must be a mapping, got {type(d).__name__}")
+    d = _normalise_native(d)
     top = {k: d[k] for k in ("nr_tasklets", "dtype") if k in d}
     if d.get("launches"):
         kernels = [_kernel_from_dict(ld, top, f"launches[{i}]") for i, ld in enumerate(d["launches"])]

@@ -1,0 +1,603 @@
+"""The CPU vs CPU-GPU vs PIM benchmark behind ``updlrm bench``.
+
+Same model, same batches, every backend:
+
+* ``cpu``          torch EmbeddingBag + MLPs on this machine's CPU (measured);
+* ``cuda-hybrid``  UpDLRM's CPU-GPU baseline: lookups on the CPU, MLPs on the GPU (measured);
+* ``cuda-gpu``     tables and MLPs on the GPU (measured);
+* ``pim``          lookups on the emulated DPUs; host phases (pack, merge, MLP) are measured, the
+                   DPU phases (CPU->DPU, launch, kernel, DPU->CPU) are **modeled** by
+                   :mod:`updlrm.timing_model` from the emulator's exact counters. The emulator's
+                   own wall time is recorded separately (``emulator-wall``) and never counted.
+
+A backend that cannot run here is listed ``unavailable`` with the reason (e.g. no GPU), never
+dropped. Sweeps cover batch sizes, DPU counts and partitioning strategies; each point runs
+``warmup`` + ``repeats`` batches (the same batches for every backend) and reports p50/p90/p99 of
+the per-batch latency and the median of every phase, each labelled with its source. For PIM runs
+the physical bound (:meth:`TimingModel.physical_bound`) and modeled/bound are reported.
+
+Latency of one batch (seconds):
+    cpu / cuda:  host wall clock around ``Engine.predict`` (validation, lookups, MLPs).
+    pim:         host wall clock around ``Engine.predict`` - the emulator-wall phases
+                 + the modeled DPU phases (so validation, pack, merge and MLP stay measured).
+
+Outputs (:func:`write_outputs`): ``bench.json`` (config, machine, timing constants, every run),
+``bench.csv`` (one row per run), and plots (latency vs batch size per backend; stacked per-phase
+bars; PIM speedup over CPU and over the hybrid).
+
+Example::
+
+    from updlrm.bench import BenchConfig, run_bench, write_outputs, format_table
+    cfg = BenchConfig(model="tiny", batch_sizes=[64, 256], repeats=3)
+    result = run_bench(cfg)
+    print(format_table(result)); write_outputs(result, "bench_out")
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from updlrm.errors import BackendUnavailableError
+
+__all__ = ["BenchConfig", "BenchResult", "BACKEND_NAMES", "run_bench", "write_outputs", "format_table",
+           "load_bench_config", "machine_info"]
+
+#: Backend labels of the bench (``cuda`` on the command line means both cuda variants).
+BACKEND_NAMES = ("cpu", "cuda-hybrid", "cuda-gpu", "pim")
+#: Phases each kind of backend reports, in pipeline order.
+EXPECTED_PHASES = {
+    "cpu": ("embed", "mlp"),
+    "cuda-hybrid": ("embed", "mlp"),
+    "cuda-gpu": ("embed", "mlp"),
+    "pim": ("pack", "cpu_to_dpu", "launch", "kernel", "dpu_to_cpu", "merge", "mlp"),
+}
+MODELED_PHASES = ("cpu_to_dpu", "launch", "kernel", "dpu_to_cpu")
+
+
+@dataclass
+class BenchConfig:
+    """What to benchmark.
+
+    Attributes:
+        model: a named config (``updlrm.configs.names()``) or a dict describing a DLRMConfig:
+            ``{"name", "n_dense", "embedding_dim", "bottom_mlp": [...], "top_mlp": [...],
+            "tables": [{"name", "rows"}, ...]}`` (dims default to ``embedding_dim``).
+        row_scale, max_rows: shrink a named config's tables (``configs.get``).
+        batch_sizes: samples per batch to sweep.
+        pooling: lookups per bag; alpha: Zipf skew of the ids (``batch.random_batch``).
+        backends: subset of :data:`BACKEND_NAMES` (``"cuda"`` = both cuda variants).
+        nr_dpus, strategies: PIM sweep (every combination).
+        dtype: PIM table type, ``"fp32"`` or ``"int32"``; nr_tasklets: per DPU.
+        warmup, repeats: batches run and discarded / measured per point.
+        seed: batch seed (batch i of a point uses seed + i; the same for every backend).
+        timing_constants: optional JSON file overriding the timing model's constants.
+        threads: torch CPU threads for the run (None: torch's default); recorded in the machine info.
+    """
+
+    model: Any = "tiny"
+    row_scale: float = 1.0
+    max_rows: int | None = None
+    batch_sizes: list[int] = field(default_factory=lambda: [64, 256, 1024, 4096])
+    pooling: int = 20
+    alpha: float = 1.05
+    backends: list[str] = field(default_factory=lambda: list(BACKEND_NAMES))
+    nr_dpus: list[int] = field(default_factory=lambda: [64])
+    strategies: list[str] = field(default_factory=lambda: ["row_uniform"])
+    dtype: str = "fp32"
+    nr_tasklets: int = 16
+    warmup: int = 1
+    repeats: int = 5
+    seed: int = 0
+    timing_constants: str | None = None
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        self.backends = _expand_backends(self.backends)
+        self.batch_sizes = [int(b) for b in self.batch_sizes]
+        self.nr_dpus = [int(n) for n in self.nr_dpus]
+        self.strategies = [str(s) for s in self.strategies]
+        for name, values in (("batch_sizes", self.batch_sizes), ("nr_dpus", self.nr_dpus)):
+            if not values or min(values) < 1:
+                raise ValueError(f"BenchConfig.{name} must be a non-empty list of positive integers, got {values}")
+        if not self.strategies:
+            raise ValueError("BenchConfig.strategies must not be empty")
+        if self.dtype not in ("fp32", "int32"):
+            raise ValueError(f"BenchConfig.dtype must be 'fp32' or 'int32', got {self.dtype!r}")
+        if self.repeats < 1 or self.warmup < 0:
+            raise ValueError(f"BenchConfig needs repeats >= 1 and warmup >= 0, got {self.repeats}, {self.warmup}")
+        if self.pooling < 0:
+            raise ValueError(f"BenchConfig.pooling must be >= 0, got {self.pooling}")
+        if not self.row_scale > 0:
+            raise ValueError(f"BenchConfig.row_scale must be > 0, got {self.row_scale}")
+        if self.threads is not None and int(self.threads) < 1:
+            raise ValueError(f"BenchConfig.threads must be >= 1 or None, got {self.threads}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _expand_backends(names: Iterable[str]) -> list[str]:
+    out: list[str] = []
+    for name in names:
+        expanded = ["cuda-hybrid", "cuda-gpu"] if name == "cuda" else [name]
+        for n in expanded:
+            if n not in BACKEND_NAMES:
+                raise ValueError(f"unknown bench backend {name!r}; choose from cpu, cuda, cuda-hybrid, cuda-gpu, pim")
+            if n not in out:
+                out.append(n)
+    if not out:
+        raise ValueError("BenchConfig.backends must not be empty")
+    return out
+
+
+def load_bench_config(path: str | Path, **overrides) -> BenchConfig:
+    """A :class:`BenchConfig` from a JSON file (keys = its attributes), then ``overrides``."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read bench config {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a bench config must be a JSON object")
+    known = {f.name for f in dataclasses.fields(BenchConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown bench config key(s) {unknown}; known: {sorted(known)}")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return BenchConfig(**data)
+
+
+def _model_config(cfg: BenchConfig):
+    from updlrm import configs
+    from updlrm.configs import DLRMConfig
+    from updlrm.partition import TableSpec
+
+    if isinstance(cfg.model, str):
+        return configs.get(cfg.model, row_scale=cfg.row_scale, max_rows=cfg.max_rows)
+    if not isinstance(cfg.model, dict):
+        raise ValueError(f"BenchConfig.model must be a config name or a dict, got {type(cfg.model).__name__}")
+    m = dict(cfg.model)
+    try:
+        dim = int(m["embedding_dim"])
+        tables = tuple(
+            TableSpec(str(t.get("name", f"T{i + 1}")), int(t["rows"]), int(t.get("dim", dim)))
+            for i, t in enumerate(m["tables"])
+        )
+        config = DLRMConfig(
+            name=str(m.get("name", "custom")), n_dense=int(m["n_dense"]), embedding_dim=dim,
+            bottom_mlp=tuple(m["bottom_mlp"]), top_mlp=tuple(m["top_mlp"]), tables=tables,
+            interaction_itself=bool(m.get("interaction_itself", False)), seed=int(m.get("seed", 0)),
+        )
+    except KeyError as exc:
+        raise ValueError(f"custom model config is missing {exc.args[0]!r}") from None
+    if cfg.row_scale != 1.0 or cfg.max_rows is not None:
+        config = config.scaled(cfg.row_scale, cfg.max_rows)
+    return config
+
+
+def machine_info() -> dict:
+    """Where the benchmark ran: CPU, cores, memory, Python/torch/numpy versions, GPU, git commit."""
+    import torch
+
+    info = {
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu_model"] = line.split(":", 1)[1].strip()
+                    break
+        with open("/proc/meminfo") as f:
+            info["mem_total_kib"] = int(f.readline().split()[1])
+    except OSError:
+        pass
+    try:
+        info["git_commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        info["git_commit"] = None
+    return info
+
+
+@dataclass
+class BenchResult:
+    """Everything one bench run produced (``to_dict`` is what ``bench.json`` holds)."""
+
+    config: BenchConfig
+    machine: dict
+    model: dict
+    timing_constants: list[dict]
+    runs: list[dict]
+    backends: dict[str, dict]  # backend -> {"available": bool, "reason": str | None}
+
+    def to_dict(self) -> dict:
+        return {
+            "config": self.config.to_dict(),
+            "machine": self.machine,
+            "model": self.model,
+            "backends": self.backends,
+            "timing_constants": self.timing_constants,
+            "notes": [
+                "latency_s percentiles are over the measured repeats of one point",
+                "pim: DPU phases (cpu_to_dpu, launch, kernel, dpu_to_cpu) are modeled by updlrm.timing_model "
+                "from the emulator's exact counters; pack, merge and mlp are measured on this machine; "
+                "emulator_wall_s is the emulator's host time, never part of the latency",
+                "cpu / cuda: everything measured on this machine",
+            ],
+            "runs": self.runs,
+        }
+
+
+def _percentiles(values: list[float]) -> dict:
+    a = np.asarray(values, dtype=np.float64)
+    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
+            "p99": float(np.percentile(a, 99)), "mean": float(a.mean()), "min": float(a.min()), "n": int(a.size)}
+
+
+class _Runner:
+    """Builds one engine per backend point and times batches on it."""
+
+    def __init__(self, model, cfg: BenchConfig, timing_model):
+        self.model = model
+        self.cfg = cfg
+        self.timing = timing_model
+
+    def engine(self, backend: str, nr_dpus: int | None = None, strategy: str | None = None):
+        from updlrm.engine import Engine
+
+        if backend == "cpu":
+            return Engine(self.model, backend="cpu")
+        if backend in ("cuda-hybrid", "cuda-gpu"):
+            return Engine(self.model, backend="cuda", cuda_mode=backend.split("-")[1])
+        return Engine(self.model, backend="pim", nr_dpus=nr_dpus, strategy=strategy, dtype=self.cfg.dtype,
+                      nr_tasklets=self.cfg.nr_tasklets)
+
+    def time_point(self, engine, backend: str, batches: list) -> dict:
+        """Run warmup + repeats batches; per-batch latency and phases (see the module docstring)."""
+        cfg = self.cfg
+        latencies: list[float] = []
+        walls: list[float] = []
+        phase_values: dict[str, list[float]] = {}
+        phase_sources: dict[str, str] = {}
+        emu_wall: dict[str, list[float]] = {}
+        bounds: list[float] = []
+        ratios: list[float] = []
+        kernel_detail = None
+        for i, batch in enumerate(batches):
+            sync = getattr(engine.backend, "synchronize", None)
+            t0 = time.perf_counter()
+            engine.predict(batch)
+            if sync is not None:
+                sync()
+            wall = time.perf_counter() - t0
+            if i < cfg.warmup:
+                continue
+            stats = engine.last_stats
+            latency = wall
+            if backend == "pim":
+                modeled = self.timing.model_counters(engine.plan.topology, stats.counters, engine.plan)
+                emulated = [p for p in stats.phases if p.source == "emulator-wall"]
+                for p in emulated:
+                    emu_wall.setdefault(p.name, []).append(p.seconds)
+                latency = wall - sum(p.seconds for p in emulated) + modeled.seconds
+                phases = [p for p in stats.phases if p.source != "emulator-wall"] + modeled.phases
+                bounds.append(modeled.bound.seconds)
+                ratios.append(modeled.achieved_over_bound)
+                kernel_detail = modeled.get("kernel").detail
+            else:
+                phases = list(stats.phases)
+            for p in phases:
+                phase_values.setdefault(p.name, []).append(p.seconds)
+                phase_sources[p.name] = p.source
+            latencies.append(latency)
+            walls.append(wall)
+        out = {
+            "latency_s": _percentiles(latencies),
+            "latency_source": "measured" if backend != "pim" else "measured host phases + modeled DPU phases",
+            "host_wall_s": _percentiles(walls),
+            "phases": {
+                name: {"p50_s": float(np.median(v)), "source": phase_sources[name]} for name, v in phase_values.items()
+            },
+        }
+        if backend == "pim":
+            out["emulator_wall_s"] = {name: float(np.median(v)) for name, v in emu_wall.items()}
+            out["bound_s"] = float(np.median(bounds))
+            out["modeled_over_bound"] = float(np.median(ratios))
+            out["kernel_model"] = {k: v for k, v in (kernel_detail or {}).items() if k != "per_launch"}
+        return out
+
+
+def run_bench(cfg: BenchConfig, progress: bool | Callable[[str], None] = False) -> BenchResult:
+    """Run every point of ``cfg``; ``progress=True`` shows a tqdm bar on stderr."""
+    import torch
+
+    from updlrm.timing_model import TimingModel
+
+    timing = TimingModel.from_file(cfg.timing_constants) if cfg.timing_constants else TimingModel.default()
+    config = _model_config(cfg)
+    torch.manual_seed(cfg.seed)
+    threads_before = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(int(cfg.threads))
+    try:
+        result = _run_bench(cfg, progress, timing, config)
+        result.machine["torch_threads"] = torch.get_num_threads()
+        return result
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run_bench(cfg: BenchConfig, progress, timing, config) -> BenchResult:
+    from updlrm.batch import random_batch
+    from updlrm.model import DLRM
+
+    model = DLRM(config).eval()
+    runner = _Runner(model, cfg, timing)
+
+    points: list[tuple[str, int | None, str | None]] = []
+    for backend in cfg.backends:
+        if backend == "pim":
+            points += [("pim", n, s) for n in cfg.nr_dpus for s in cfg.strategies]
+        else:
+            points.append((backend, None, None))
+    total = len(points) * len(cfg.batch_sizes)
+    bar = None
+    if progress is True:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc="updlrm bench", unit="point", file=sys.stderr)
+
+    def tick(msg: str) -> None:
+        if bar is not None:
+            bar.set_postfix_str(msg)
+            bar.update(1)
+        elif callable(progress):
+            progress(msg)
+
+    batches_by_size = {}
+    n_batches = cfg.warmup + cfg.repeats
+    for b in cfg.batch_sizes:
+        batches_by_size[b] = [random_batch(config, b, pooling=cfg.pooling, alpha=cfg.alpha, seed=cfg.seed + i)
+                              for i in range(n_batches)]
+
+    runs: list[dict] = []
+    backends: dict[str, dict] = {}
+    try:
+        for backend, nr_dpus, strategy in points:
+            base = {"backend": backend, "nr_dpus": nr_dpus, "strategy": strategy,
+                    "dtype": cfg.dtype if backend == "pim" else "fp32"}
+            try:
+                engine = runner.engine(backend, nr_dpus, strategy)
+            except BackendUnavailableError as exc:
+                backends[backend] = {"available": False, "reason": str(exc)}
+                for b in cfg.batch_sizes:
+                    runs.append({**base, "batch_size": b, "status": "unavailable", "reason": str(exc)})
+                    tick(f"{backend} unavailable")
+                continue
+            backends.setdefault(backend, {"available": True, "reason": None})
+            try:
+                for b in cfg.batch_sizes:
+                    label = f"{backend} B={b}" + (f" dpus={nr_dpus} {strategy}" if backend == "pim" else "")
+                    try:
+                        rec = runner.time_point(engine, backend, batches_by_size[b])
+                        runs.append({**base, "batch_size": b, "status": "ok", **rec})
+                    except Exception as exc:  # one failing point is reported, the sweep goes on
+                        runs.append({**base, "batch_size": b, "status": "failed",
+                                     "reason": f"{type(exc).__name__}: {exc}"})
+                    tick(label)
+            finally:
+                engine.close()
+    finally:
+        if bar is not None:
+            bar.close()
+    _add_speedups(runs)
+    model_info = {
+        "name": config.name, "nr_tables": config.nr_tables, "embedding_dim": config.embedding_dim,
+        "total_rows": config.total_rows, "embedding_bytes": config.embedding_bytes,
+        "pooling": cfg.pooling, "alpha": cfg.alpha,
+    }
+    return BenchResult(cfg, machine_info(), model_info, timing.describe(), runs, backends)
+
+
+def _add_speedups(runs: list[dict]) -> None:
+    """For each ok pim run: speedup (p50 latency) over cpu and over cuda-hybrid at the same batch size."""
+    ref = {(r["backend"], r["batch_size"]): r["latency_s"]["p50"] for r in runs if r.get("status") == "ok"}
+    for r in runs:
+        if r["backend"] != "pim" or r.get("status") != "ok":
+            continue
+        p50 = r["latency_s"]["p50"]
+        for other in ("cpu", "cuda-hybrid"):
+            base = ref.get((other, r["batch_size"]))
+            r[f"speedup_over_{other.replace('-', '_')}"] = (base / p50) if base else None
+
+
+# ---- output ----------------------------------------------------------------------------------------
+
+
+def _label(r: dict) -> str:
+    if r["backend"] == "pim":
+        return f"pim[{r['nr_dpus']} DPUs,{r['strategy']},{r['dtype']}]"
+    return r["backend"]
+
+
+def format_table(result: BenchResult) -> str:
+    """The on-screen table: one line per run, latencies in ms, phases with their source."""
+    lines = []
+    m = result.machine
+    lines.append(f"model {result.model['name']}: {result.model['nr_tables']} tables, dim {result.model['embedding_dim']}, "
+                 f"{result.model['total_rows']:,} rows, pooling {result.model['pooling']}")
+    lines.append(f"machine: {m.get('cpu_model', m['processor'])}, {m['cpu_count']} CPUs, torch {m['torch']}, "
+                 f"GPU {m['gpu'] or 'none'}")
+    for name, info in result.backends.items():
+        if not info["available"]:
+            lines.append(f"{name}: unavailable: {info['reason']}")
+    src = {"measured": "meas", "modeled": "model", "emulator-wall": "emu", "hardware": "hw", "simulator": "sim"}
+    header = f"{'backend':34s} {'B':>5s} {'p50 ms':>9s} {'p90 ms':>9s} {'p99 ms':>9s}  {'xCPU':>6s} {'xHyb':>6s} {'bound ms':>9s} {'/bound':>7s}  phases p50 ms (source)"
+    lines.append(header)
+    lines.append("-" * len(header))
+    shown_unavailable = set()
+    for r in result.runs:
+        if r["status"] == "unavailable":
+            if _label(r) not in shown_unavailable:
+                shown_unavailable.add(_label(r))
+                lines.append(f"{_label(r):34s}   all  unavailable (see above)")
+            continue
+        if r["status"] != "ok":
+            lines.append(f"{_label(r):34s} {r['batch_size']:5d}  {r['status']}: {r.get('reason', '')[:90]}")
+            continue
+        lat = r["latency_s"]
+        phases = " ".join(f"{n}={v['p50_s'] * 1e3:.3f}({src.get(v['source'], v['source'])})" for n, v in r["phases"].items())
+
+        def fmt(x, spec):
+            return format(x, spec) if x is not None else "-"
+
+        lines.append(
+            f"{_label(r):34s} {r['batch_size']:5d} {lat['p50'] * 1e3:9.3f} {lat['p90'] * 1e3:9.3f} {lat['p99'] * 1e3:9.3f}  "
+            f"{fmt(r.get('speedup_over_cpu'), '6.2f'):>6s} {fmt(r.get('speedup_over_cuda_hybrid'), '6.2f'):>6s} "
+            f"{fmt(r.get('bound_s', None) and r['bound_s'] * 1e3, '9.3f'):>9s} {fmt(r.get('modeled_over_bound'), '7.1f'):>7s}  {phases}"
+        )
+        if r.get("kernel_model", {}).get("measured_cycles_max") is not None:
+            km = r["kernel_model"]
+            lines.append(f"{'':34s}       kernel cycles: modeled {km['cycles']:.0f}, perfcounter {km['measured_cycles_max']:.0f}")
+    lines.append("pim latency = measured host phases + modeled DPU phases (timing model); cpu/cuda measured here.")
+    return "\n".join(lines)
+
+
+CSV_PHASES = ("pack", "cpu_to_dpu", "launch", "kernel", "dpu_to_cpu", "merge", "embed", "mlp")
+
+
+def write_outputs(result: BenchResult, out_dir: str | Path, plots: bool = True) -> dict[str, Path]:
+    """Write bench.json, bench.csv and (``plots``) the PNG plots into ``out_dir``; returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "bench.json", "csv": out / "bench.csv"}
+    paths["json"].write_text(json.dumps(result.to_dict(), indent=1))
+    with paths["csv"].open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["backend", "nr_dpus", "strategy", "dtype", "batch_size", "status", "p50_ms", "p90_ms", "p99_ms",
+                    "latency_source", *[f"{p}_ms" for p in CSV_PHASES], *[f"{p}_source" for p in CSV_PHASES],
+                    "bound_ms", "modeled_over_bound", "speedup_over_cpu", "speedup_over_cuda_hybrid", "reason"])
+        for r in result.runs:
+            ok = r["status"] == "ok"
+            ph = r.get("phases", {})
+            lat = r.get("latency_s", {})
+            w.writerow([
+                r["backend"], r["nr_dpus"] or "", r["strategy"] or "", r["dtype"], r["batch_size"], r["status"],
+                *[(lat[k] * 1e3 if ok else "") for k in ("p50", "p90", "p99")],
+                r.get("latency_source", ""),
+                *[(ph[p]["p50_s"] * 1e3 if p in ph else "") for p in CSV_PHASES],
+                *[(ph[p]["source"] if p in ph else "") for p in CSV_PHASES],
+                (r["bound_s"] * 1e3) if r.get("bound_s") is not None else "",
+                r.get("modeled_over_bound", ""), r.get("speedup_over_cpu") or "",
+                r.get("speedup_over_cuda_hybrid") or "", r.get("reason", ""),
+            ])
+    if plots:
+        paths.update(_plots(result, out))
+    return paths
+
+
+def _plots(result: BenchResult, out: Path) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in result.runs if r["status"] == "ok"]
+    paths: dict[str, Path] = {}
+    series: dict[str, list[tuple[int, float]]] = {}
+    for r in ok:
+        series.setdefault(_label(r), []).append((r["batch_size"], r["latency_s"]["p50"] * 1e3))
+    unavailable = [f"{n}: unavailable" for n, i in result.backends.items() if not i["available"]]
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, pts in series.items():
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size (samples)")
+    ax.set_ylabel("p50 latency per batch (ms)")
+    ax.set_title(f"{result.model['name']}: latency vs batch size\n(pim = modeled DPU phases + measured host phases)",
+                 fontsize=9)
+    if unavailable:
+        ax.text(0.01, 0.01, "; ".join(u.split(":")[0] + " unavailable" for u in unavailable),
+                transform=ax.transAxes, fontsize=7)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths["latency_plot"] = out / "latency_vs_batch.png"
+    fig.savefig(paths["latency_plot"], dpi=110)
+    plt.close(fig)
+
+    # stacked per-phase bars: one bar per (run label, batch size)
+    fig, ax = plt.subplots(figsize=(max(7, 0.5 * len(ok) + 2), 4.5))
+    colors = dict(zip(CSV_PHASES, plt.cm.tab10.colors))
+    names = []
+    for i, r in enumerate(ok):
+        bottom = 0.0
+        for p in CSV_PHASES:
+            if p in r["phases"]:
+                v = r["phases"][p]["p50_s"] * 1e3
+                hatch = "//" if r["phases"][p]["source"] == "modeled" else None
+                ax.bar(i, v, bottom=bottom, color=colors[p], hatch=hatch, edgecolor="white",
+                       label=p if p not in names else None)
+                names.append(p)
+                bottom += v
+    ax.set_xticks(range(len(ok)))
+    ax.set_xticklabels([f"{_label(r)}\nB={r['batch_size']}" for r in ok], rotation=90, fontsize=6)
+    ax.set_ylabel("p50 per phase (ms); hatched = modeled")
+    ax.legend(fontsize=7)
+    ax.set_title("per-phase breakdown (hatched: modeled by the timing model; plain: measured)", fontsize=9)
+    fig.tight_layout()
+    paths["phases_plot"] = out / "phases.png"
+    fig.savefig(paths["phases_plot"], dpi=110)
+    plt.close(fig)
+
+    # speedup of PIM over CPU and over the hybrid
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    any_line = False
+    for r_label in sorted({_label(r) for r in ok if r["backend"] == "pim"}):
+        rs = sorted((r for r in ok if _label(r) == r_label), key=lambda r: r["batch_size"])
+        for key, style in (("speedup_over_cpu", "-o"), ("speedup_over_cuda_hybrid", "--s")):
+            pts = [(r["batch_size"], r[key]) for r in rs if r.get(key)]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style,
+                        label=f"{r_label} over {key.split('over_')[1].replace('_', '-')}")
+                any_line = True
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size (samples)")
+    ax.set_ylabel("speedup (p50 latency ratio)")
+    ax.set_title("PIM (modeled) speedup over CPU and CPU-GPU hybrid (measured)", fontsize=9)
+    if "cuda-hybrid" in result.backends and not result.backends["cuda-hybrid"]["available"]:
+        ax.text(0.01, 0.01, "cuda-hybrid unavailable here: no speedup over hybrid", transform=ax.transAxes, fontsize=7)
+    if any_line:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths["speedup_plot"] = out / "speedup.png"
+    fig.savefig(paths["speedup_plot"], dpi=110)
+    plt.close(fig)
+    return paths

@@ -1,0 +1,77 @@
+"""`updlrm bench`: CPU vs CPU-GPU vs PIM latency on the same model and batches (see updlrm.bench)."""
+
+from __future__ import annotations
+
+import sys
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench", help="benchmark CPU vs CPU-GPU vs PIM (modeled) latency",
+        description="Run the same model and batches on each backend, sweeping batch size, DPU count and "
+                    "strategy. CPU/GPU times are measured here; PIM DPU phases are modeled by the UPMEM "
+                    "timing model from the emulator's exact counters (host phases measured). Writes a table, "
+                    "bench.json, bench.csv and plots.")
+    p.add_argument("--model", default=None, help="named config (tiny, kaggle, terabyte, mlperf, synthetic); default tiny")
+    p.add_argument("--config-file", default=None, help="bench config JSON (keys of updlrm.bench.BenchConfig); "
+                   "options given here override it")
+    p.add_argument("--row-scale", type=float, default=None, help="scale the tables' rows (e.g. 1e-3)")
+    p.add_argument("--max-rows", type=int, default=None, help="cap every table's rows")
+    p.add_argument("--batch-sizes", default=None, help="comma-separated, e.g. 64,256,1024,4096")
+    p.add_argument("--pooling", type=int, default=None, help="lookups per bag (default 20)")
+    p.add_argument("--alpha", type=float, default=None, help="Zipf skew of the ids (default 1.05)")
+    p.add_argument("--backends", default=None, help="comma-separated from cpu,cuda,cuda-hybrid,cuda-gpu,pim (default all)")
+    p.add_argument("--nr-dpus", default=None, help="comma-separated DPU counts for pim (default 64)")
+    p.add_argument("--strategies", default=None, help="comma-separated partitioning strategies (default row_uniform)")
+    p.add_argument("--dtype", default=None, choices=("fp32", "int32"), help="PIM table type (default fp32)")
+    p.add_argument("--nr-tasklets", type=int, default=None, help="tasklets per DPU (default 16)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up batches per point (default 1)")
+    p.add_argument("--repeats", type=int, default=None, help="measured batches per point (default 5)")
+    p.add_argument("--seed", type=int, default=None, help="batch seed")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--timing-constants", default=None, help="JSON overriding the timing model's constants")
+    p.add_argument("--out", default="bench_out", help="output folder for bench.json, bench.csv, plots")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from updlrm.bench import BenchConfig, format_table, load_bench_config, run_bench, write_outputs
+
+    try:
+        overrides = {
+            "model": args.model, "row_scale": args.row_scale, "max_rows": args.max_rows,
+            "batch_sizes": _ints(args.batch_sizes) if args.batch_sizes else None,
+            "pooling": args.pooling, "alpha": args.alpha,
+            "backends": args.backends.split(",") if args.backends else None,
+            "nr_dpus": _ints(args.nr_dpus) if args.nr_dpus else None,
+            "strategies": args.strategies.split(",") if args.strategies else None,
+            "dtype": args.dtype, "nr_tasklets": args.nr_tasklets, "warmup": args.warmup,
+            "repeats": args.repeats, "seed": args.seed, "timing_constants": args.timing_constants,
+            "threads": args.threads,
+        }
+        if args.config_file:
+            cfg = load_bench_config(args.config_file, **overrides)
+        else:
+            cfg = BenchConfig(**{k: v for k, v in overrides.items() if v is not None})
+    except (ValueError, TypeError) as exc:
+        print(f"updlrm bench: {exc}", file=sys.stderr)
+        return 2
+    try:
+        result = run_bench(cfg, progress=not args.quiet)
+    except ValueError as exc:  # bad model config, bad timing constants, bad strategy ...
+        print(f"updlrm bench: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(result))
+    paths = write_outputs(result, args.out, plots=not args.no_plots)
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    failed = [r for r in result.runs if r["status"] == "failed"]
+    return 1 if failed else 0
