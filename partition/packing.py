@@ -33,18 +33,20 @@ def lpt_assign(
     labels: Optional[Sequence[str]] = None,
     loads: Optional[np.ndarray] = None,
     weights: Optional[np.ndarray] = None,
+    start_weights: Optional[np.ndarray] = None,
 ) -> np.ndarray:
     """Longest-processing-time placement: items in decreasing ``weights`` (default ``sizes``) order,
     each onto the bin with the least weight so far among those with room for its ``sizes`` bytes.
 
     sizes: int64 [n] bytes per item; capacity: bytes per bin; loads: starting bytes per bin [nr_bins];
-    labels[i] names item i in errors. Returns int64 [n] bin per item. Raises PlanDoesNotFitError
+    labels[i] names item i in errors; start_weights: starting weight per bin [nr_bins]. Returns int64 [n] bin per item. Raises PlanDoesNotFitError
     when an item fits in no bin (naming it and the shortfall). Loop over items (not lookups).
     """
     sizes = np.asarray(sizes, dtype=np.int64)
     w = sizes if weights is None else np.asarray(weights, dtype=np.float64)
     used = np.zeros(nr_bins, dtype=np.int64) if loads is None else np.asarray(loads, dtype=np.int64).copy()
-    heap = [(0.0 if weights is not None else float(used[b]), int(used[b]), b) for b in range(nr_bins)]
+    sw = np.zeros(nr_bins) if start_weights is None else np.asarray(start_weights, dtype=np.float64)
+    heap = [(float(sw[b]) if weights is not None else float(used[b]), int(used[b]), b) for b in range(nr_bins)]
     heapq.heapify(heap)
     out = np.empty(len(sizes), dtype=np.int64)
     order = np.argsort(-w, kind="stable")
@@ -73,3 +75,22 @@ def lpt_assign(
         for item in skipped:
             heapq.heappush(heap, item)
     return out
+
+
+def weighted_cuts(load: np.ndarray, row_bytes_: int, load_unit: float, bytes_unit: float) -> np.ndarray:
+    """Cut a table's rows into contiguous ranges each carrying about one unit of
+    ``load / load_unit + bytes / bytes_unit`` (a row heavier than a unit gets a range of its own).
+
+    load: float64 [rows] expected lookups per row; row_bytes_: bytes per stored row. Returns int64
+    boundaries [k+1] (first 0, last rows), strictly increasing. Vectorized (cumsum + searchsorted).
+    """
+    rows = load.size
+    u = load / load_unit + row_bytes_ / bytes_unit
+    cu = np.cumsum(u)
+    total = float(cu[-1])
+    k = int(np.floor(total))
+    if k < 1:
+        return np.array([0, rows], dtype=np.int64)
+    cut = np.searchsorted(cu, np.arange(1, k + 1, dtype=np.float64), side="left") + 1
+    b = np.unique(np.concatenate(([0], np.minimum(cut, rows), [rows]))).astype(np.int64)
+    return b

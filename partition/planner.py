@@ -149,11 +149,8 @@ def _load_builtin() -> None:
     if _builtin_loaded:
         return
     _builtin_loaded = True
-    from . import baselines
+    from . import baselines, caching, popularity, tiles
 
-    for cls in (baselines.TableWise, baselines.RowUniform, baselines.ColumnWise):
+    for cls in (baselines.TableWise, baselines.RowUniform, baselines.ColumnWise, tiles.TileUniform,
+                popularity.PopularityBalanced, caching.CacheAware):
         _REGISTRY.setdefault(cls.name, cls)
-    try:  # issue 4 strategies, when present
-        from . import strategies_issue4  # noqa: F401
-    except ImportError:
-        pass

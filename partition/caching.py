@@ -1,0 +1,148 @@
+"""Cache-aware placement (UpDLRM level 3): ``cache_aware`` - hot rows replicated, cached and
+regular traffic balanced together.
+
+1. Expected load per row from the profile (smoothed, per sample). ``L`` = mean load per DPU.
+2. Hot rows: rows whose expected load exceeds ``hot_threshold x L`` (a row that alone would tip a
+   DPU's balance), hottest first, while the replicas fit in ``cache_budget`` of each DPU's table
+   budget. Each hot row gets ``R = 2^ceil(log2(load / (hot_threshold x L)))`` replicas (at least
+   ``min_replicas``, at most nr_dpus) so that one replica's expected share stays under the
+   threshold; with ``spread=True`` (default) every tier is then widened as far as the MRAM
+   budget allows (replicas on more DPUs give the packer more room to absorb one batch's skew).
+3. Rows with the same table and replica count form one ``cache`` group (a row set), whose R
+   replicas sit on R distinct DPUs spaced nr_dpus / R apart, the start rotating per group.
+4. All rows (cached ones included: every row keeps one base copy) are cut into weighted ranges
+   and dealt by LPT (see :mod:`partition.popularity`), with cached rows weighing nothing (their
+   lookups go to the cache) and each DPU starting from its expected cached traffic - so cached
+   and regular accesses are balanced together.
+
+Per batch the packer sends each lookup of a cached row to the least-loaded of its replicas
+(:mod:`partition.routing` does the same in numpy for the estimator).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import PlanError
+from .interfaces import Budget, Placement, Strategy
+from .popularity import balanced_ranges, smoothed_load
+from .types import RowGroup, Shard, row_bytes
+
+
+class CacheAware(Strategy):
+    """Hot-row caches + popularity-balanced base ranges (see module doc).
+
+    hot_threshold: a row is hot when its expected load > hot_threshold x mean DPU load;
+    cache_budget: share of each DPU's table budget the caches may take (0..1);
+    min_replicas: replicas of the coolest hot rows; spread: widen tiers to use the cache budget;
+    max_hot_rows: cap on cached rows per table; granularity, smoothing: as popularity_balanced.
+    """
+
+    name = "cache_aware"
+    needs_profile = True
+
+    def __init__(self, hot_threshold: float = 0.05, cache_budget: float = 0.25, min_replicas: int = 2,
+                 spread: bool = True, max_hot_rows: int = 65536, granularity: float = 4.0, smoothing: float = 0.1):
+        if not hot_threshold > 0 or not 0 <= cache_budget <= 1 or min_replicas < 2 or max_hot_rows < 0:
+            raise PlanError(
+                "cache_aware needs hot_threshold > 0, 0 <= cache_budget <= 1, min_replicas >= 2, max_hot_rows >= 0; "
+                f"got {hot_threshold}, {cache_budget}, {min_replicas}, {max_hot_rows}"
+            )
+        self.hot_threshold = float(hot_threshold)
+        self.cache_budget = float(cache_budget)
+        self.min_replicas = int(min_replicas)
+        self.spread = bool(spread)
+        self.max_hot_rows = int(max_hot_rows)
+        self.granularity = float(granularity)
+        self.smoothing = float(smoothing)
+
+    def place(self, tables, topology, budget: Budget, profile=None) -> Placement:
+        profile.check_tables(tables)
+        n = topology.nr_dpus
+        loads = [smoothed_load(profile.counts[t], self.smoothing) for t in range(len(tables))]
+        mean_dpu = sum(float(l.sum()) for l in loads) / n
+        thr = self.hot_threshold * mean_dpu
+        # hot candidates of every table, as (table, row, load, replicas)
+        cand_t, cand_r, cand_w = [], [], []
+        for t, l in enumerate(loads):
+            k = min(self.max_hot_rows, l.size)
+            if k == 0:
+                continue
+            top = np.argpartition(-l, k - 1)[:k] if k < l.size else np.arange(l.size)
+            top = top[l[top] > thr]
+            cand_t.append(np.full(top.size, t, dtype=np.int64))
+            cand_r.append(top.astype(np.int64))
+            cand_w.append(l[top])
+        hot_t = np.concatenate(cand_t) if cand_t else np.zeros(0, dtype=np.int64)
+        hot_r = np.concatenate(cand_r) if cand_r else np.zeros(0, dtype=np.int64)
+        hot_w = np.concatenate(cand_w) if cand_w else np.zeros(0)
+        max_log = int(np.floor(np.log2(n))) if n >= 2 else 0
+        if n < 2 or hot_w.size == 0:
+            hot_t, hot_r, hot_w = hot_t[:0], hot_r[:0], hot_w[:0]
+            log_r = np.zeros(0, dtype=np.int64)
+        else:
+            need = np.ceil(np.log2(np.maximum(hot_w / thr, 1.0))).astype(np.int64)
+            log_r = np.clip(need, int(np.ceil(np.log2(self.min_replicas))), max_log)
+        rbytes = np.array([row_bytes(s.dim) for s in tables], dtype=np.int64)
+        cache_cap = int(self.cache_budget * budget.table_bytes)
+        # hottest first; keep rows while the per-DPU cache bytes (sum of row_bytes x R / n) fit
+        order = np.argsort(-hot_w, kind="stable")
+        hot_t, hot_r, hot_w, log_r = hot_t[order], hot_r[order], hot_w[order], log_r[order]
+
+        def per_dpu_bytes(lr):
+            # worst DPU: replicas of a tier with R < n land on R of n DPUs; bound by ceil share
+            return int(np.ceil((rbytes[hot_t] * (2 ** lr) / n)).sum()) + len(tables) * 64
+
+        cum = np.cumsum(np.ceil(rbytes[hot_t] * (2.0 ** log_r) / n))
+        keep = int(np.searchsorted(cum, cache_cap, side="right"))
+        hot_t, hot_r, hot_w, log_r = hot_t[:keep], hot_r[:keep], hot_w[:keep], log_r[:keep]
+        if self.spread and keep:
+            # widen every tier by the same factor while the budget allows
+            while log_r.min() < max_log:
+                wider = np.minimum(log_r + 1, max_log)
+                if per_dpu_bytes(wider) > cache_cap:
+                    break
+                log_r = wider
+        # cache groups: one per (table, replica tier)
+        groups: list[RowGroup] = []
+        shards: list[Shard] = []
+        start_loads = np.zeros(n)
+        start_bytes = np.zeros(n, dtype=np.int64)
+        rot = 0
+        tiers = sorted(set(zip(hot_t.tolist(), log_r.tolist())))
+        for t, lr in tiers:
+            m = (hot_t == t) & (log_r == lr)
+            rows = np.sort(hot_r[m])
+            R = 2 ** lr
+            gi = len(groups)
+            groups.append(RowGroup(table=t, rows=rows, kind="cache"))
+            dpus = (rot + (np.arange(R) * n) // R) % n
+            rot = (rot + max(1, n // (2 * R)) + 1) % n
+            for j, d in enumerate(dpus.tolist()):
+                shards.append(Shard(table=t, group=gi, replica=j, dpu=d, col_lo=0, col_hi=tables[t].dim))
+            start_loads[dpus] += float(hot_w[m].sum()) / R
+            start_bytes[dpus] += rows.size * int(rbytes[t])
+        # base ranges: cached rows weigh nothing (their lookups go to the cache)
+        base_loads = []
+        for t, l in enumerate(loads):
+            bl = l.copy()
+            bl[hot_r[hot_t == t]] = 0.0
+            base_loads.append(bl)
+        bgroups, bshards, dpu_load = balanced_ranges(
+            tables, topology, budget, base_loads, self.granularity, start_loads=start_loads, start_bytes=start_bytes
+        )
+        off = len(groups)
+        for s in bshards:
+            s.group += off
+        groups.extend(bgroups)
+        shards.extend(bshards)
+        total = sum(float(l.sum()) for l in loads)
+        meta = {
+            "hot_rows": int(hot_r.size),
+            "cache_groups": len(tiers),
+            "cached_load_share": float(hot_w.sum() / total) if total > 0 else 0.0,
+            "replicas_min": int(2 ** log_r.min()) if log_r.size else 0,
+            "replicas_max": int(2 ** log_r.max()) if log_r.size else 0,
+            "cache_bytes_per_dpu_max": int(start_bytes.max()) if n else 0,
+        }
+        return Placement(groups, shards, meta)

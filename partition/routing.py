@@ -1,0 +1,232 @@
+"""Where each lookup of a batch goes under a plan: the evaluation-side twin of the PIM packer.
+
+Rule (docs/CONTRACTS.md): a lookup of row r of table t goes to the ``cache`` group holding r if
+any, choosing among its replicas the least-loaded DPU, else to the ``base`` group holding r; each
+column slice of the chosen replica gets one entry (one row-slice read on that shard's DPU).
+
+The packer makes the replica choice per lookup, least-loaded first. Here it is done per cache
+group by *water-filling*: the group's lookups of this batch are handed to its replicas so that
+the replicas' DPU loads (entries so far) rise to a common level - exactly what per-lookup
+least-loaded choice produces when one group's lookups arrive together. Groups are filled
+largest first, after all single-replica (base) traffic is counted. Everything is vectorized;
+the only Python loops run over tables and over multi-replica groups, never over lookups.
+
+:class:`RowLocator` (the row -> group / local row map) is also what a packer needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from .errors import PlanError
+from .types import Plan
+from .validate import shard_arrays
+
+
+class RowLocator:
+    """Vectorized map from (table, row) to the base group and the cache group holding it.
+
+    Built once per plan. ``base_group(t, rows)`` -> int64 group ids; ``cache_group(t, rows)`` ->
+    int64 group ids or -1; ``local_row(groups, rows)`` -> int64 row position inside each group.
+    """
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        nt = len(plan.tables)
+        self._range_lo: list[Optional[np.ndarray]] = [None] * nt
+        self._range_gid: list[Optional[np.ndarray]] = [None] * nt
+        self._dense: list[Optional[np.ndarray]] = [None] * nt
+        self._cache_rows: list[Optional[np.ndarray]] = [None] * nt
+        self._cache_gid: list[Optional[np.ndarray]] = [None] * nt
+        base: list[list[int]] = [[] for _ in range(nt)]
+        cache: list[list[int]] = [[] for _ in range(nt)]
+        for gi, g in enumerate(plan.groups):
+            (base if g.kind == "base" else cache)[g.table].append(gi)
+        self.group_lo = np.array([g.row_lo if g.rows is None else -1 for g in plan.groups], dtype=np.int64)
+        for t in range(nt):
+            gs = base[t]
+            if all(plan.groups[gi].rows is None for gi in gs):
+                lo = np.array([plan.groups[gi].row_lo for gi in gs], dtype=np.int64)
+                order = np.argsort(lo)
+                self._range_lo[t] = lo[order]
+                self._range_gid[t] = np.array(gs, dtype=np.int64)[order]
+            else:
+                dense = np.empty(plan.tables[t].rows, dtype=np.int32)
+                for gi in gs:
+                    g = plan.groups[gi]
+                    dense[g.global_rows()] = gi
+                self._dense[t] = dense
+            if cache[t]:
+                rows = [plan.groups[gi].global_rows() for gi in cache[t]]
+                allr = np.concatenate(rows)
+                gid = np.repeat(np.array(cache[t], dtype=np.int64), [r.size for r in rows])
+                order = np.argsort(allr, kind="stable")
+                self._cache_rows[t] = allr[order]
+                self._cache_gid[t] = gid[order]
+
+    def has_cache(self, t: int) -> bool:
+        return self._cache_rows[t] is not None
+
+    def base_group(self, t: int, rows: np.ndarray) -> np.ndarray:
+        """Base group of each row of table t: int64 [n]. ``rows`` must be valid (trusted)."""
+        if self._dense[t] is not None:
+            return self._dense[t][rows].astype(np.int64)
+        lo = self._range_lo[t]
+        return self._range_gid[t][np.searchsorted(lo, rows, side="right") - 1]
+
+    def cache_group(self, t: int, rows: np.ndarray) -> np.ndarray:
+        """Cache group of each row of table t, or -1 when the row is not cached: int64 [n]."""
+        cr = self._cache_rows[t]
+        if cr is None:
+            return np.full(rows.shape, -1, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(cr, rows), cr.size - 1)
+        return np.where(cr[pos] == rows, self._cache_gid[t][pos], -1)
+
+    def group_of(self, t: int, rows: np.ndarray) -> np.ndarray:
+        """The group a lookup of each row goes to under the packer rule (cache first): int64 [n]."""
+        g = self.base_group(t, rows)
+        if self.has_cache(t):
+            c = self.cache_group(t, rows)
+            g = np.where(c >= 0, c, g)
+        return g
+
+    def local_row(self, groups: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Position of each row inside its group (the shard's local row): int64 [n]."""
+        out = rows - self.group_lo[groups]
+        sets = self.group_lo[groups] < 0
+        if sets.any():
+            for gi in np.unique(groups[sets]).tolist():
+                m = groups == gi
+                out[m] = np.searchsorted(self.plan.groups[gi].global_rows(), rows[m])
+        return out
+
+
+@dataclass
+class Routed:
+    """Entries of one batch: one per (lookup, column slice of the chosen replica).
+
+    shard, dpu, bag: int64 [nr_entries] (bag = t*B + b, the EmbeddingBag bag index);
+    cached: bool [nr_lookups], whether each lookup went to a cache group;
+    lookups_per_dpu: int64 [nr_dpus] entries per DPU.
+    """
+
+    shard: np.ndarray
+    dpu: np.ndarray
+    bag: np.ndarray
+    cached: np.ndarray
+    lookups_per_dpu: np.ndarray
+
+
+class Router:
+    """Routes batches under one plan (precomputes the plan's arrays once)."""
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.locator = RowLocator(plan)
+        a = shard_arrays(plan)
+        self.shards = a
+        ng = len(plan.groups)
+        # slots: one per (group, replica); each slot lists its shards (column slices), CSR
+        key = a["group"] * (a["replica"].max() + 1 if len(a["replica"]) else 1) + a["replica"]
+        order = np.lexsort((a["col_lo"], key))
+        k_sorted = key[order]
+        uniq, first, count = np.unique(k_sorted, return_index=True, return_counts=True)
+        self.slot_shards = order  # shards grouped by slot
+        self.slot_start = first
+        self.slot_count = count
+        slot_group = a["group"][order[first]]
+        self.replicas = np.bincount(slot_group, minlength=ng)
+        self.group_slot0 = np.zeros(ng, dtype=np.int64)
+        np.cumsum(self.replicas[:-1], out=self.group_slot0[1:])
+        # DPU that represents a slot for load balancing: its first column slice's DPU
+        self.slot_dpu = a["dpu"][order[first]]
+        self.multi_groups = np.flatnonzero(self.replicas > 1)
+
+    def route(self, indices: np.ndarray, offsets: np.ndarray, batch_size: int) -> Routed:
+        """Entries of one batch (table-major indices [nnz], offsets [T*B+1]); inputs trusted."""
+        plan = self.plan
+        T = len(plan.tables)
+        B = int(batch_size)
+        if len(offsets) != T * B + 1:
+            raise PlanError(f"offsets have {len(offsets)} entries; need T*B+1 = {T * B + 1}")
+        lengths = np.diff(offsets)
+        bag = np.repeat(np.arange(T * B, dtype=np.int64), lengths)
+        group = np.empty(len(indices), dtype=np.int64)
+        for t in range(T):
+            a, b = int(offsets[t * B]), int(offsets[(t + 1) * B])
+            if b > a:
+                group[a:b] = self.locator.group_of(t, indices[a:b])
+        reps = self.replicas[group]
+        cached = reps > 1
+        n = self.plan.topology.nr_dpus
+        slot = self.group_slot0[group]  # replica 0 for now
+        # load from single-replica lookups (every column slice counts on its DPU)
+        single = ~cached
+        s_slot = slot[single]
+        load = self._entry_load(s_slot, n)
+        if cached.any():
+            cg = group[cached]
+            order = np.argsort(cg, kind="stable")
+            cg_sorted = cg[order]
+            gids, gstart, gcount = np.unique(cg_sorted, return_index=True, return_counts=True)
+            chosen = np.empty(len(cg), dtype=np.int64)
+            for j in np.argsort(-gcount, kind="stable").tolist():
+                gi = int(gids[j])
+                c = int(gcount[j])
+                s0 = int(self.group_slot0[gi])
+                r = int(self.replicas[gi])
+                dp = self.slot_dpu[s0:s0 + r]
+                take = water_fill(load[dp], c)
+                rep = np.repeat(np.arange(r, dtype=np.int64), take)
+                chosen[gstart[j]:gstart[j] + c] = s0 + rep
+                # every column slice of the chosen replicas takes entries
+                np.add.at(load, self.shards["dpu"][self._expand(s0 + np.arange(r))[0]],
+                          np.repeat(take, self.slot_count[s0:s0 + r]))
+            tmp = np.empty(len(cg), dtype=np.int64)
+            tmp[order] = chosen
+            slot[cached] = tmp
+        shard_idx, lookup_idx = self._expand(slot)
+        dpu = self.shards["dpu"][shard_idx]
+        return Routed(shard_idx, dpu, bag[lookup_idx], cached, np.bincount(dpu, minlength=n))
+
+    def _expand(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Shards of each slot, flattened: (shard ids [E], index into ``slots`` of each [E])."""
+        cnt = self.slot_count[slots]
+        if cnt.size and cnt.max() == 1:
+            return self.slot_shards[self.slot_start[slots]], np.arange(len(slots))
+        owner = np.repeat(np.arange(len(slots)), cnt)
+        first = np.repeat(self.slot_start[slots] - np.cumsum(cnt) + cnt, cnt)
+        return self.slot_shards[first + np.arange(len(owner))], owner
+
+    def _entry_load(self, slots: np.ndarray, n: int) -> np.ndarray:
+        sh, _ = self._expand(slots)
+        return np.bincount(self.shards["dpu"][sh], minlength=n).astype(np.int64)
+
+
+def water_fill(loads: np.ndarray, count: int) -> np.ndarray:
+    """Split ``count`` unit items over bins with current ``loads`` [R] so that the lowest bins rise
+    to a common level (greedy least-loaded, one item at a time, has the same outcome).
+
+    Returns int64 [R] items per bin, summing to ``count``. Ties go to the lower index.
+    """
+    loads = np.asarray(loads, dtype=np.int64)
+    r = loads.size
+    if count <= 0 or r == 0:
+        return np.zeros(r, dtype=np.int64)
+    order = np.argsort(loads, kind="stable")
+    s = loads[order]
+    csum = np.cumsum(s)
+    # raising the k lowest bins to level s[k-1] costs k*s[k-1] - csum[k-1]
+    k_idx = np.arange(1, r + 1)
+    cost = k_idx * s - csum
+    k = int(np.searchsorted(cost, count, side="right"))  # bins that get filled: the k lowest (k >= 1)
+    k = max(k, 1)
+    level, rem = divmod(count + int(csum[k - 1]), k)
+    give = np.maximum(level - s[:k], 0)
+    give[:rem] += 1  # the remainder to the first (lowest, then lowest index) of them
+    out = np.zeros(r, dtype=np.int64)
+    out[order[:k]] = give
+    return out
