@@ -300,11 +300,15 @@ class _Runner:
             latency = wall
             if backend == "pim":
                 modeled = self.timing.model_counters(engine.plan.topology, stats.counters, engine.plan)
-                emulated = [p for p in stats.phases if p.source == "emulator-wall"]
+                # The emulator doing the DPUs' job (whatever label the backend gave it) is host
+                # time that real DPUs would not spend: take it out, put the modeled phases in.
+                # Modeled phases the backend may have added itself are replaced by this model's.
+                emulated = [p for p in stats.phases if p.source != "modeled"
+                            and (p.source == "emulator-wall" or p.name in MODELED_PHASES)]
                 for p in emulated:
                     emu_wall.setdefault(p.name, []).append(p.seconds)
                 latency = wall - sum(p.seconds for p in emulated) + modeled.seconds
-                phases = [p for p in stats.phases if p.source != "emulator-wall"] + modeled.phases
+                phases = [p for p in stats.phases if p.source != "modeled" and p not in emulated] + modeled.phases
                 bounds.append(modeled.bound.seconds)
                 ratios.append(modeled.achieved_over_bound)
                 kernel_detail = modeled.get("kernel").detail

@@ -1,0 +1,192 @@
+"""Full-scale what-if: real-size tables on a 2,560-DPU server, PIM modeled vs CPU measured here.
+
+The emulator cannot hold 2,560 DPUs' worth of full-size tables on this machine, so this script
+skips it: for each batch it routes every lookup through the partitioner's plan (exactly as the
+packer would: ``updlrm.partition.cost.CostEstimator.dpu_load``), turns the per-DPU counts into the
+timing model's counters the way the kernel and the driver behave (one DMA per row slice, the
+request staged in 2,048-byte reads, one write per partial sum; per launch the driver pushes the
+launch args and the padded request and pulls the status and the padded partial sums), and models
+the DPU-side phases with :class:`updlrm.timing_model.TimingModel`. The CPU baseline runs the same
+batches on the full-size model here (torch EmbeddingBag + MLPs), measured.
+
+PIM end-to-end estimate = modeled DPU phases + the CPU's measured MLP time (the MLPs run on the
+host in both) + host pack/merge at a per-lookup rate given by ``--host-ns-per-lookup`` (measured
+by ``updlrm bench`` on the emulator path; default 0 = excluded, and said so in the output).
+
+Run (about a minute, 2 GB of RAM for Kaggle)::
+
+    .venv/bin/python benchmarks/bench_fullscale_model.py --json benchmarks/bench_results/fullscale_kaggle.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+import torch
+
+from updlrm import configs
+from updlrm.batch import random_batch
+from updlrm.bench import machine_info
+from updlrm.partition import Topology, make_plan
+from updlrm.partition.cost import MAX_DMA_BYTES, CostEstimator
+from updlrm.partition.profile import profile_trace
+from updlrm.timing_model import LAUNCH_ARGS_BYTES, STATUS_BYTES, KernelCounters, TimingModel, TransferCounters
+
+
+def counters_from_load(load, nr_tasklets: int, dtype: str) -> tuple[KernelCounters, TransferCounters]:
+    """Timing-model counters of one launch from the partitioner's per-DPU load (tasklets share
+    each DPU's work evenly, as the kernel's lookup-balanced split aims to)."""
+    nt = nr_tasklets
+
+    def share(x):
+        return np.repeat((np.asarray(x, dtype=np.float64) / nt)[:, None], nt, axis=1)
+
+    staging_reads = -(-load.request_bytes // MAX_DMA_BYTES)
+    kernel = KernelCounters(
+        nr_tasklets=nt,
+        dtype=dtype,
+        lookups=load.lookups.astype(np.float64),
+        bags=load.bags.astype(np.float64),
+        elements=load.elements.astype(np.float64),
+        dma_read_ops=share(load.dma_reads + staging_reads),
+        dma_read_bytes=share(load.mram_read_bytes + load.request_bytes),
+        dma_write_ops=share(load.bags),
+        dma_write_bytes=share(load.output_bytes),
+    )
+    transfers = TransferCounters(
+        to_dpu_lengths=np.array([LAUNCH_ARGS_BYTES, float(load.request_bytes.max())]),
+        from_dpu_lengths=np.array([STATUS_BYTES, float(load.output_bytes.max())]),
+        to_dpu_bytes=load.request_bytes.astype(np.float64) + LAUNCH_ARGS_BYTES,
+        from_dpu_bytes=load.output_bytes.astype(np.float64) + STATUS_BYTES,
+    )
+    return kernel, transfers
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="kaggle")
+    ap.add_argument("--row-scale", type=float, default=1.0)
+    ap.add_argument("--nr-dpus", type=int, default=2560)
+    ap.add_argument("--batch-sizes", default="64,256,1024,4096")
+    ap.add_argument("--pooling", type=int, default=20)
+    ap.add_argument("--alpha", type=float, default=1.05)
+    ap.add_argument("--strategies", default="row_uniform,popularity_balanced,cache_aware")
+    ap.add_argument("--dtypes", default="int32,fp32")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for the CPU baseline")
+    ap.add_argument("--no-cpu", action="store_true", help="skip the CPU measurement")
+    ap.add_argument("--host-ns-per-lookup", type=float, default=0.0,
+                    help="host pack+merge cost per lookup to add to PIM (ns); 0 = excluded")
+    ap.add_argument("--json", help="write results here")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    cfg = configs.get(args.config, row_scale=args.row_scale)
+    tables = list(cfg.tables)
+    batch_sizes = [int(x) for x in args.batch_sizes.split(",")]
+    topo = Topology(nr_dpus=args.nr_dpus)
+    model = TimingModel.default()
+    print(f"{cfg.name}: {cfg.nr_tables} tables, {cfg.total_rows:,} rows x {cfg.embedding_dim} "
+          f"({cfg.embedding_bytes / 2**30:.2f} GiB fp32); {topo.nr_dpus} DPUs / {topo.nr_ranks} ranks; "
+          f"pooling {args.pooling}, Zipf {args.alpha}", flush=True)
+
+    # profile for popularity-aware strategies: a separate trace (seed 10_000), same hot rows
+    profile_batch = random_batch(cfg, 8192, pooling=args.pooling, alpha=args.alpha, seed=10_000)
+    profile = profile_trace(profile_batch, tables, source="random_batch seed 10000, 8192 samples")
+    plans = {}
+    for s in args.strategies.split(","):
+        t0 = time.perf_counter()
+        try:
+            plans[s] = make_plan(tables, topo, s, profile if s != "row_uniform" else None)
+            print(f"plan {s}: {len(plans[s].shards)} shards ({time.perf_counter() - t0:.1f} s)", flush=True)
+        except Exception as exc:  # report and go on: a strategy may not fit these tables
+            print(f"plan {s}: failed: {exc}", flush=True)
+    estimator = CostEstimator()
+
+    cpu_engine = None
+    if not args.no_cpu:
+        from updlrm.engine import Engine
+        from updlrm.model import DLRM
+
+        t0 = time.perf_counter()
+        cpu_engine = Engine(DLRM(cfg), backend="cpu")
+        print(f"CPU model built in {time.perf_counter() - t0:.1f} s", flush=True)
+
+    rows = []
+    for b in batch_sizes:
+        batches = [random_batch(cfg, b, pooling=args.pooling, alpha=args.alpha, seed=s) for s in range(args.repeats + 1)]
+        rec = {"batch_size": b, "lookups": int(batches[0].nr_lookups)}
+        mlp_s = 0.0
+        if cpu_engine is not None:
+            lat, emb, mlp = [], [], []
+            for i, batch in enumerate(batches):
+                t0 = time.perf_counter()
+                cpu_engine.predict(batch)
+                dt = time.perf_counter() - t0
+                if i == 0:
+                    continue  # warm-up
+                lat.append(dt)
+                emb.append(cpu_engine.last_stats.get("embed").seconds)
+                mlp.append(cpu_engine.last_stats.get("mlp").seconds)
+            rec["cpu_ms"] = {"p50": float(np.median(lat)) * 1e3, "embed_p50": float(np.median(emb)) * 1e3,
+                             "mlp_p50": float(np.median(mlp)) * 1e3}
+            mlp_s = float(np.median(mlp))
+        rec["pim"] = {}
+        for s, plan in plans.items():
+            for dtype in args.dtypes.split(","):
+                res = []
+                for batch in batches[1:]:
+                    routed = estimator.router(plan).route(batch.indices.numpy(), batch.offsets.numpy(), b)
+                    load = estimator.dpu_load(plan, routed, b)
+                    k, tr = counters_from_load(load, topo.nr_tasklets, dtype)
+                    res.append((model.model_batch(topo, k, tr, plan), load))
+                mb = [m for m, _ in res]
+                phases = {p.name: float(np.median([m.get(p.name).seconds for m in mb])) * 1e3 for p in mb[0].phases}
+                dpu_ms = float(np.median([m.seconds for m in mb])) * 1e3
+                host_ms = args.host_ns_per_lookup * rec["lookups"] * 1e-6
+                total = dpu_ms + mlp_s * 1e3 + host_ms
+                loads = [ld for _, ld in res]
+                entry = {
+                    "phases_ms": phases, "dpu_side_ms": dpu_ms, "end_to_end_ms": total,
+                    "bound_ms": float(np.median([m.bound.seconds for m in mb])) * 1e3,
+                    "imbalance": float(np.median([ld.lookups.max() / max(ld.lookups.mean(), 1e-9) for ld in loads])),
+                    "kernel_limiter": mb[0].get("kernel").detail["limiter"],
+                }
+                if "cpu_ms" in rec:
+                    entry["speedup_over_cpu"] = rec["cpu_ms"]["p50"] / total
+                rec["pim"][f"{s}/{dtype}"] = entry
+        rows.append(rec)
+        _print_row(rec)
+
+    if args.json:
+        out = {"config": vars(args), "model": {"name": cfg.name, "tables": cfg.nr_tables, "rows": cfg.total_rows,
+                                               "dim": cfg.embedding_dim},
+               "topology": {"nr_dpus": topo.nr_dpus, "nr_ranks": topo.nr_ranks, "clock_hz": topo.clock_hz},
+               "machine": machine_info(), "timing_constants": model.describe(), "rows": rows,
+               "notes": "CPU measured here; PIM DPU phases modeled from routed batches (no emulation); "
+                        f"host pack/merge {'excluded' if not args.host_ns_per_lookup else f'{args.host_ns_per_lookup} ns/lookup'}"}
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return 0
+
+
+def _print_row(rec: dict) -> None:
+    cpu = rec.get("cpu_ms")
+    head = f"B={rec['batch_size']:5d} lookups={rec['lookups']:>9,d}"
+    if cpu:
+        head += f"  CPU p50 {cpu['p50']:8.2f} ms (embed {cpu['embed_p50']:.2f}, mlp {cpu['mlp_p50']:.2f})"
+    print(head)
+    for name, e in rec["pim"].items():
+        ph = e["phases_ms"]
+        sp = f"  x{e['speedup_over_cpu']:.2f} vs CPU" if "speedup_over_cpu" in e else ""
+        print(f"    pim {name:28s} push {ph['cpu_to_dpu']:7.2f} launch {ph['launch']:5.2f} kernel {ph['kernel']:7.2f} "
+              f"pull {ph['dpu_to_cpu']:7.2f} = {e['dpu_side_ms']:7.2f} ms (+MLP: {e['end_to_end_ms']:7.2f}); "
+              f"imbalance {e['imbalance']:.1f}, {e['kernel_limiter']}{sp}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
