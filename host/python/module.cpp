@@ -58,6 +58,13 @@ py::array_t<T> np_1d(const std::vector<T> &v) {
 }
 
 template <typename T>
+py::array_t<T> np_3d(const std::vector<T> &v, size_t a, size_t b, size_t c) {
+    py::array_t<T> arr({a, b, c});
+    if (!v.empty()) std::memcpy(arr.mutable_data(), v.data(), v.size() * sizeof(T));
+    return arr;
+}
+
+template <typename T>
 py::array_t<T> np_2d(const std::vector<T> &v, size_t rows, size_t cols) {
     py::array_t<T> a({rows, cols});
     if (!v.empty()) std::memcpy(a.mutable_data(), v.data(), v.size() * sizeof(T));
@@ -192,9 +199,9 @@ class Runtime {
         double pack_s = 0, c2d_s = 0, kernel_s = 0, status_s = 0, d2c_s = 0, merge_s = 0;
         std::vector<uint64_t> push_bytes, pull_bytes;
         PackCounters pc;
-        std::vector<uint64_t> rd_ops(N * T), rd_bytes(N * T), wr_ops(N * T), wr_bytes(N * T);
-        std::vector<uint64_t> emu_wall_ns(N), modeled_cycles(N), cycles(N * T), tl_lookups(N * T);
-        std::vector<uint64_t> wram_static(N), wram_heap(N);
+        // Per launch: [L][N][T] DMA and kernel figures, [L][N] emulator wall/modeled cycles.
+        std::vector<uint64_t> rd_ops, rd_bytes, wr_ops, wr_bytes, cycles, tl_lookups;
+        std::vector<uint64_t> emu_wall_ns, modeled_cycles, wram_static, wram_heap;
         size_t nr_launches = 0;
         {
             py::gil_scoped_release release;
@@ -236,16 +243,17 @@ class Runtime {
 #ifdef UPDLRM_EMULATOR
                 if (updlrm_driver_emu_counters(drv_, ec.data(), nullptr, 0) == UPDLRM_DRV_OK) {
                     for (uint32_t d = 0; d < N; d++) {
-                        for (size_t t = 0; t < T && t < DPU_EMU_MAX_TASKLETS; t++) {
-                            rd_ops[d * T + t] += ec[d].dma_read_ops[t];
-                            rd_bytes[d * T + t] += ec[d].dma_read_bytes[t];
-                            wr_ops[d * T + t] += ec[d].dma_write_ops[t];
-                            wr_bytes[d * T + t] += ec[d].dma_write_bytes[t];
+                        for (size_t t = 0; t < T; t++) {
+                            bool in = t < DPU_EMU_MAX_TASKLETS;
+                            rd_ops.push_back(in ? ec[d].dma_read_ops[t] : 0);
+                            rd_bytes.push_back(in ? ec[d].dma_read_bytes[t] : 0);
+                            wr_ops.push_back(in ? ec[d].dma_write_ops[t] : 0);
+                            wr_bytes.push_back(in ? ec[d].dma_write_bytes[t] : 0);
                         }
-                        emu_wall_ns[d] += ec[d].wall_ns;
-                        modeled_cycles[d] += ec[d].modeled_cycles;
-                        wram_static[d] = ec[d].wram_static_bytes;
-                        wram_heap[d] = std::max<uint64_t>(wram_heap[d], ec[d].wram_heap_peak_bytes);
+                        emu_wall_ns.push_back(ec[d].wall_ns);
+                        modeled_cycles.push_back(ec[d].modeled_cycles);
+                        wram_static.push_back(ec[d].wram_static_bytes);
+                        wram_heap.push_back(ec[d].wram_heap_peak_bytes);
                     }
                 }
 #endif
@@ -257,8 +265,8 @@ class Runtime {
                 }
                 for (uint32_t d = 0; d < N; d++)
                     for (size_t t = 0; t < T; t++) {
-                        cycles[d * T + t] += status[d].cycles[t];
-                        tl_lookups[d * T + t] += status[d].lookups[t];
+                        cycles.push_back(status[d].cycles[t]);
+                        tl_lookups.push_back(status[d].lookups[t]);
                     }
                 double m1 = now_s();
                 packer_->merge(L, output.data(), ostride, res, acc.empty() ? nullptr : acc.data());
@@ -280,21 +288,26 @@ class Runtime {
         r["nr_launches"] = nr_launches;
         r["request_push_bytes"] = push_bytes;
         r["output_pull_bytes"] = pull_bytes;
-        r["lookups_per_dpu"] = np_1d(pc.lookups);
-        r["bags_per_dpu"] = np_1d(pc.bags);
-        r["request_bytes_per_dpu"] = np_1d(pc.request_bytes);
-        r["output_bytes_per_dpu"] = np_1d(pc.output_bytes);
-        r["kernel_cycles"] = np_2d(cycles, N, T);
-        r["tasklet_lookups"] = np_2d(tl_lookups, N, T);
+        // Per-launch arrays (leading axis = launch; only launches that ran have kernel figures).
+        size_t L = pc.lookups.size() / (N ? N : 1);
+        r["lookups"] = np_2d(pc.lookups, L, N);
+        r["bags"] = np_2d(pc.bags, L, N);
+        r["elements"] = np_2d(pc.elements, L, N);
+        r["request_bytes"] = np_2d(pc.request_bytes, L, N);
+        r["output_bytes"] = np_2d(pc.output_bytes, L, N);
+        size_t ran = cycles.size() / (size_t(N) * T);
+        r["kernel_cycles"] = np_3d(cycles, ran, N, T);
+        r["tasklet_lookups"] = np_3d(tl_lookups, ran, N, T);
 #ifdef UPDLRM_EMULATOR
-        r["dma_read_ops"] = np_2d(rd_ops, N, T);
-        r["dma_read_bytes"] = np_2d(rd_bytes, N, T);
-        r["dma_write_ops"] = np_2d(wr_ops, N, T);
-        r["dma_write_bytes"] = np_2d(wr_bytes, N, T);
-        r["emu_wall_ns"] = np_1d(emu_wall_ns);
-        r["modeled_cycles"] = np_1d(modeled_cycles);
-        r["wram_static_bytes"] = np_1d(wram_static);
-        r["wram_heap_peak_bytes"] = np_1d(wram_heap);
+        size_t counted = rd_ops.size() / (size_t(N) * T);
+        r["dma_read_ops"] = np_3d(rd_ops, counted, N, T);
+        r["dma_read_bytes"] = np_3d(rd_bytes, counted, N, T);
+        r["dma_write_ops"] = np_3d(wr_ops, counted, N, T);
+        r["dma_write_bytes"] = np_3d(wr_bytes, counted, N, T);
+        r["emu_wall_ns"] = np_2d(emu_wall_ns, counted, N);
+        r["modeled_cycles"] = np_2d(modeled_cycles, counted, N);
+        r["wram_static_bytes"] = np_2d(wram_static, counted, N);
+        r["wram_heap_peak_bytes"] = np_2d(wram_heap, counted, N);
 #endif
         if (!err_kind.empty()) {
             py::dict e;
@@ -331,6 +344,9 @@ PYBIND11_MODULE(UPDLRM_MODULE_NAME, m) {
     m.attr("EMULATOR") = false;
 #endif
     m.attr("ABI_VERSION") = UPDLRM_ABI_VERSION;
+#ifdef UPDLRM_SHIPPED_NR_TASKLETS
+    m.attr("SHIPPED_NR_TASKLETS") = UPDLRM_SHIPPED_NR_TASKLETS;  // NR_TASKLETS of kernels/emb_lookup.*
+#endif
     m.attr("MAX_TASKLETS") = UPDLRM_MAX_TASKLETS;
     m.attr("MAX_SHARDS") = UPDLRM_MAX_SHARDS;
     m.attr("MRAM_BYTES") = UPDLRM_MRAM_BYTES;

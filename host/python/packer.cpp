@@ -71,6 +71,7 @@ void Packer::commit(uint32_t a, uint32_t e, uint32_t sample) {
         st.shard.push_back(s);
         st.ids.resize(st.ids.size() + cnt_[s]);
         st.out_bytes += spec_.shard_row_bytes[s];
+        st.elements += uint64_t(cnt_[s]) * spec_.shard_ncols[s];
         nr_bags_++;
     }
     for (uint32_t i = a; i < e; i++) {
@@ -116,10 +117,11 @@ void Packer::finalize(std::vector<Launch> &out) {
         a.out_offset = spec_.output_offset;
         a.out_bytes = static_cast<uint32_t>(st.out_bytes);
         if (counters_ != nullptr) {
-            counters_->lookups[d] += st.ids.size();
-            counters_->bags[d] += st.bags.size();
-            counters_->request_bytes[d] += request_bytes(st.bags.size(), st.ids.size());
-            counters_->output_bytes[d] += st.out_bytes;
+            counters_->lookups.push_back(st.ids.size());
+            counters_->bags.push_back(st.bags.size());
+            counters_->elements.push_back(st.elements);
+            counters_->request_bytes.push_back(request_bytes(st.bags.size(), st.ids.size()));
+            counters_->output_bytes.push_back(st.out_bytes);
         }
         L.bag_sample[d].swap(st.sample);
         L.bag_shard[d].swap(st.shard);
@@ -130,6 +132,7 @@ void Packer::finalize(std::vector<Launch> &out) {
         st.sample.clear();
         st.shard.clear();
         st.out_bytes = 0;
+        st.elements = 0;
     }
     nr_bags_ = 0;
     out.push_back(std::move(L));
@@ -169,10 +172,7 @@ std::string Packer::pack(const int32_t *grp, const uint32_t *lrow, const int64_t
     const uint64_t nr_bags_total = uint64_t(spec_.nr_tables) * batch_size;
     const uint64_t nr_lookups = static_cast<uint64_t>(offsets[nr_bags_total]);
     const uint32_t nr_groups = static_cast<uint32_t>(spec_.group_rep_ptr.size() - 1);
-    counters.lookups.assign(n, 0);
-    counters.bags.assign(n, 0);
-    counters.request_bytes.assign(n, 0);
-    counters.output_bytes.assign(n, 0);
+    counters = PackCounters();
     counters_ = &counters;
     lrow_ = lrow;
     rep_.resize(nr_lookups);
@@ -183,6 +183,7 @@ std::string Packer::pack(const int32_t *grp, const uint32_t *lrow, const int64_t
         st.sample.clear();
         st.shard.clear();
         st.out_bytes = 0;
+        st.elements = 0;
     }
     nr_bags_ = 0;
 

@@ -49,8 +49,10 @@ struct Launch {
     std::vector<std::vector<uint32_t>> bag_sample, bag_shard, bag_out;
 };
 
+// Per launch and DPU, flattened [launch][dpu]: lookups (row reads), bags, elements accumulated
+// (lookups x shard columns), request bytes (bags + padded local rows) and output bytes.
 struct PackCounters {
-    std::vector<uint64_t> lookups, bags, request_bytes, output_bytes;  // per DPU, summed over launches
+    std::vector<uint64_t> lookups, bags, elements, request_bytes, output_bytes;
 };
 
 class Packer {
@@ -75,6 +77,7 @@ class Packer {
         std::vector<updlrm_bag> bags;
         std::vector<uint32_t> ids, sample, shard;
         uint64_t out_bytes = 0;
+        uint64_t elements = 0;
     };
     bool fits();
     void commit(uint32_t a, uint32_t e, uint32_t sample);

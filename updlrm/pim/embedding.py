@@ -1,0 +1,290 @@
+"""PimEmbedding: sum-pooled embedding lookups of several tables on (emulated) UPMEM DPUs.
+
+    pim = PimEmbedding(weights, plan, dtype="fp32", device="emulator")
+    pooled = pim.lookup(indices, offsets, batch_size)   # float32 [B, T, D]
+    pim.last_stats                                      # BatchStats: phases + counters
+    pim.close()
+
+A batch flows: :class:`~updlrm.pim.layout.RowMapper` maps every lookup to (row group, local row)
+with numpy; the native packer (``updlrm._native._emu``) picks a replica per lookup, builds each
+DPU's request and cuts the batch into launches when the plan's per-DPU ``request_bytes`` /
+``output_bytes`` are too small; the host driver pushes, launches and gathers; the merger adds the
+partial sums into [B, W] (W = sum of table dims). The GIL is released for pack, launch and merge.
+
+Element types:
+
+* ``fp32``: rows summed in fp32 on the DPUs (and partial sums of row shards added in fp32 on the
+  host); agrees with torch.nn.EmbeddingBag(mode="sum") to fp32 rounding (~1e-6 relative).
+* ``int32`` fixed point: table t is stored as ``q = rint(w * scale_t)`` with
+  ``scale_t = floor((2**31 - 1) / M) / max|w_t|`` (M = ``max_bag_lookups``), so no bag of up to M
+  lookups - nor any partial sum of one - overflows int32. Partial sums are added exactly in int64
+  and converted once: ``value = q_sum / scale_t``. Error bound per element of a bag of n lookups:
+  ``|err| <= n * 0.5 / scale_t`` from rounding each weight, plus the fp32 rounding of the final
+  value (``<= 2**-24 * n * max|w_t|``); :meth:`PimEmbedding.fixed_point_bound` returns the sum.
+  Bags longer than M raise :class:`~updlrm.errors.InvalidBatchError`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import numpy as np
+
+from updlrm.errors import DpuFaultError, InvalidBatchError, NativeError
+from updlrm.partition import Plan, PlanError, TableSpec, validate_plan
+from updlrm.stats import BatchStats
+
+from . import native
+from .layout import RowMapper, fixed_point_scales, plan_layout, shard_images
+
+DTYPES = ("fp32", "int32")
+#: Where the transfer/kernel phases come from, per device (updlrm.stats.SOURCES).
+DEVICE_SOURCE = {"emulator": "emulator-wall", "simulator": "simulator", "hw": "hardware"}
+ARGS_BYTES = 32  # struct updlrm_launch_args
+STATUS_BYTES = 24 + 12 * 24  # struct updlrm_status
+
+
+def _as_weight(w, t: int) -> np.ndarray:
+    if hasattr(w, "detach"):  # torch.Tensor
+        w = w.detach().cpu().numpy()
+    w = np.asarray(w)
+    if w.ndim != 2:
+        raise ValueError(f"weights[{t}] must be 2-D [rows, dim], got shape {w.shape}")
+    if not np.issubdtype(w.dtype, np.floating):
+        raise ValueError(f"weights[{t}] must be floating point, got {w.dtype}")
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    if not np.isfinite(w).all():
+        raise ValueError(f"weights[{t}] contains NaN or infinity")
+    return w
+
+
+class PimEmbedding:
+    """Embedding tables placed on DPUs by ``plan``; sum-pooled lookups per batch.
+
+    Args:
+        weights: one [rows_t, dim_t] float array (or tensor) per table of ``plan.tables``.
+        plan: a :class:`~updlrm.partition.Plan` for these tables (validated here).
+        dtype: "fp32" or "int32" (fixed point, see the module docstring).
+        device: "emulator" (default), or "simulator" / "hw" (need the SDK build).
+        max_bag_lookups: int32 only: the largest bag the scale is chosen for.
+        kernel_path: use this kernel binary instead of the built one for plan.topology.nr_tasklets.
+    """
+
+    def __init__(
+        self,
+        weights: Sequence,
+        plan: Plan,
+        dtype: str = "fp32",
+        device: str = "emulator",
+        max_bag_lookups: int = 4096,
+        kernel_path: str | None = None,
+    ):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        if device not in native.DEVICES:
+            raise ValueError(f"device must be one of {native.DEVICES}, got {device!r}")
+        if int(max_bag_lookups) < 1:
+            raise ValueError(f"max_bag_lookups must be >= 1, got {max_bag_lookups}")
+        if not isinstance(plan, Plan):
+            raise TypeError(f"plan must be an updlrm.partition.Plan, got {type(plan).__name__}")
+        if len(weights) != len(plan.tables):
+            raise ValueError(f"{len(weights)} weight tensors for a plan of {len(plan.tables)} tables")
+        ws = [_as_weight(w, t) for t, w in enumerate(weights)]
+        specs = [TableSpec(plan.tables[t].name, int(w.shape[0]), int(w.shape[1])) for t, w in enumerate(ws)]
+        validate_plan(plan, specs)  # PlanError naming the table whose shape differs
+
+        self.plan = plan
+        self.dtype = dtype
+        self.device = device
+        self.max_bag_lookups = int(max_bag_lookups)
+        self.nr_tasklets = int(plan.topology.nr_tasklets)
+        self.dims = [int(w.shape[1]) for w in ws]
+        self._layout = plan_layout(plan)
+        self._limit = float((2**31 - 1) // self.max_bag_lookups)
+        self._wmax = np.array([float(np.max(np.abs(w))) if w.size else 0.0 for w in ws])
+        if dtype == "int32":
+            self.scales = fixed_point_scales(ws, self.max_bag_lookups)
+            col_scale = np.repeat(self.scales, self._layout.dims)
+        else:
+            self.scales = None
+            col_scale = np.zeros(0)
+        self._mapper = RowMapper(plan)
+        self.last_stats: BatchStats | None = None
+
+        mod = native.native_module(device)
+        path = kernel_path if kernel_path is not None else native.kernel_path(device, self.nr_tasklets, mod)
+        t0 = time.perf_counter()
+        images, descs = shard_images(ws, plan, self._layout, dtype, self.scales, self._limit)
+        build_s = time.perf_counter() - t0
+        try:
+            self._rt = mod.Runtime(path, plan.topology.nr_dpus, native.PROFILES[device])
+        except RuntimeError as exc:
+            raise NativeError(str(exc)) from exc
+        try:
+            write_s = self._rt.write_shards(images, descs)
+            self._rt.set_plan(self._layout.native_spec(dtype, col_scale))
+        except Exception as exc:
+            self._rt.close()
+            raise NativeError(f"loading the tables into DPU MRAM: {exc}") from exc
+        self.kernel_path = path
+        self.load_stats = {
+            "open_s": self._rt.open_seconds,
+            "build_images_s": build_s,
+            "write_shards_s": write_s,
+            "mram_bytes_per_dpu": [int(im.size) for im in images],
+        }
+
+    # ---- lookups ---------------------------------------------------------------------------
+    def lookup_flat(self, indices, offsets, batch_size: int) -> np.ndarray:
+        """Pooled embeddings of all tables side by side: float32 [B, W], W = sum of dims."""
+        if self._rt is None or self._rt.closed:
+            raise NativeError("this PimEmbedding is closed")
+        B = int(batch_size)
+        T = len(self.dims)
+        idx = np.ascontiguousarray(np.asarray(indices), dtype=np.int64)
+        offs = np.ascontiguousarray(np.asarray(offsets), dtype=np.int64)
+        if offs.shape != (T * B + 1,):
+            raise InvalidBatchError(f"offsets has shape {offs.shape}, expected ({T * B + 1},) = T*B+1 for T={T}, B={B}")
+        if int(offs[-1]) != idx.size or int(offs[0]) != 0:
+            raise InvalidBatchError(f"offsets must run from 0 to len(indices)={idx.size}, got {int(offs[0])}..{int(offs[-1])}")
+        if self.dtype == "int32" and T * B > 0:
+            lens = np.diff(offs)
+            longest = int(lens.max())
+            if longest > self.max_bag_lookups:
+                k = int(np.argmax(lens))
+                raise InvalidBatchError(
+                    f"table {k // B}, sample {k % B}: bag of {longest} lookups exceeds max_bag_lookups="
+                    f"{self.max_bag_lookups} of the int32 fixed-point scale"
+                )
+        stats = BatchStats()
+        t0 = time.perf_counter()
+        grp, lrow = self._mapper.map(idx, offs, B)
+        map_s = time.perf_counter() - t0
+        out = np.empty((B, self._layout.width), dtype=np.float32)
+        r = self._rt.lookup(grp, lrow, offs, B, out)
+        self._record(stats, r, map_s, B)
+        self.last_stats = stats
+        err = r.get("error")
+        if err is not None:
+            self._raise(err)
+        return out
+
+    def lookup(self, indices, offsets, batch_size: int):
+        """float32 [B, T, D] when every table has the same dim, else a list of [B, D_t] arrays.
+
+        indices: int64 [N], all tables, table-major; offsets: int64 [T*B+1], bag (t, b) is
+        ``indices[offsets[t*B+b] : offsets[t*B+b+1]]``. Ids are trusted (the engine validated them).
+        """
+        flat = self.lookup_flat(indices, offsets, batch_size)
+        if len(set(self.dims)) == 1 and self.dims:
+            return flat.reshape(int(batch_size), len(self.dims), self.dims[0])
+        return self._split(flat)
+
+    def lookup_list(self, indices, offsets, batch_size: int) -> list[np.ndarray]:
+        """One float32 [B, D_t] array per table."""
+        return self._split(self.lookup_flat(indices, offsets, batch_size))
+
+    def _split(self, flat: np.ndarray) -> list[np.ndarray]:
+        cols = self._layout.col_offsets
+        return [flat[:, int(c) : int(c) + d] for c, d in zip(cols, self.dims)]
+
+    # ---- fixed point -----------------------------------------------------------------------
+    def fixed_point_bound(self, bag_lookups) -> np.ndarray:
+        """Max abs error per element of a pooled bag of ``bag_lookups`` lookups (int32 dtype).
+
+        ``bag_lookups``: a scalar (-> [T], one bound per table) or an array whose first axis is
+        the table ([T, ...] -> same shape). Bound: ``n * 0.5 / scale_t + 2**-24 * n * max|w_t|``.
+        fp32 plans return zeros (their error is fp32 summation rounding, not quantization).
+        """
+        n = np.asarray(bag_lookups, dtype=np.float64)
+        T = len(self.dims)
+        if self.scales is None:
+            per_elem = np.zeros(T)
+        else:
+            per_elem = 0.5 / self.scales + 2.0**-24 * self._wmax
+        if n.ndim == 0:
+            return n * per_elem
+        if n.shape[0] != T:
+            raise ValueError(f"bag_lookups must be a scalar or have {T} rows (tables), got shape {n.shape}")
+        return n * per_elem.reshape((T,) + (1,) * (n.ndim - 1))
+
+    # ---- stats and errors --------------------------------------------------------------------
+    def _record(self, stats: BatchStats, r: dict, map_s: float, batch_size: int) -> None:
+        src = DEVICE_SOURCE[self.device]
+        L = int(r["nr_launches"])
+        push = np.asarray(r["request_push_bytes"], dtype=np.int64)
+        pull = np.asarray(r["output_pull_bytes"], dtype=np.int64)
+        stats.add("pack", map_s + r["pack_native_s"], "measured", map_s=map_s, native_s=r["pack_native_s"],
+                  launches=L)
+        stats.add("cpu_to_dpu", r["cpu_to_dpu_s"], src, request_push_bytes_per_dpu=push.tolist())
+        stats.add("kernel", r["kernel_s"], src, launches=L)
+        stats.add("dpu_to_cpu", r["dpu_to_cpu_s"] + r["status_s"], src, status_s=r["status_s"],
+                  output_pull_bytes_per_dpu=pull.tolist())
+        stats.add("merge", r["merge_s"], "measured")
+        c = stats.counters
+        c["nr_tasklets"] = self.nr_tasklets
+        c["dtype"] = self.dtype
+        c["nr_launches"] = L
+        lookups, bags, elements = r["lookups"], r["bags"], r["elements"]
+        c["lookups"] = lookups.sum(axis=0)
+        c["bags"] = bags.sum(axis=0)
+        c["elements"] = elements.sum(axis=0)
+        c["request_bytes"] = r["request_bytes"].sum(axis=0)
+        c["output_bytes"] = r["output_bytes"].sum(axis=0)
+        ran = r["tasklet_lookups"].shape[0]
+        c["lookups_per_tasklet"] = r["tasklet_lookups"].sum(axis=0)
+        c["pushed_bytes"] = ARGS_BYTES * ran + r["request_bytes"][:ran].sum(axis=0)
+        c["pulled_bytes"] = STATUS_BYTES * ran + r["output_bytes"][:ran].sum(axis=0)
+        c["push_lengths"] = np.array([x for p in push for x in (ARGS_BYTES, int(p)) if x > 0], dtype=np.int64)
+        c["pull_lengths"] = np.array([x for p in pull for x in (STATUS_BYTES, int(p)) if x > 0], dtype=np.int64)
+        if self.device == "emulator":
+            for k in ("dma_read_ops", "dma_read_bytes", "dma_write_ops", "dma_write_bytes"):
+                c[k] = r[k].sum(axis=0)
+            c["emu_wall_ns"] = r["emu_wall_ns"].sum(axis=0)
+            c["emu_modeled_cycles"] = r["modeled_cycles"].sum(axis=0)
+            c["wram_static_bytes"] = r["wram_static_bytes"].max(axis=0) if r["wram_static_bytes"].size else None
+            c["wram_heap_peak_bytes"] = r["wram_heap_peak_bytes"].max(axis=0) if r["wram_heap_peak_bytes"].size else None
+        else:
+            c["measured_cycles"] = r["kernel_cycles"].sum(axis=0)
+        if L > 1 and self.device == "emulator" and r["dma_read_ops"].shape[0] == L:
+            c["launches"] = [
+                {
+                    "lookups": lookups[i], "bags": bags[i], "elements": elements[i],
+                    "dma_read_ops": r["dma_read_ops"][i], "dma_read_bytes": r["dma_read_bytes"][i],
+                    "dma_write_ops": r["dma_write_ops"][i], "dma_write_bytes": r["dma_write_bytes"][i],
+                    "lookups_per_tasklet": r["tasklet_lookups"][i],
+                }
+                for i in range(L)
+            ]
+
+    def _raise(self, err: dict) -> None:
+        kind = err["kind"]
+        if kind in ("fault", "kernel"):
+            dpu, tasklet = int(err["dpu"]), int(err["tasklet"])
+            raise DpuFaultError(
+                f"DPU {dpu} tasklet {tasklet}: {err['reason']}" if kind == "fault" else err["message"],
+                dpu=dpu, tasklet=tasklet, reason=str(err["reason"]),
+            )
+        if kind == "pack":
+            raise PlanError(err["message"])
+        raise NativeError(err["message"])
+
+    # ---- lifetime ------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Free the DPUs. Idempotent."""
+        rt = getattr(self, "_rt", None)
+        if rt is not None:
+            rt.close()
+
+    def __enter__(self) -> "PimEmbedding":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass

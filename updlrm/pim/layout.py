@@ -1,0 +1,308 @@
+"""From a Plan to what the DPUs and the native packer need: flat plan arrays, MRAM images, row maps.
+
+* :func:`plan_layout` flattens a plan for the native packer (``updlrm._native._emu.Runtime.set_plan``):
+  per shard its DPU, local descriptor index, result columns and row bytes; per group its replicas;
+  per replica its column-slice shards; and the MRAM layout shared by every DPU::
+
+      heap + 0                 table shards (plan.mram_offset of each)
+      heap + request_offset    request: bags then local row ids      (<= plan.request_bytes)
+      heap + output_offset     per-bag partial sums                  (<= plan.output_bytes)
+
+  ``request_offset`` is the end of the fullest DPU's shards (one push serves every DPU at the same
+  offset).
+* :func:`shard_images` gathers every shard's rows and columns from the weights (vectorized, one
+  fancy-index per shard), converts to int32 fixed point when asked, pads rows to 8 bytes and
+  returns one MRAM image per DPU plus the [nr_dpus, k * 32] descriptor block (struct updlrm_shard).
+* :class:`RowMapper` maps each lookup of a batch to (row group, local row): ``cache`` groups
+  first, then the ``base`` group (row ranges by one searchsorted over all tables at once; row-set
+  groups through a dense per-table map). No Python loop over lookups.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from updlrm.partition import Plan
+from updlrm.partition.types import ELEM_BYTES, MRAM_ALIGN
+
+#: UPDLRM_DTYPE_* of dpu_kernels/include/updlrm_abi.h
+DTYPE_CODES = {"fp32": 0, "int32": 1}
+#: Bytes of struct updlrm_shard (8 x uint32).
+SHARD_DESC_BYTES = 32
+MAX_SHARDS_PER_DPU = 4096  # UPDLRM_MAX_SHARDS
+MRAM_BYTES = 64 << 20
+
+
+def _align8(x: int) -> int:
+    return (int(x) + MRAM_ALIGN - 1) // MRAM_ALIGN * MRAM_ALIGN
+
+
+@dataclass
+class PlanLayout:
+    """A plan flattened into arrays (S shards, G groups, R replicas, D DPUs, T tables)."""
+
+    nr_dpus: int
+    dims: np.ndarray  # [T] table dims
+    col_offsets: np.ndarray  # [T] first result column of each table (result row width = width)
+    width: int
+    shard_dpu: np.ndarray  # [S]
+    shard_local: np.ndarray  # [S] index of the shard's descriptor on its DPU
+    shard_col: np.ndarray  # [S] first result column (col_offsets[table] + col_lo)
+    shard_ncols: np.ndarray  # [S]
+    shard_row_bytes: np.ndarray  # [S] bytes per stored row (padded to 8)
+    shard_table: np.ndarray  # [S]
+    shard_nr_rows: np.ndarray  # [S]
+    shard_mram_offset: np.ndarray  # [S] bytes from the MRAM heap
+    group_rep_ptr: np.ndarray  # [G+1] -> replicas
+    rep_shard_ptr: np.ndarray  # [R+1] -> rep_shards
+    rep_shards: np.ndarray  # shard ids, each replica's slices by col_lo
+    nr_shards_on_dpu: np.ndarray  # [D]
+    request_offset: int  # bytes from the heap, same on every DPU
+    request_capacity: int
+    output_offset: int
+    output_capacity: int
+
+    def native_spec(self, dtype: str, col_scale: np.ndarray) -> dict:
+        """The dict ``Runtime.set_plan`` takes."""
+        u32 = lambda a: np.ascontiguousarray(a, dtype=np.uint32)  # noqa: E731
+        return {
+            "nr_tables": int(self.dims.size),
+            "width": int(self.width),
+            "dtype": DTYPE_CODES[dtype],
+            "shard_dpu": u32(self.shard_dpu),
+            "shard_local": u32(self.shard_local),
+            "shard_col": u32(self.shard_col),
+            "shard_ncols": u32(self.shard_ncols),
+            "shard_row_bytes": u32(self.shard_row_bytes),
+            "shard_table": u32(self.shard_table),
+            "group_rep_ptr": u32(self.group_rep_ptr),
+            "rep_shard_ptr": u32(self.rep_shard_ptr),
+            "rep_shards": u32(self.rep_shards),
+            "nr_shards_on_dpu": u32(self.nr_shards_on_dpu),
+            "col_scale": np.ascontiguousarray(col_scale, dtype=np.float64),
+            "request_offset": int(self.request_offset),
+            "request_capacity": int(self.request_capacity),
+            "output_offset": int(self.output_offset),
+            "output_capacity": int(self.output_capacity),
+        }
+
+
+def plan_layout(plan: Plan) -> PlanLayout:
+    """Flatten ``plan`` (already validated) for the native packer. Raises ValueError on a plan whose
+    shards have no MRAM offsets, a DPU with more than 4,096 shards, or buffers beyond 64 MiB."""
+    tables = plan.tables
+    dims = np.array([t.dim for t in tables], dtype=np.int64)
+    col_offsets = np.concatenate([[0], np.cumsum(dims)[:-1]]).astype(np.int64)
+    n_dpus = plan.topology.nr_dpus
+    shards = plan.shards
+    S = len(shards)
+    f = lambda name: np.fromiter((getattr(s, name) for s in shards), dtype=np.int64, count=S)  # noqa: E731
+    table, group, replica, dpu = f("table"), f("group"), f("replica"), f("dpu")
+    col_lo, col_hi, mram_offset = f("col_lo"), f("col_hi"), f("mram_offset")
+    if S and mram_offset.min() < 0:
+        bad = int(np.argmax(mram_offset < 0))
+        raise ValueError(f"shard {bad} of the plan has no MRAM offset (mram_offset=-1): run validate/assign offsets")
+    ncols = col_hi - col_lo
+    row_bytes = (ncols * ELEM_BYTES + MRAM_ALIGN - 1) // MRAM_ALIGN * MRAM_ALIGN
+    g_rows = np.fromiter((g.nr_rows for g in plan.groups), dtype=np.int64, count=len(plan.groups))
+    nr_rows = g_rows[group] if S else np.zeros(0, dtype=np.int64)
+
+    # Descriptor index of each shard on its DPU: rank in plan order among the DPU's shards.
+    order = np.argsort(dpu, kind="stable")
+    counts = np.bincount(dpu, minlength=n_dpus) if S else np.zeros(n_dpus, dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    local = np.empty(S, dtype=np.int64)
+    local[order] = np.arange(S) - starts[dpu[order]]
+    if counts.size and counts.max() > MAX_SHARDS_PER_DPU:
+        d = int(np.argmax(counts))
+        raise ValueError(f"DPU {d} holds {int(counts[d])} shards, the kernel allows {MAX_SHARDS_PER_DPU}")
+
+    # Replicas: (group, replica) pairs in order; each replica's shards sorted by col_lo.
+    key = np.lexsort((col_lo, replica, group))
+    g_sorted, r_sorted = group[key], replica[key]
+    new_rep = np.ones(S, dtype=bool)
+    new_rep[1:] = (g_sorted[1:] != g_sorted[:-1]) | (r_sorted[1:] != r_sorted[:-1])
+    rep_first = np.flatnonzero(new_rep)
+    rep_shard_ptr = np.append(rep_first, S)
+    rep_group = g_sorted[rep_first]
+    G = len(plan.groups)
+    reps_per_group = np.bincount(rep_group, minlength=G)
+    if G and reps_per_group.min() == 0:
+        bad = int(np.argmin(reps_per_group))
+        raise ValueError(f"row group {bad} (table {plan.groups[bad].table}) has no shard")
+    group_rep_ptr = np.concatenate([[0], np.cumsum(reps_per_group)])
+
+    tables_end = int((mram_offset + nr_rows * row_bytes).max()) if S else 0
+    request_offset = _align8(tables_end)
+    request_capacity = int(plan.request_bytes) // MRAM_ALIGN * MRAM_ALIGN
+    output_capacity = int(plan.output_bytes) // MRAM_ALIGN * MRAM_ALIGN
+    output_offset = request_offset + request_capacity
+    heap = int(plan.topology.mram_heap_bytes)
+    if output_offset + output_capacity > min(heap, MRAM_BYTES):
+        raise ValueError(
+            f"shards end at {tables_end} B and request+output need {request_capacity + output_capacity} B more: "
+            f"{output_offset + output_capacity} B exceed the {heap} B MRAM heap"
+        )
+    return PlanLayout(
+        nr_dpus=n_dpus,
+        dims=dims,
+        col_offsets=col_offsets,
+        width=int(dims.sum()),
+        shard_dpu=dpu,
+        shard_local=local,
+        shard_col=col_offsets[table] + col_lo if S else col_lo,
+        shard_ncols=ncols,
+        shard_row_bytes=row_bytes,
+        shard_table=table,
+        shard_nr_rows=nr_rows,
+        shard_mram_offset=mram_offset,
+        group_rep_ptr=group_rep_ptr,
+        rep_shard_ptr=rep_shard_ptr,
+        rep_shards=key,
+        nr_shards_on_dpu=counts,
+        request_offset=request_offset,
+        request_capacity=request_capacity,
+        output_offset=output_offset,
+        output_capacity=output_capacity,
+    )
+
+
+def fixed_point_scales(weights: list[np.ndarray], max_bag_lookups: int) -> np.ndarray:
+    """Per-table int32 scale: ``floor((2**31 - 1) / max_bag_lookups) / max|w_t|`` ([T] float64).
+
+    Every quantized element ``q = rint(w * scale_t)`` then satisfies ``|q| <= floor((2**31-1) / M)``
+    (M = max_bag_lookups), so a sum of up to M of them - a whole bag or any partial sum of it -
+    never overflows int32. This is ``floor((2**31 - 1) / (M * max|w_t|))`` with the floor moved so
+    that rounding cannot push an element over the limit and tables with large weights keep a
+    usable (non-zero) scale. A table of zeros gets ``floor((2**31-1)/M)``.
+    """
+    limit = float((2**31 - 1) // int(max_bag_lookups))
+    scales = []
+    for w in weights:
+        wmax = float(np.max(np.abs(w))) if w.size else 0.0
+        scales.append(limit / wmax if wmax > 0 else limit)
+    return np.asarray(scales, dtype=np.float64)
+
+
+def quantize(block: np.ndarray, scale: float, limit: float) -> np.ndarray:
+    """int32 fixed point of ``block``: rint(block * scale), clipped to +-limit (a no-op when scale
+    comes from :func:`fixed_point_scales`; guards float rounding at the edge)."""
+    q = np.rint(block.astype(np.float64) * scale)
+    np.clip(q, -limit, limit, out=q)
+    return q.astype(np.int32)
+
+
+def shard_images(
+    weights: list[np.ndarray], plan: Plan, layout: PlanLayout, dtype: str, scales: np.ndarray | None, limit: float
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """MRAM image of every DPU (uint8, heap + 0 onwards, length a multiple of 8) and the
+    descriptor block (uint8 [nr_dpus, k * 32], k = most shards on one DPU, at least 1)."""
+    n = layout.nr_dpus
+    S = layout.shard_dpu.size
+    ends = np.zeros(n, dtype=np.int64)
+    if S:
+        np.maximum.at(ends, layout.shard_dpu, layout.shard_mram_offset + layout.shard_nr_rows * layout.shard_row_bytes)
+    images = [np.zeros(int(e), dtype=np.uint8) for e in ends]
+    k = max(1, int(layout.nr_shards_on_dpu.max()) if n else 1)
+    descs = np.zeros((n, k, 8), dtype=np.uint32)
+    code = DTYPE_CODES[dtype]
+    for s, shard in enumerate(plan.shards):
+        t = shard.table
+        g = plan.groups[shard.group]
+        w = weights[t]
+        if g.rows is None:  # a row range: a view, no copy
+            block = w[g.row_lo : g.row_hi, shard.col_lo : shard.col_hi]
+        else:  # a row set: one fancy-index gather
+            block = w[np.asarray(g.rows, dtype=np.int64), shard.col_lo : shard.col_hi]
+        if dtype == "int32":
+            block = quantize(block, float(scales[t]), limit)
+        else:
+            block = np.asarray(block, dtype=np.float32)
+        nr, nc = block.shape
+        rb = int(layout.shard_row_bytes[s])
+        d = int(layout.shard_dpu[s])
+        off = int(layout.shard_mram_offset[s])
+        dst = images[d][off : off + nr * rb].reshape(nr, rb)
+        dst[:, : nc * ELEM_BYTES] = np.ascontiguousarray(block).view(np.uint8).reshape(nr, nc * ELEM_BYTES)
+        descs[d, int(layout.shard_local[s])] = (off, nr, nc, rb, code, t, 0, 0)
+    return images, descs.reshape(n, k * 8).view(np.uint8).reshape(n, k * SHARD_DESC_BYTES)
+
+
+class RowMapper:
+    """Maps the lookups of a batch to (row group id, local row) under a plan.
+
+    Base groups made of row ranges are resolved for all tables at once by one ``searchsorted``
+    over table-offset range starts; tables with row-set base groups use a dense [rows] map;
+    cache groups (sorted row sets) override the base group where they hold the row.
+    """
+
+    def __init__(self, plan: Plan):
+        T = len(plan.tables)
+        rows = np.array([t.rows for t in plan.tables], dtype=np.int64)
+        self.row_base = np.concatenate([[0], np.cumsum(rows)[:-1]]).astype(np.int64)
+        starts, gids = [], []
+        self.dense: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        cache: dict[int, list[tuple[int, np.ndarray]]] = {}
+        by_table: dict[int, list[int]] = {t: [] for t in range(T)}
+        for gi, g in enumerate(plan.groups):
+            if g.kind == "cache":
+                cache.setdefault(g.table, []).append((gi, np.asarray(g.global_rows(), dtype=np.int64)))
+            else:
+                by_table[g.table].append(gi)
+        for t in range(T):
+            groups = [plan.groups[gi] for gi in by_table[t]]
+            if any(g.rows is not None for g in groups):
+                gmap = np.full(rows[t], -1, dtype=np.int32)
+                lmap = np.zeros(rows[t], dtype=np.uint32)
+                for gi, g in zip(by_table[t], groups):
+                    r = g.global_rows()
+                    gmap[r] = gi
+                    lmap[r] = np.arange(r.size, dtype=np.uint32)
+                self.dense[t] = (gmap, lmap)
+                starts.append(self.row_base[t])
+                gids.append(-1)  # resolved by the dense map
+            else:
+                for gi, g in sorted(zip(by_table[t], groups), key=lambda x: x[1].row_lo):
+                    starts.append(self.row_base[t] + g.row_lo)
+                    gids.append(gi)
+        order = np.argsort(np.asarray(starts, dtype=np.int64), kind="stable")
+        self.starts = np.asarray(starts, dtype=np.int64)[order]
+        self.gids = np.asarray(gids, dtype=np.int32)[order]
+        self.cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        for t, lst in cache.items():
+            r = np.concatenate([x[1] for x in lst])
+            g = np.concatenate([np.full(x[1].size, x[0], dtype=np.int32) for x in lst])
+            loc = np.concatenate([np.arange(x[1].size, dtype=np.uint32) for x in lst])
+            o = np.argsort(r, kind="stable")
+            self.cache[t] = (r[o], g[o], loc[o])
+        self.nr_tables = T
+
+    def map(self, indices: np.ndarray, offsets: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """indices int64 [N] (table-major), offsets int64 [T*B+1] -> (group int32 [N], local row uint32 [N])."""
+        T, B = self.nr_tables, int(batch_size)
+        bounds = np.asarray(offsets[np.arange(T + 1) * B], dtype=np.int64)
+        counts = np.diff(bounds)
+        key = indices + np.repeat(self.row_base, counts)
+        pos = np.searchsorted(self.starts, key, side="right") - 1
+        grp = self.gids[pos]
+        lrow = (key - self.starts[pos]).astype(np.uint32)
+        for t, (gmap, lmap) in self.dense.items():
+            a, e = int(bounds[t]), int(bounds[t + 1])
+            if a < e:
+                idx = indices[a:e]
+                grp[a:e] = gmap[idx]
+                lrow[a:e] = lmap[idx]
+        for t, (crow, cgid, cloc) in self.cache.items():
+            a, e = int(bounds[t]), int(bounds[t + 1])
+            if a < e and crow.size:
+                idx = indices[a:e]
+                p = np.searchsorted(crow, idx)
+                p_ok = np.minimum(p, crow.size - 1)
+                hit = crow[p_ok] == idx
+                if hit.any():
+                    seg_g, seg_l = grp[a:e], lrow[a:e]
+                    seg_g[hit] = cgid[p_ok[hit]]
+                    seg_l[hit] = cloc[p_ok[hit]]
+        return grp, lrow
