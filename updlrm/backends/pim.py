@@ -140,9 +140,11 @@ class PimBackend(Backend):
         PimEmbedding's fixed-point bound; None for fp32 (the engine uses a float bound)."""
         if self.dtype != "int32":
             return None
-        lens = lengths.numpy()
+        lens = lengths.numpy()  # [T, B]
         bound = np.asarray(self._pim.fixed_point_bound(lens), dtype=np.float64)
-        return torch.from_numpy(np.broadcast_to(bound, lens.shape).copy()) if bound.ndim <= 1 else torch.from_numpy(bound)
+        if bound.ndim == 1:  # one bound per table
+            bound = bound[:, None]
+        return torch.from_numpy(np.broadcast_to(bound, lens.shape).copy())
 
     def close(self) -> None:
         if self._pim is not None:
