@@ -43,6 +43,12 @@ dpu_error_t dpu_emu_reset_transfer_counters(struct dpu_set_t set);
  * and the reason in `msg` (NUL-terminated, truncated to `len`). Returns DPU_OK when there was
  * a fault, DPU_ERR_INVALID_DPU_SET when the set never faulted. */
 dpu_error_t dpu_emu_last_fault(struct dpu_set_t set, uint32_t *dpu, uint32_t *tasklet, char *msg, size_t len);
+/* Details of the last failing call on this thread (which symbol, offset, file, ...); "" if none. */
+const char *dpu_emu_last_error(void);
+/* The printf output of one DPU's last launch (NUL-terminated; valid until the next launch). */
+const char *dpu_emu_log(struct dpu_set_t dpu, size_t *length);
+/* sizeof(struct dpu_emu_counters), for bindings that mirror the layout. */
+size_t dpu_emu_counters_size(void);
 /* Worker threads used by later dpu_load() calls (0 = one per online CPU, the default). */
 void dpu_emu_set_workers(unsigned n);
 

@@ -1021,6 +1021,9 @@ EMU_API dpu_error_t dpu_emu_get_counters(struct dpu_set_t h, struct dpu_emu_coun
     return DPU_OK;
 }
 
+/* sizeof(struct dpu_emu_counters), so that bindings can check their copy of the layout. */
+EMU_API size_t dpu_emu_counters_size(void) { return sizeof(struct dpu_emu_counters); }
+
 EMU_API dpu_error_t dpu_emu_reset_transfer_counters(struct dpu_set_t h)
 {
     dpu_error_t e = check_handle(h);
