@@ -212,10 +212,17 @@ def _pim_or_skip():
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "int32"])
-@pytest.mark.parametrize("strategy, nr_dpus", [("row_uniform", 8), ("table_wise", 3), ("column_wise", 4)])
+@pytest.mark.parametrize(
+    "strategy, nr_dpus",
+    [("row_uniform", 8), ("table_wise", 3), ("column_wise", 4), ("popularity_balanced", 8), ("cache_aware", 8)],
+)
 def test_pim_matches_cpu_within_dtype_bound(dtype, strategy, nr_dpus):
     _pim_or_skip()
+    from updlrm.partition.profile import profile_trace
+
     model = DLRM(CFG)
+    # popularity-aware strategies get a profile measured on another trace than the one served
+    profile = profile_trace(random_batch(CFG, 300, pooling=9, seed=99), CFG.tables)
     batch = random_batch(CFG, batch_size=40, pooling=9, seed=21)
     lengths = np.random.default_rng(2).integers(0, 30, size=CFG.nr_tables * 40)
     lengths[:5] = 0  # empty bags
@@ -226,7 +233,8 @@ def test_pim_matches_cpu_within_dtype_bound(dtype, strategy, nr_dpus):
     exact = reference_pooled(model, batch)
     with Engine(model, backend="cpu") as cpu:
         p_cpu = cpu.predict(batch).double()
-    with Engine(model, backend="pim", nr_dpus=nr_dpus, strategy=strategy, dtype=dtype) as engine:
+    with Engine(model, backend="pim", nr_dpus=nr_dpus, strategy=strategy, dtype=dtype, profile=profile) as engine:
+        assert engine.plan.strategy == strategy
         p_pim, pooled = engine.predict_with_pooled(batch)
         bound = engine.pooled_error_bound(batch)
         stats = engine.last_stats
@@ -243,6 +251,29 @@ def test_pim_matches_cpu_within_dtype_bound(dtype, strategy, nr_dpus):
     assert bool(((p_pim.double() - p_cpu).abs() <= p_bound).all())
     assert {p.name for p in stats.phases} >= {"pack", "cpu_to_dpu", "kernel", "dpu_to_cpu", "merge", "mlp"}
     assert stats.get("kernel").source in ("emulator-wall", "modeled")
+
+
+def test_pim_batch_larger_than_request_buffer_is_cut_into_launches():
+    _pim_or_skip()
+    model = DLRM(CFG)
+    batch = random_batch(CFG, batch_size=256, pooling=12, seed=4)
+    small = {"request_bytes": 4096, "output_bytes": 4096}
+    with Engine(model, backend="pim", nr_dpus=2, strategy="row_uniform", plan_options=small) as engine:
+        assert engine.plan.request_bytes == 4096
+        pooled = engine.embed(batch)
+        assert engine.last_stats.counters["nr_launches"] > 1
+    assert torch.allclose(pooled.double(), reference_pooled(model, batch), atol=1e-5)
+
+
+def test_pim_devices_without_sdk_are_unavailable():
+    _pim_or_skip()
+    import importlib.util
+
+    if importlib.util.find_spec("updlrm._native._sdk") is not None:
+        pytest.skip("this build has the UPMEM SDK module")
+    for device in ("hw", "simulator"):
+        with pytest.raises(BackendUnavailableError, match="UPMEM SDK"):
+            Engine(DLRM(CFG), backend="pim", nr_dpus=2, device=device)
 
 
 # -- `updlrm demo` -------------------------------------------------------------------------------------
