@@ -238,7 +238,8 @@ class RequestValidator:
                 f"{where(i)}.sparse.{name}[{pos}]: row id {int(indices[k])} is out of range for table "
                 f"{name!r} ({rows} rows; allowed [0, {rows})){'' if bad.size == 1 else f' ({bad.size - 1} more bad id(s))'}",
                 field=f"{where(i)}.sparse.{name}[{pos}]", table=name, position=pos, allowed=f"[0, {rows})")
-        dense = np.asarray([s.dense for s in samples], dtype=np.float32).reshape(n, self.n_dense)
+        with np.errstate(over="ignore"):  # overflow is reported just below
+            dense = np.asarray([s.dense for s in samples], dtype=np.float32).reshape(n, self.n_dense)
         if not np.isfinite(dense).all():  # finite doubles may still overflow float32
             i, j = np.argwhere(~np.isfinite(dense))[0]
             raise RequestError(f"{where(int(i))}.dense[{int(j)}] overflows float32",
