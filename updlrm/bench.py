@@ -332,6 +332,10 @@ class _Runner:
             out["bound_s"] = float(np.median(bounds))
             out["modeled_over_bound"] = float(np.median(ratios))
             out["kernel_model"] = {k: v for k, v in (kernel_detail or {}).items() if k != "per_launch"}
+            emu_cycles = engine.last_stats.counters.get("emu_modeled_cycles")
+            if emu_cycles is not None and np.size(emu_cycles):
+                # the emulator's own rough cycle estimate, shown next to this model's for checking
+                out["kernel_model"]["emulator_cycle_estimate_max"] = float(np.max(emu_cycles))
         return out
 
 
