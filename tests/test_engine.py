@@ -133,6 +133,23 @@ def test_cuda_backend_matches_cpu(mode):
         assert torch.allclose(probs, model(batch), atol=1e-5)
 
 
+@pytest.mark.parametrize("mode", ["hybrid", "gpu"])
+def test_cuda_backend_code_path_on_the_cpu_device(monkeypatch, mode):
+    """No GPU here: run the cuda backend's copies and lookups with device 'cpu' to check its logic."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    model = DLRM(CFG)
+    batch = random_batch(CFG, 24, pooling=5, seed=8)
+    with Engine(model, backend="cuda", cuda_mode=mode, cuda_device="cpu") as engine:
+        probs, pooled = engine.predict_with_pooled(batch)
+        assert engine.last_stats.get("embed").detail["where"] == ("gpu" if mode == "gpu" else "cpu")
+    with torch.no_grad():
+        assert torch.allclose(probs, model(batch), atol=1e-6)
+    assert torch.allclose(pooled.double(), reference_pooled(model, batch), atol=1e-6)
+    with pytest.raises(ValueError, match="cuda_mode must be one of"):
+        Engine(model, backend="cuda", cuda_mode="tpu")
+
+
 def test_plan_for_another_model_is_rejected():
     model = DLRM(CFG)
     other = [TableSpec(s.name, s.rows + 1, s.dim) for s in CFG.tables]
