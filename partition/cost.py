@@ -23,6 +23,7 @@ from typing import Any, Optional, Protocol
 
 import numpy as np
 
+from .errors import PlanError
 from .profile import TraceArrays, as_trace
 from .routing import Routed, Router
 from .types import Plan, Topology
@@ -209,10 +210,12 @@ class CostEstimator:
 
     latency: a :class:`LatencyModel` (default :func:`default_latency_model`), or a plain function
     ``f(lookups [D], mram_read_bytes [D], topology) -> kernel us [D]`` (e.g. lookups x row bytes),
-    wrapped with SimpleLatency's transfer terms.
+    wrapped with SimpleLatency's transfer terms. order: replica-choice order of the router
+    (:class:`partition.routing.Router`): "table" (the packer's) or "base_first".
     """
 
-    def __init__(self, latency: Any = None):
+    def __init__(self, latency: Any = None, order: str = "table"):
+        self.order = order
         if latency is None:
             latency = default_latency_model()
         elif not hasattr(latency, "name"):
@@ -223,7 +226,7 @@ class CostEstimator:
     def router(self, plan: Plan) -> Router:
         r = self._routers.get(id(plan))
         if r is None or r.plan is not plan:
-            r = Router(plan)
+            r = Router(plan, self.order)
             self._routers = {id(plan): r}
         return r
 
@@ -258,11 +261,18 @@ class CostEstimator:
         cs = float(routed.cached.mean()) if routed.cached.size else 0.0
         return BatchCost(load, ph, float(lat), imb, cs, int(len(indices)))
 
-    def evaluate(self, plan: Plan, trace: Any, batch_size: int, profile: Any = None, max_batches: Optional[int] = None) -> PlanReport:
+    def evaluate(self, plan: Plan, trace: Any, batch_size: int, profile: Any = None, max_batches: Optional[int] = None,
+                 allow_profile_trace: bool = False) -> PlanReport:
         """Metrics of ``plan`` on ``trace`` cut into batches of ``batch_size`` samples (a last,
         shorter batch is dropped unless it is the only one). ``profile``: the AccessProfile the
         plan was built from, named in the report next to the evaluation trace."""
         tr = as_trace(trace)
+        fp = tr.fingerprint()
+        if profile is not None and getattr(profile, "fingerprint", None) == fp and not allow_profile_trace:
+            raise PlanError(
+                f"evaluation trace {tr.name!r} is the trace the profile was made from ({profile.source!r}); "
+                f"evaluate on a held-out trace (or pass allow_profile_trace=True to measure the in-sample fit)"
+            )
         costs = []
         for i, (idx, off, b) in enumerate(tr.batches(batch_size)):
             if b < batch_size and costs:
@@ -296,7 +306,7 @@ class CostEstimator:
             nr_shards=len(plan.shards),
             latency_model=self.latency.name,
             eval_source=tr.name,
-            eval_fingerprint=tr.fingerprint(),
+            eval_fingerprint=fp,
             profile_source=getattr(profile, "source", None),
             profile_fingerprint=getattr(profile, "fingerprint", None),
         )

@@ -121,9 +121,21 @@ class Routed:
 
 
 class Router:
-    """Routes batches under one plan (precomputes the plan's arrays once)."""
+    """Routes batches under one plan (precomputes the plan's arrays once).
 
-    def __init__(self, plan: Plan):
+    order: when replica choices see which loads. ``"table"`` (default) follows the packer, which
+    meets lookups in table-major order: table by table, the table's single-replica lookups are
+    counted, then its cached lookups are water-filled (within a table the packer interleaves
+    them; this is the table-granular twin). ``"base_first"``: all single-replica traffic first,
+    then every cached lookup - the best a two-pass packer could do.
+    """
+
+    ORDERS = ("table", "base_first")
+
+    def __init__(self, plan: Plan, order: str = "table"):
+        if order not in self.ORDERS:
+            raise PlanError(f"router order must be one of {self.ORDERS}, got {order!r}")
+        self.order = order
         self.plan = plan
         self.locator = RowLocator(plan)
         a = shard_arrays(plan)
@@ -162,35 +174,42 @@ class Router:
         reps = self.replicas[group]
         cached = reps > 1
         n = self.plan.topology.nr_dpus
-        slot = self.group_slot0[group]  # replica 0 for now
-        # load from single-replica lookups (every column slice counts on its DPU)
-        single = ~cached
-        s_slot = slot[single]
-        load = self._entry_load(s_slot, n)
-        if cached.any():
-            cg = group[cached]
-            order = np.argsort(cg, kind="stable")
-            cg_sorted = cg[order]
-            gids, gstart, gcount = np.unique(cg_sorted, return_index=True, return_counts=True)
-            chosen = np.empty(len(cg), dtype=np.int64)
-            for j in np.argsort(-gcount, kind="stable").tolist():
-                gi = int(gids[j])
-                c = int(gcount[j])
-                s0 = int(self.group_slot0[gi])
-                r = int(self.replicas[gi])
-                dp = self.slot_dpu[s0:s0 + r]
-                take = water_fill(load[dp], c)
-                rep = np.repeat(np.arange(r, dtype=np.int64), take)
-                chosen[gstart[j]:gstart[j] + c] = s0 + rep
-                # every column slice of the chosen replicas takes entries
-                np.add.at(load, self.shards["dpu"][self._expand(s0 + np.arange(r))[0]],
-                          np.repeat(take, self.slot_count[s0:s0 + r]))
-            tmp = np.empty(len(cg), dtype=np.int64)
-            tmp[order] = chosen
-            slot[cached] = tmp
+        slot = self.group_slot0[group]  # replica 0 until chosen
+        load = np.zeros(n, dtype=np.int64)
+        if self.order == "base_first":
+            phases = [(0, len(indices))]
+        else:  # table by table, as the packer meets lookups in table-major order
+            phases = [(int(offsets[t * B]), int(offsets[(t + 1) * B])) for t in range(T)]
+        for a, b in phases:
+            if b <= a:
+                continue
+            seg_c = cached[a:b]
+            load += self._entry_load(slot[a:b][~seg_c], n)
+            if seg_c.any():
+                pos = np.flatnonzero(seg_c) + a
+                slot[pos] = self._fill(group[pos], load)
         shard_idx, lookup_idx = self._expand(slot)
         dpu = self.shards["dpu"][shard_idx]
         return Routed(shard_idx, dpu, bag[lookup_idx], cached, np.bincount(dpu, minlength=n))
+
+    def _fill(self, cg: np.ndarray, load: np.ndarray) -> np.ndarray:
+        """Choose replicas for lookups of multi-replica groups ``cg`` [m] by water-filling each
+        group (largest first) onto ``load`` (updated in place). Returns the chosen slot per lookup."""
+        order = np.argsort(cg, kind="stable")
+        cg_sorted = cg[order]
+        gids, gstart, gcount = np.unique(cg_sorted, return_index=True, return_counts=True)
+        chosen = np.empty(len(cg), dtype=np.int64)
+        for j in np.argsort(-gcount, kind="stable").tolist():
+            gi, c = int(gids[j]), int(gcount[j])
+            s0, r = int(self.group_slot0[gi]), int(self.replicas[gi])
+            take = water_fill(load[self.slot_dpu[s0:s0 + r]], c)
+            chosen[gstart[j]:gstart[j] + c] = s0 + np.repeat(np.arange(r, dtype=np.int64), take)
+            # every column slice of the chosen replicas takes entries
+            np.add.at(load, self.shards["dpu"][self._expand(s0 + np.arange(r))[0]],
+                      np.repeat(take, self.slot_count[s0:s0 + r]))
+        out = np.empty(len(cg), dtype=np.int64)
+        out[order] = chosen
+        return out
 
     def _expand(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Shards of each slot, flattened: (shard ids [E], index into ``slots`` of each [E])."""
@@ -210,7 +229,8 @@ def water_fill(loads: np.ndarray, count: int) -> np.ndarray:
     """Split ``count`` unit items over bins with current ``loads`` [R] so that the lowest bins rise
     to a common level (greedy least-loaded, one item at a time, has the same outcome).
 
-    Returns int64 [R] items per bin, summing to ``count``. Ties go to the lower index.
+    Returns int64 [R] items per bin, summing to ``count``; identical to handing the items one by
+    one to ``argmin(loads)`` (lowest index on ties).
     """
     loads = np.asarray(loads, dtype=np.int64)
     r = loads.size
@@ -225,8 +245,8 @@ def water_fill(loads: np.ndarray, count: int) -> np.ndarray:
     k = int(np.searchsorted(cost, count, side="right"))  # bins that get filled: the k lowest (k >= 1)
     k = max(k, 1)
     level, rem = divmod(count + int(csum[k - 1]), k)
-    give = np.maximum(level - s[:k], 0)
-    give[:rem] += 1  # the remainder to the first (lowest, then lowest index) of them
     out = np.zeros(r, dtype=np.int64)
-    out[order[:k]] = give
+    out[order[:k]] = level - s[:k]
+    # the remainder: one more each to the lowest-index bins among them (greedy's tie rule)
+    out[np.sort(order[:k])[:rem]] += 1
     return out

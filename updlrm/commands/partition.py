@@ -1,0 +1,96 @@
+"""`updlrm partition`: the strategy lab on the command line.
+
+Compare placement strategies on one model + Zipf workload + DPU count (profile on trace A,
+evaluate on held-out trace B) and print a table; ``--sweep`` runs a grid of DPU counts, Zipf
+alphas and batch sizes into a CSV and plots; ``--save-plan FILE`` writes one strategy's plan for
+``updlrm demo`` / ``bench`` / the engine (``load_plan``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def _floats(s: str) -> list[float]:
+    return [float(x) for x in s.split(",") if x]
+
+
+def _ints(s: str) -> list[int]:
+    return [int(x) for x in s.split(",") if x]
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "partition",
+        help="compare partitioning strategies (imbalance, transfers, estimated latency), sweep, save plans",
+        description=(
+            "Place a Criteo-Kaggle-shaped model on N DPUs with every strategy, profile on a Zipf trace A, "
+            "evaluate on a held-out trace B of the same distribution, and print imbalance, transfer bytes "
+            "(padded to the largest DPU), estimated latency and replica hit rate per strategy."
+        ),
+    )
+    p.add_argument("--model", default="kaggle", help="named config from updlrm.configs (default kaggle)")
+    p.add_argument("--row-scale", type=float, default=1.0, help="scale every table's rows (default 1.0: full size)")
+    p.add_argument("--dpus", type=int, default=2048, help="DPUs (default 2048)")
+    p.add_argument("--alpha", type=float, default=1.05, help="Zipf exponent of the trace (default 1.05)")
+    p.add_argument("--pooling", type=int, default=20, help="lookups per bag (default 20)")
+    p.add_argument("--batch-size", type=int, default=2048, help="samples per batch (default 2048)")
+    p.add_argument("--profile-batches", type=int, default=8, help="batches in profiling trace A (default 8)")
+    p.add_argument("--eval-batches", type=int, default=2, help="batches in held-out trace B (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="trace seed (default 0)")
+    p.add_argument("--strategies", default=None, help="comma-separated strategies (default: all registered)")
+    p.add_argument("--latency", choices=["timing-model", "simple"], default="timing-model",
+                   help="latency model: updlrm.timing_model (default) or lookups x row bytes")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.add_argument("--save-plan", metavar="FILE", help="save the plan of --plan-strategy to FILE (JSON, + .rows.npz)")
+    p.add_argument("--plan-strategy", default="cache_aware", help="strategy whose plan --save-plan writes (default cache_aware)")
+    p.add_argument("--sweep", action="store_true", help="run the grid below instead of one comparison")
+    p.add_argument("--sweep-dpus", type=_ints, default=[64, 256, 1024, 2048, 2560], help="DPU counts (default 64,256,1024,2048,2560)")
+    p.add_argument("--sweep-alphas", type=_floats, default=[0.6, 1.05, 1.4], help="Zipf alphas (default 0.6,1.05,1.4)")
+    p.add_argument("--sweep-batch-sizes", type=_ints, default=[2048], help="batch sizes (default 2048)")
+    p.add_argument("--out", default="partition_sweep", help="output prefix for --sweep: PREFIX.csv, PREFIX_*.png")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from updlrm import configs
+    from updlrm.partition import PlanError, Topology, make_plan, save_plan
+    from updlrm.partition.cost import CostEstimator, SimpleLatency
+    from updlrm.partition.lab import compare, format_reports, plot_sweep, sweep, write_csv, zipf_workload
+
+    try:
+        cfg = configs.get(args.model, row_scale=args.row_scale)
+    except (KeyError, ValueError) as exc:
+        print(f"updlrm partition: {exc}", file=sys.stderr)
+        return 2
+    tables = list(cfg.tables)
+    est = CostEstimator(SimpleLatency() if args.latency == "simple" else None)
+    strategies = args.strategies.split(",") if args.strategies else None
+    try:
+        if args.sweep:
+            rows = sweep(lambda: tables, args.sweep_dpus, args.sweep_alphas, args.sweep_batch_sizes, strategies,
+                         pooling=args.pooling, profile_batches=args.profile_batches, eval_batches=args.eval_batches,
+                         seed=args.seed, estimator=est, progress=lambda m: print(m, file=sys.stderr))
+            write_csv(rows, f"{args.out}.csv")
+            files = plot_sweep(rows, args.out)
+            print(f"wrote {args.out}.csv ({len(rows)} rows)" + "".join(f", {f}" for f in files))
+            return 0
+        wl = zipf_workload(tables, args.alpha, args.pooling, args.batch_size, args.profile_batches,
+                           args.eval_batches, args.seed)
+        topo = Topology(nr_dpus=args.dpus)
+        rows = compare(tables, topo, wl, args.batch_size, strategies, est)
+        if args.json:
+            print(json.dumps(rows, indent=1, default=str))
+        else:
+            print(f"model {cfg.name} ({len(tables)} tables, {sum(t.rows for t in tables):,} rows), {args.dpus:,} DPUs, "
+                  f"batch {args.batch_size:,}, pooling {args.pooling}, Zipf alpha {args.alpha}")
+            print(format_reports(rows))
+        if args.save_plan:
+            plan = make_plan(tables, topo, args.plan_strategy, profile=wl.profile)
+            save_plan(plan, args.save_plan)
+            print(f"saved the {args.plan_strategy} plan to {args.save_plan}", file=sys.stderr)
+    except PlanError as exc:
+        print(f"updlrm partition: {exc}", file=sys.stderr)
+        return 1
+    return 0
