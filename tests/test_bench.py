@@ -24,7 +24,7 @@ def bench_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     code = cli_main([
         "bench", "--model", "tiny", "--batch-sizes", "16,64", "--repeats", "2", "--warmup", "1",
-        "--nr-dpus", "4", "--backends", "cpu,cuda,pim", "--threads", "1", "--quiet", "--out", str(out),
+        "--nr-dpus", "4", "--strategies", "row_uniform,cache_aware", "--backends", "cpu,cuda,pim", "--threads", "1", "--quiet", "--out", str(out),
     ])
     return code, out, json.loads((out / "bench.json").read_text())
 
@@ -77,6 +77,7 @@ def test_pim_runs_are_modeled_with_bound(bench_run):
         pytest.skip("updlrm.pim not present in this checkout")
     assert info["available"], info
     pim = [r for r in data["runs"] if r["backend"] == "pim"]
+    assert {r["strategy"] for r in pim} == {"row_uniform", "cache_aware"}  # cache_aware got a profile
     assert pim and all(r["status"] == "ok" for r in pim), [r.get("reason") for r in pim]
     for r in pim:
         for phase in MODELED_PHASES:
@@ -86,6 +87,7 @@ def test_pim_runs_are_modeled_with_bound(bench_run):
         assert r["emulator_wall_s"], "emulator wall time must be kept, separately"
         assert r["bound_s"] > 0 and r["modeled_over_bound"] >= 1.0
         assert r["nr_dpus"] == 4
+        assert r["strategy"] in ("row_uniform", "cache_aware")
         # the modeled DPU phases are part of the latency; the emulator's wall time is not
         modeled = sum(r["phases"][p]["p50_s"] for p in MODELED_PHASES)
         assert r["latency_s"]["p50"] >= 0.5 * modeled

@@ -85,6 +85,8 @@ class BenchConfig:
         seed: batch seed (batch i of a point uses seed + i; the same for every backend).
         timing_constants: optional JSON file overriding the timing model's constants.
         threads: torch CPU threads for the run (None: torch's default); recorded in the machine info.
+        profile_samples: popularity-aware strategies get an access profile from a separate random
+            trace of this many samples (seed + 10,000: held out from the measured batches, same hot rows).
     """
 
     model: Any = "tiny"
@@ -103,6 +105,7 @@ class BenchConfig:
     seed: int = 0
     timing_constants: str | None = None
     threads: int | None = None
+    profile_samples: int = 8192
 
     def __post_init__(self) -> None:
         self.backends = _expand_backends(self.backends)
@@ -266,6 +269,23 @@ class _Runner:
         self.cfg = cfg
         self.timing = timing_model
 
+    def profile_for(self, strategy: str):
+        """An access profile when ``strategy`` needs one (built once, from a held-out trace)."""
+        from updlrm.partition import get_strategy
+
+        if not getattr(get_strategy(strategy), "needs_profile", False):
+            return None
+        if getattr(self, "_profile", None) is None:
+            from updlrm.batch import random_batch
+            from updlrm.partition.profile import profile_trace
+
+            cfg = self.cfg
+            trace = random_batch(self.model.config, cfg.profile_samples, pooling=cfg.pooling, alpha=cfg.alpha,
+                                 seed=cfg.seed + 10_000)
+            self._profile = profile_trace(trace, list(self.model.config.tables),
+                                          source=f"random_batch seed {cfg.seed + 10_000}, {cfg.profile_samples} samples")
+        return self._profile
+
     def engine(self, backend: str, nr_dpus: int | None = None, strategy: str | None = None):
         from updlrm.engine import Engine
 
@@ -274,7 +294,7 @@ class _Runner:
         if backend in ("cuda-hybrid", "cuda-gpu"):
             return Engine(self.model, backend="cuda", cuda_mode=backend.split("-")[1])
         return Engine(self.model, backend="pim", nr_dpus=nr_dpus, strategy=strategy, dtype=self.cfg.dtype,
-                      nr_tasklets=self.cfg.nr_tasklets)
+                      nr_tasklets=self.cfg.nr_tasklets, profile=self.profile_for(strategy))
 
     def time_point(self, engine, backend: str, batches: list) -> dict:
         """Run warmup + repeats batches; per-batch latency and phases (see the module docstring)."""
@@ -406,6 +426,12 @@ def _run_bench(cfg: BenchConfig, progress, timing, config) -> BenchResult:
                     runs.append({**base, "batch_size": b, "status": "unavailable", "reason": str(exc)})
                     tick(f"{backend} unavailable")
                 continue
+            except Exception as exc:  # e.g. a plan that does not fit: report this point, go on
+                reason = f"{type(exc).__name__}: {exc}"
+                for b in cfg.batch_sizes:
+                    runs.append({**base, "batch_size": b, "status": "failed", "reason": reason})
+                    tick(f"{backend} failed")
+                continue
             backends.setdefault(backend, {"available": True, "reason": None})
             try:
                 for b in cfg.batch_sizes:
@@ -464,7 +490,7 @@ def format_table(result: BenchResult) -> str:
         if not info["available"]:
             lines.append(f"{name}: unavailable: {info['reason']}")
     src = {"measured": "meas", "modeled": "model", "emulator-wall": "emu", "hardware": "hw", "simulator": "sim"}
-    header = f"{'backend':34s} {'B':>5s} {'p50 ms':>9s} {'p90 ms':>9s} {'p99 ms':>9s}  {'xCPU':>6s} {'xHyb':>6s} {'bound ms':>9s} {'/bound':>7s}  phases p50 ms (source)"
+    header = f"{'backend':40s} {'B':>5s} {'p50 ms':>9s} {'p90 ms':>9s} {'p99 ms':>9s}  {'xCPU':>6s} {'xHyb':>6s} {'bound ms':>9s} {'/bound':>7s}  phases p50 ms (source)"
     lines.append(header)
     lines.append("-" * len(header))
     shown_unavailable = set()
@@ -472,10 +498,10 @@ def format_table(result: BenchResult) -> str:
         if r["status"] == "unavailable":
             if _label(r) not in shown_unavailable:
                 shown_unavailable.add(_label(r))
-                lines.append(f"{_label(r):34s}   all  unavailable (see above)")
+                lines.append(f"{_label(r):40s}   all  unavailable (see above)")
             continue
         if r["status"] != "ok":
-            lines.append(f"{_label(r):34s} {r['batch_size']:5d}  {r['status']}: {r.get('reason', '')[:90]}")
+            lines.append(f"{_label(r):40s} {r['batch_size']:5d}  {r['status']}: {r.get('reason', '')[:90]}")
             continue
         lat = r["latency_s"]
         phases = " ".join(f"{n}={v['p50_s'] * 1e3:.3f}({src.get(v['source'], v['source'])})" for n, v in r["phases"].items())
@@ -484,13 +510,13 @@ def format_table(result: BenchResult) -> str:
             return format(x, spec) if x is not None else "-"
 
         lines.append(
-            f"{_label(r):34s} {r['batch_size']:5d} {lat['p50'] * 1e3:9.3f} {lat['p90'] * 1e3:9.3f} {lat['p99'] * 1e3:9.3f}  "
+            f"{_label(r):40s} {r['batch_size']:5d} {lat['p50'] * 1e3:9.3f} {lat['p90'] * 1e3:9.3f} {lat['p99'] * 1e3:9.3f}  "
             f"{fmt(r.get('speedup_over_cpu'), '6.2f'):>6s} {fmt(r.get('speedup_over_cuda_hybrid'), '6.2f'):>6s} "
             f"{fmt(r.get('bound_s', None) and r['bound_s'] * 1e3, '9.3f'):>9s} {fmt(r.get('modeled_over_bound'), '7.1f'):>7s}  {phases}"
         )
         if r.get("kernel_model", {}).get("measured_cycles_max") is not None:
             km = r["kernel_model"]
-            lines.append(f"{'':34s}       kernel cycles: modeled {km['cycles']:.0f}, perfcounter {km['measured_cycles_max']:.0f}")
+            lines.append(f"{'':40s}       kernel cycles: modeled {km['cycles']:.0f}, perfcounter {km['measured_cycles_max']:.0f}")
     lines.append("pim latency = measured host phases + modeled DPU phases (timing model); cpu/cuda measured here.")
     return "\n".join(lines)
 
