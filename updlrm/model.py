@@ -16,6 +16,10 @@ The pieces are public so that an engine can swap the embedding backend: ``model.
 (Linear weight ~ N(0, sqrt(2/(fan_in+fan_out))), bias ~ N(0, sqrt(1/fan_out)), embedding rows ~
 U(-sqrt(1/rows), sqrt(1/rows))) from a ``torch.Generator`` seeded with ``config.seed``, so the same
 config gives bit-identical parameters.
+
+Parameter names (``state_dict``; checkpoint readers rely on them): ``bottom_mlp.{2k}.weight|bias``
+(k-th bottom Linear; odd indices are the activations), ``embeddings.{t}.weight`` ``[rows_t, d]``,
+``top_mlp.{2k}.weight|bias``.
 """
 
 from __future__ import annotations
