@@ -92,6 +92,11 @@ def test_pim_runs_are_modeled_with_bound(bench_run):
         modeled = sum(r["phases"][p]["p50_s"] for p in MODELED_PHASES)
         assert r["latency_s"]["p50"] >= 0.5 * modeled
         assert r["speedup_over_cpu"] and r["speedup_over_cpu"] > 0
+        # embedding layer = pack + modeled DPU phases + merge
+        parts = sum(r["phases"][p]["p50_s"] for p in ("pack", *MODELED_PHASES, "merge"))
+        assert r["embedding_s"] == pytest.approx(parts)
+        cpu = next(c for c in data["runs"] if c["backend"] == "cpu" and c["batch_size"] == r["batch_size"])
+        assert r["embedding_speedup_over_cpu"] == pytest.approx(cpu["phases"]["embed"]["p50_s"] / parts)
 
 
 def test_csv_has_one_row_per_run_with_sources(bench_run):

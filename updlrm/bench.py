@@ -457,16 +457,29 @@ def _run_bench(cfg: BenchConfig, progress, timing, config) -> BenchResult:
     return BenchResult(cfg, machine_info(), model_info, timing.describe(), runs, backends)
 
 
+#: Phases that make up the embedding layer of a pim run (host pack/merge + the DPU phases).
+PIM_EMBEDDING_PHASES = ("pack", "cpu_to_dpu", "launch", "kernel", "dpu_to_cpu", "merge")
+
+
 def _add_speedups(runs: list[dict]) -> None:
-    """For each ok pim run: speedup (p50 latency) over cpu and over cuda-hybrid at the same batch size."""
-    ref = {(r["backend"], r["batch_size"]): r["latency_s"]["p50"] for r in runs if r.get("status") == "ok"}
+    """Embedding-layer time of every ok run (cpu/cuda: the ``embed`` phase; pim: pack + modeled DPU
+    phases + merge, sum of per-phase medians) and, for pim runs, speedups (p50 end-to-end latency,
+    and embedding layer) over cpu and cuda-hybrid at the same batch size."""
     for r in runs:
-        if r["backend"] != "pim" or r.get("status") != "ok":
+        if r.get("status") != "ok":
             continue
-        p50 = r["latency_s"]["p50"]
+        names = PIM_EMBEDDING_PHASES if r["backend"] == "pim" else ("embed",)
+        r["embedding_s"] = float(sum(r["phases"][n]["p50_s"] for n in names if n in r["phases"]))
+    ok = [r for r in runs if r.get("status") == "ok"]
+    ref = {(r["backend"], r["batch_size"]): r for r in ok}
+    for r in ok:
+        if r["backend"] != "pim":
+            continue
         for other in ("cpu", "cuda-hybrid"):
             base = ref.get((other, r["batch_size"]))
-            r[f"speedup_over_{other.replace('-', '_')}"] = (base / p50) if base else None
+            key = other.replace("-", "_")
+            r[f"speedup_over_{key}"] = base["latency_s"]["p50"] / r["latency_s"]["p50"] if base else None
+            r[f"embedding_speedup_over_{key}"] = base["embedding_s"] / r["embedding_s"] if base else None
 
 
 # ---- output ----------------------------------------------------------------------------------------
@@ -490,7 +503,8 @@ def format_table(result: BenchResult) -> str:
         if not info["available"]:
             lines.append(f"{name}: unavailable: {info['reason']}")
     src = {"measured": "meas", "modeled": "model", "emulator-wall": "emu", "hardware": "hw", "simulator": "sim"}
-    header = f"{'backend':40s} {'B':>5s} {'p50 ms':>9s} {'p90 ms':>9s} {'p99 ms':>9s}  {'xCPU':>6s} {'xHyb':>6s} {'bound ms':>9s} {'/bound':>7s}  phases p50 ms (source)"
+    header = (f"{'backend':40s} {'B':>5s} {'p50 ms':>9s} {'p90 ms':>9s} {'p99 ms':>9s}  {'xCPU':>6s} {'xHyb':>6s} "
+              f"{'emb ms':>8s} {'embxCPU':>7s} {'bound ms':>9s} {'/bound':>7s}  phases p50 ms (source)")
     lines.append(header)
     lines.append("-" * len(header))
     shown_unavailable = set()
@@ -512,6 +526,7 @@ def format_table(result: BenchResult) -> str:
         lines.append(
             f"{_label(r):40s} {r['batch_size']:5d} {lat['p50'] * 1e3:9.3f} {lat['p90'] * 1e3:9.3f} {lat['p99'] * 1e3:9.3f}  "
             f"{fmt(r.get('speedup_over_cpu'), '6.2f'):>6s} {fmt(r.get('speedup_over_cuda_hybrid'), '6.2f'):>6s} "
+            f"{r['embedding_s'] * 1e3:8.3f} {fmt(r.get('embedding_speedup_over_cpu'), '7.2f'):>7s} "
             f"{fmt(r.get('bound_s', None) and r['bound_s'] * 1e3, '9.3f'):>9s} {fmt(r.get('modeled_over_bound'), '7.1f'):>7s}  {phases}"
         )
         if r.get("kernel_model", {}).get("measured_cycles_max") is not None:
@@ -534,7 +549,8 @@ def write_outputs(result: BenchResult, out_dir: str | Path, plots: bool = True) 
         w = csv.writer(f)
         w.writerow(["backend", "nr_dpus", "strategy", "dtype", "batch_size", "status", "p50_ms", "p90_ms", "p99_ms",
                     "latency_source", *[f"{p}_ms" for p in CSV_PHASES], *[f"{p}_source" for p in CSV_PHASES],
-                    "bound_ms", "modeled_over_bound", "speedup_over_cpu", "speedup_over_cuda_hybrid", "reason"])
+                    "bound_ms", "modeled_over_bound", "speedup_over_cpu", "speedup_over_cuda_hybrid",
+                    "embedding_ms", "embedding_speedup_over_cpu", "embedding_speedup_over_cuda_hybrid", "reason"])
         for r in result.runs:
             ok = r["status"] == "ok"
             ph = r.get("phases", {})
@@ -547,7 +563,10 @@ def write_outputs(result: BenchResult, out_dir: str | Path, plots: bool = True) 
                 *[(ph[p]["source"] if p in ph else "") for p in CSV_PHASES],
                 (r["bound_s"] * 1e3) if r.get("bound_s") is not None else "",
                 r.get("modeled_over_bound", ""), r.get("speedup_over_cpu") or "",
-                r.get("speedup_over_cuda_hybrid") or "", r.get("reason", ""),
+                r.get("speedup_over_cuda_hybrid") or "",
+                (r["embedding_s"] * 1e3) if "embedding_s" in r else "",
+                r.get("embedding_speedup_over_cpu") or "", r.get("embedding_speedup_over_cuda_hybrid") or "",
+                r.get("reason", ""),
             ])
     if plots:
         paths.update(_plots(result, out))
@@ -615,11 +634,13 @@ def _plots(result: BenchResult, out: Path) -> dict[str, Path]:
     any_line = False
     for r_label in sorted({_label(r) for r in ok if r["backend"] == "pim"}):
         rs = sorted((r for r in ok if _label(r) == r_label), key=lambda r: r["batch_size"])
-        for key, style in (("speedup_over_cpu", "-o"), ("speedup_over_cuda_hybrid", "--s")):
+        for key, style in (("speedup_over_cpu", "-o"), ("speedup_over_cuda_hybrid", "--s"),
+                           ("embedding_speedup_over_cpu", ":^"), ("embedding_speedup_over_cuda_hybrid", ":v")):
             pts = [(r["batch_size"], r[key]) for r in rs if r.get(key)]
             if pts:
+                what = "embedding layer" if key.startswith("embedding") else "end to end"
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], style,
-                        label=f"{r_label} over {key.split('over_')[1].replace('_', '-')}")
+                        label=f"{r_label} over {key.split('over_')[1].replace('_', '-')} ({what})")
                 any_line = True
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set_xscale("log", base=2)
