@@ -20,6 +20,9 @@ Packer::Packer(PlanSpec spec) : spec_(std::move(spec)) {
     new_ids_.assign(spec_.nr_dpus, 0);
     new_out_.assign(spec_.nr_dpus, 0);
     dpus_.resize(spec_.nr_dpus);
+    max_row_bytes_.assign(spec_.nr_dpus, 0);
+    for (size_t s = 0; s < nr_shards; s++)
+        max_row_bytes_[spec_.shard_dpu[s]] = std::max(max_row_bytes_[spec_.shard_dpu[s]], uint64_t(spec_.shard_row_bytes[s]));
 }
 
 // Counts, for lookups [a, e), the entries per shard of their chosen replicas.
@@ -143,7 +146,7 @@ void Packer::finalize(std::vector<Launch> &out) {
 std::string Packer::place(uint32_t a, uint32_t e, uint32_t sample, uint32_t table, std::vector<Launch> &out,
                           int depth) {
     count_range(a, e);
-    if (fits()) {
+    if (always_fits_ || fits()) {
         commit(a, e, sample);
         return "";
     }
@@ -210,6 +213,19 @@ std::string Packer::pack(const int32_t *grp, const uint32_t *lrow, const int64_t
         rep_[i] = best;
         for (uint32_t k = spec_.rep_shard_ptr[best]; k < spec_.rep_shard_ptr[best + 1]; k++)
             load_[spec_.shard_dpu[spec_.rep_shards[k]]]++;
+    }
+
+    // When even one bag per entry fits every DPU's capacities, the whole batch is one launch and
+    // the per-bag capacity checks are skipped.
+    always_fits_ = true;
+    for (uint32_t d = 0; d < n; d++) {
+        uint64_t e = load_[d];
+        if (request_bytes(e, e) > spec_.request_capacity || e * max_row_bytes_[d] > spec_.output_capacity)
+            always_fits_ = false;
+        dpus_[d].bags.reserve(e);
+        dpus_[d].ids.reserve(e);
+        dpus_[d].sample.reserve(e);
+        dpus_[d].shard.reserve(e);
     }
 
     // Bags, table-major: bag k is sample k % B of table k / B.

@@ -97,6 +97,8 @@ class Packer {
     std::vector<uint32_t> touched_shards_, touched_dpus_;
     std::vector<uint64_t> new_bags_, new_ids_, new_out_;  // per DPU scratch (zero between calls)
     PackCounters *counters_ = nullptr;
+    std::vector<uint64_t> max_row_bytes_;  // per DPU: widest stored row of its shards
+    bool always_fits_ = false;             // this batch fits one launch even at one bag per entry
 };
 
 }  // namespace updlrm

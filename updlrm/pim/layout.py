@@ -233,17 +233,16 @@ def shard_images(
 class RowMapper:
     """Maps the lookups of a batch to (row group id, local row) under a plan.
 
-    Base groups made of row ranges are resolved for all tables at once by one ``searchsorted``
-    over table-offset range starts; tables with row-set base groups use a dense [rows] map;
-    cache groups (sorted row sets) override the base group where they hold the row.
+    Per table, base groups are resolved by the cheapest exact rule: one group (an offset); row
+    ranges (a division into buckets as wide as the smallest range, then one compare; searchsorted
+    over the range starts when that would need too many buckets); row-set groups (a dense [rows]
+    map). Cache groups (sorted row sets, searchsorted)
+    then override the base group where they hold the row. Python loops run over tables only.
     """
 
     def __init__(self, plan: Plan):
         T = len(plan.tables)
         rows = np.array([t.rows for t in plan.tables], dtype=np.int64)
-        self.row_base = np.concatenate([[0], np.cumsum(rows)[:-1]]).astype(np.int64)
-        starts, gids = [], []
-        self.dense: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         cache: dict[int, list[tuple[int, np.ndarray]]] = {}
         by_table: dict[int, list[int]] = {t: [] for t in range(T)}
         for gi, g in enumerate(plan.groups):
@@ -251,25 +250,37 @@ class RowMapper:
                 cache.setdefault(g.table, []).append((gi, np.asarray(g.global_rows(), dtype=np.int64)))
             else:
                 by_table[g.table].append(gi)
+        # rule per table: ("one", gid, lo) | ("bucket", width, first, ends, starts, gids)
+        #                 | ("search", starts, gids) | ("dense", gmap, lmap)
+        self.rules: list[tuple] = []
         for t in range(T):
-            groups = [plan.groups[gi] for gi in by_table[t]]
-            if any(g.rows is not None for g in groups):
+            groups = [(gi, plan.groups[gi]) for gi in by_table[t]]
+            if any(g.rows is not None for _, g in groups):
                 gmap = np.full(rows[t], -1, dtype=np.int32)
                 lmap = np.zeros(rows[t], dtype=np.uint32)
-                for gi, g in zip(by_table[t], groups):
+                for gi, g in groups:
                     r = g.global_rows()
                     gmap[r] = gi
                     lmap[r] = np.arange(r.size, dtype=np.uint32)
-                self.dense[t] = (gmap, lmap)
-                starts.append(self.row_base[t])
-                gids.append(-1)  # resolved by the dense map
+                self.rules.append(("dense", gmap, lmap))
+                continue
+            groups.sort(key=lambda x: x[1].row_lo)
+            starts = np.array([g.row_lo for _, g in groups], dtype=np.int64)
+            gids = np.array([gi for gi, _ in groups], dtype=np.int32)
+            sizes = np.array([g.row_hi - g.row_lo for _, g in groups], dtype=np.int64)
+            if len(groups) == 1:
+                self.rules.append(("one", int(gids[0]), int(starts[0])))
+                continue
+            # Buckets of the smallest range's width: a bucket meets at most two ranges, so the
+            # range of row r is first_range[r // width], or the next one when r passed its start.
+            width = max(1, int(sizes.min()))
+            nr_buckets = -(-int(rows[t]) // width)
+            if nr_buckets <= max(1 << 20, 8 * len(groups)):
+                first = (np.searchsorted(starts, np.arange(nr_buckets, dtype=np.int64) * width, side="right") - 1)
+                ends = np.append(starts[1:], np.iinfo(np.int64).max)
+                self.rules.append(("bucket", width, first.astype(np.int32), ends, starts, gids))
             else:
-                for gi, g in sorted(zip(by_table[t], groups), key=lambda x: x[1].row_lo):
-                    starts.append(self.row_base[t] + g.row_lo)
-                    gids.append(gi)
-        order = np.argsort(np.asarray(starts, dtype=np.int64), kind="stable")
-        self.starts = np.asarray(starts, dtype=np.int64)[order]
-        self.gids = np.asarray(gids, dtype=np.int32)[order]
+                self.rules.append(("search", starts, gids))
         self.cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         for t, lst in cache.items():
             r = np.concatenate([x[1] for x in lst])
@@ -282,27 +293,39 @@ class RowMapper:
     def map(self, indices: np.ndarray, offsets: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """indices int64 [N] (table-major), offsets int64 [T*B+1] -> (group int32 [N], local row uint32 [N])."""
         T, B = self.nr_tables, int(batch_size)
-        bounds = np.asarray(offsets[np.arange(T + 1) * B], dtype=np.int64)
-        counts = np.diff(bounds)
-        key = indices + np.repeat(self.row_base, counts)
-        pos = np.searchsorted(self.starts, key, side="right") - 1
-        grp = self.gids[pos]
-        lrow = (key - self.starts[pos]).astype(np.uint32)
-        for t, (gmap, lmap) in self.dense.items():
+        bounds = offsets[np.arange(T + 1) * B]
+        n = indices.size
+        grp = np.empty(n, dtype=np.int32)
+        lrow = np.empty(n, dtype=np.uint32)
+        for t, rule in enumerate(self.rules):
             a, e = int(bounds[t]), int(bounds[t + 1])
-            if a < e:
-                idx = indices[a:e]
-                grp[a:e] = gmap[idx]
-                lrow[a:e] = lmap[idx]
-        for t, (crow, cgid, cloc) in self.cache.items():
-            a, e = int(bounds[t]), int(bounds[t + 1])
-            if a < e and crow.size:
-                idx = indices[a:e]
-                p = np.searchsorted(crow, idx)
-                p_ok = np.minimum(p, crow.size - 1)
-                hit = crow[p_ok] == idx
+            if a == e:
+                continue
+            seg = indices[a:e]
+            kind = rule[0]
+            if kind == "one":
+                grp[a:e] = rule[1]
+                np.subtract(seg, rule[2], out=lrow[a:e], casting="unsafe")
+            elif kind == "bucket":
+                _, width, first, ends, starts, gids = rule
+                pos = first[seg // width]
+                pos += seg >= ends[pos]
+                grp[a:e] = gids[pos]
+                np.subtract(seg, starts[pos], out=lrow[a:e], casting="unsafe")
+            elif kind == "search":
+                pos = np.searchsorted(rule[1], seg, side="right") - 1
+                grp[a:e] = rule[2][pos]
+                np.subtract(seg, rule[1][pos], out=lrow[a:e], casting="unsafe")
+            else:
+                grp[a:e] = rule[1][seg]
+                lrow[a:e] = rule[2][seg]
+            c = self.cache.get(t)
+            if c is not None and c[0].size:
+                crow, cgid, cloc = c
+                p = np.minimum(np.searchsorted(crow, seg), crow.size - 1)
+                hit = crow[p] == seg
                 if hit.any():
-                    seg_g, seg_l = grp[a:e], lrow[a:e]
-                    seg_g[hit] = cgid[p_ok[hit]]
-                    seg_l[hit] = cloc[p_ok[hit]]
+                    sel = np.flatnonzero(hit)
+                    grp[a + sel] = cgid[p[sel]]
+                    lrow[a + sel] = cloc[p[sel]]
         return grp, lrow
