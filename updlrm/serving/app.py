@@ -88,8 +88,15 @@ def _openapi_request_body() -> tuple[dict, dict]:
 
 
 def create_app(settings: ServeSettings, loader: Callable[[ServeSettings], LoadedModel],
-               on_load_failure: Callable[[str], None] | None = None) -> FastAPI:
-    """The FastAPI app serving the model ``loader(settings)`` returns (called in the engine thread)."""
+               on_load_failure: Callable[[str], None] | None = None,
+               stopping: Callable[[], bool] | None = None) -> FastAPI:
+    """The FastAPI app serving the model ``loader(settings)`` returns (called in the engine thread).
+
+    ``on_load_failure(message)`` is called if loading fails; ``stopping()`` says whether the
+    server has begun a graceful shutdown: answers then carry ``Connection: close`` so that
+    keep-alive clients reconnect (and find the port closed) instead of sending on a connection
+    the server is about to close.
+    """
     settings.check()
     state = ServerState(settings)
 
@@ -165,6 +172,8 @@ def create_app(settings: ServeSettings, loader: Callable[[ServeSettings], Loaded
             response = _error(500, "internal", f"{type(exc).__name__}: {exc}")
         if request_id is not None:
             response.headers["X-Request-Id"] = request_id
+        if stopping is not None and stopping():
+            response.headers["Connection"] = "close"
         state.answered += 1
         state.metrics.requests.inc(code=str(response.status_code))
         state.metrics.request_latency.observe(time.perf_counter() - t0)

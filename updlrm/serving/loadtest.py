@@ -8,9 +8,14 @@ generator costs little CPU next to the server on the same machine.
 
 Accounting: every request carries a unique ``X-Request-Id``; an answer must echo it. The report
 counts, per request, exactly one outcome: an HTTP answer (by status and the server's error kind)
-or a transport failure (``connect_error`` when the connection was refused before the request
-went out; ``no_answer`` when the request was sent but no response came back). ``lost`` lists
-requests that were sent and never answered, ``mismatched`` answers carrying another id.
+or a transport failure: ``connect_error`` (the connection was refused: the request never went
+out), ``closed_before_answer`` (the request went out but the server closed the connection
+before sending a byte: it may never have read it, as when a server closes idle keep-alive
+connections at shutdown), ``broken_answer`` (the connection broke inside a response) or
+``timeout``. ``lost`` counts requests that went out and got no answer (the last three kinds),
+``mismatched`` answers carrying another request's id, ``duplicates`` ids answered twice; "every
+request answered exactly once" holds when all three are 0. (Whether the *server* answered every
+request it accepted is its own count: ``updlrm serve`` logs accepted and answered at exit.)
 
 Loopback only by default: a URL whose host is not a loopback address is refused unless
 ``allow_remote`` is set. Bounds: concurrency <= 1024, requests <= 10,000,000, duration <= 3600 s.
@@ -142,14 +147,20 @@ class _Connection:
         except asyncio.TimeoutError:
             self.close()
             raise _TransportError("timeout", f"no answer within {self.timeout_s} s") from None
+        except _ClosedBeforeAnswer as exc:
+            self.close()
+            raise _TransportError("closed_before_answer", str(exc)) from None
         except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
             self.close()
-            raise _TransportError("no_answer", f"{type(exc).__name__}: {exc}") from None
+            raise _TransportError("broken_answer", f"{type(exc).__name__}: {exc}") from None
 
     async def _read_response(self) -> tuple[str, int, dict, bytes]:
-        status_line = await self.reader.readline()
+        try:
+            status_line = await self.reader.readline()
+        except OSError as exc:
+            raise _ClosedBeforeAnswer(f"connection failed before any answer byte: {exc}") from None
         if not status_line:
-            raise ConnectionResetError("server closed the connection before answering")
+            raise _ClosedBeforeAnswer("server closed the connection before answering")
         parts = status_line.split(b" ", 2)
         status = int(parts[1])
         headers = {}
@@ -178,6 +189,10 @@ class _Connection:
         if headers.get("connection", "").lower() == "close":
             self.close()
         return "answered", status, headers, body
+
+
+class _ClosedBeforeAnswer(Exception):
+    pass
 
 
 class _TransportError(Exception):

@@ -53,7 +53,8 @@ def run_server(settings: ServeSettings, loader: Callable[[ServeSettings], Loaded
         if server is not None:
             server.should_exit = True
 
-    app = create_app(settings, loader, on_load_failure=on_load_failure)
+    app = create_app(settings, loader, on_load_failure=on_load_failure,
+                     stopping=lambda: server is not None and server.should_exit)
     config = uvicorn.Config(app, log_level=log_level.lower(), access_log=False, lifespan="on",
                             timeout_keep_alive=5, backlog=2048)
     server = uvicorn.Server(config)

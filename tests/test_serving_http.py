@@ -1,0 +1,344 @@
+"""End-to-end tests of the inference server: real server processes on 127.0.0.1 (random free
+port) started by the tests, driven by many concurrent clients.
+
+Reference: ``updlrm.Engine(DLRM(configs.get("tiny")), backend="cpu").predict`` in this process on
+the same inputs (the named config's seeded init gives the server bit-identical parameters).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from updlrm import configs
+from updlrm.batch import Batch
+from updlrm.client import AsyncClient, Client, ServerError, samples_from_batch
+from updlrm.engine import Engine
+from updlrm.model import DLRM
+from updlrm.serving.loadtest import run_loadtest_async
+
+START_TIMEOUT_S = 90
+CONFIG = configs.get("tiny")
+NAMES = [t.name for t in CONFIG.tables]
+POISON = 1234.5  # a dense value the fault-injecting server turns into a DpuFaultError
+
+FAULTY_SERVER = textwrap.dedent(f"""
+    import sys
+    from updlrm.errors import DpuFaultError
+    from updlrm.serving.loader import ServeSettings, load_model
+    from updlrm.serving.server import run_server
+
+    def loader(settings):
+        model = load_model(settings)
+        real = model.run_batch
+        def run_batch(merged):
+            if (merged.dense == {POISON}).any():
+                raise DpuFaultError("DPU 7 faulted (injected by the test)", dpu=7, tasklet=2, reason="injected")
+            return real(merged)
+        model.run_batch = run_batch
+        return model
+
+    settings = ServeSettings(model="tiny", port=0, max_batch=16, max_wait_ms=5)
+    sys.exit(run_server(settings, loader, log_level="warning"))
+""")
+
+
+class ServerProcess:
+    """A server subprocess; collects its output and parses the URL it announces."""
+
+    def __init__(self, argv: list[str]):
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        self.lines: list[str] = []
+        self._url_ready = threading.Event()
+        self.url = None
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self._url_ready.wait(START_TIMEOUT_S) or self.url is None:
+            self.kill()
+            raise RuntimeError("server did not start:\n" + self.output)
+        with Client(self.url) as c:
+            c.wait_ready(timeout_s=START_TIMEOUT_S)
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            m = re.search(r"listening on (http://\S+)", line)
+            if m:
+                self.url = m.group(1)
+                self._url_ready.set()
+        self._url_ready.set()
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def terminate(self, timeout_s: float = 60) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def serve_cli(*args: str) -> ServerProcess:
+    return ServerProcess([sys.executable, "-m", "updlrm.cli", "serve", "--port", "0", "--log-level", "warning", *args])
+
+
+@pytest.fixture(scope="module")
+def engine():
+    with Engine(DLRM(CONFIG), backend="cpu") as e:
+        yield e
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    script = tmp_path_factory.mktemp("srv") / "faulty_server.py"
+    script.write_text(FAULTY_SERVER)
+    srv = ServerProcess([sys.executable, str(script)])
+    yield srv
+    rc = srv.terminate()
+    assert rc == 0, srv.output
+
+
+def random_inputs(n: int, seed: int, max_len: int = 4) -> tuple[Batch, list[dict]]:
+    """n distinct samples (bags of 0..max_len ids) as a Batch and as request samples."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(0, max_len + 1, size=(len(NAMES), n))
+    ids_t = [rng.integers(0, t.rows, size=int(lengths[k].sum())) for k, t in enumerate(CONFIG.tables)]
+    dense = rng.standard_normal((n, CONFIG.n_dense)).astype(np.float32)
+    offsets = np.concatenate([[0], np.cumsum(lengths.reshape(-1))])
+    batch = Batch(torch.from_numpy(dense), torch.from_numpy(np.concatenate(ids_t)), torch.from_numpy(offsets))
+    samples = []
+    for i in range(n):  # built here, independently of updlrm.client.samples_from_batch
+        sparse = {}
+        for k, name in enumerate(NAMES):
+            start = int(lengths[k, :i].sum())
+            sparse[name] = ids_t[k][start:start + int(lengths[k, i])].tolist()
+        samples.append({"dense": dense[i].tolist(), "sparse": sparse})
+    return batch, samples
+
+
+def close(a, b) -> None:
+    np.testing.assert_allclose(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64), rtol=1e-5, atol=1e-6)
+
+
+def metric(text: str, name: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+# -- correctness under concurrency ----------------------------------------------------------------
+
+def test_predictions_equal_engine_under_64_concurrent_clients(server, engine):
+    n_clients, per_client = 64, 4
+    sizes = np.random.default_rng(7).integers(1, 5, size=(n_clients, per_client))  # 1 = single sample
+    total = int(sizes.sum())
+    batch, samples = random_inputs(total, seed=11)
+    expected = engine.predict(batch).numpy()
+    # distinct inputs give answers far apart compared with the tolerance, so any mix-up shows
+    assert np.unique(np.round(expected, 5)).size > total * 0.9
+
+    async def client(c: AsyncClient, k: int, start: int):
+        out = []
+        for j in range(per_client):
+            n = int(sizes[k, j])
+            chunk = samples[start:start + n]
+            got = await c.predict(chunk[0] if n == 1 else chunk, request_id=f"c{k}-{j}")
+            out.append((start, got))
+            start += n
+        return out
+
+    async def main():
+        starts = np.concatenate([[0], np.cumsum(sizes.sum(axis=1))])
+        async with AsyncClient(server.url, max_connections=n_clients) as c:
+            return await asyncio.gather(*(client(c, k, int(starts[k])) for k in range(n_clients)))
+
+    results = asyncio.run(main())
+    got = np.full(total, np.nan)
+    for out in results:
+        for start, preds in out:
+            got[start:start + len(preds)] = preds
+    close(got, expected)
+    text = Client(server.url).metrics()
+    assert metric(text, "updlrm_batch_size_samples_sum") / metric(text, "updlrm_batch_size_samples_count") > 1.5
+    assert metric(text, "updlrm_batch_size_samples_count") < n_clients * per_client  # really merged
+
+
+def test_client_helpers_round_trip(server, engine):
+    batch, _ = random_inputs(5, seed=3)
+    with Client(server.url) as c:
+        got = c.predict(samples_from_batch(batch, NAMES))
+        info = c.model()
+    close(got, engine.predict(batch).numpy())
+    assert info["n_dense"] == CONFIG.n_dense and info["backend"] == "cpu"
+    assert [(t["name"], t["rows"], t["dim"]) for t in info["tables"]] == [(t.name, t.rows, t.dim) for t in CONFIG.tables]
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+def test_bad_requests_get_422_while_concurrent_good_requests_succeed(server, engine):
+    batch, samples = random_inputs(96, seed=5)
+    expected = engine.predict(batch).numpy()
+    good = samples[0]
+    t_last = CONFIG.tables[-1]
+    bad_requests = [
+        (b'{"dense": [1, 2', ["malformed JSON"], None),
+        (json.dumps(good | {"dense": good["dense"][:-1]}), ["dense", f"takes {CONFIG.n_dense}"], None),
+        (json.dumps({"samples": [good, good | {"sparse": good["sparse"] | {"nope": [1]}}]}), ["unknown table 'nope'"],
+         "nope"),
+        (json.dumps({"samples": [good, good | {"sparse": good["sparse"] | {t_last.name: [0, t_last.rows]}}]}),
+         [f"row id {t_last.rows}", f"[0, {t_last.rows})", f"samples[1].sparse.{t_last.name}[1]"], t_last.name),
+        (json.dumps({"samples": [{"dense": good["dense"], "sparse": {"T1": [[1]]}}]}), ["valid integer"], "T1"),
+        (json.dumps([good, {"dense": good["dense"], "sparse": {k: v for k, v in good["sparse"].items() if k != "T2"}}]),
+         ["lacks table 'T2'"], "T2"),
+    ]
+
+    async def good_traffic(c: AsyncClient, k: int):
+        out = []
+        for j in range(4):
+            i = k * 4 + j
+            out.append((i, (await c.predict(samples[i]))[0]))
+        return out
+
+    async def bad_traffic(http: httpx.AsyncClient):
+        out = []
+        for body, _, _ in bad_requests:
+            r = await http.post("/v1/predict", content=body, headers={"content-type": "application/json"})
+            out.append(r)
+        return out
+
+    async def main():
+        async with AsyncClient(server.url, max_connections=32) as c, httpx.AsyncClient(base_url=server.url) as http:
+            return await asyncio.gather(bad_traffic(http), *(good_traffic(c, k) for k in range(24)))
+
+    bad, *goods = asyncio.run(main())
+    for (body, fragments, table), r in zip(bad_requests, bad):
+        assert r.status_code == 422, (body, r.text)
+        err = r.json()["error"]
+        assert err["kind"] == "invalid_request"
+        for f in fragments:
+            assert f in err["message"], err["message"]
+        if table is not None:
+            assert err["table"] == table, err
+    for out in goods:
+        for i, p in out:
+            close(p, expected[i])
+
+
+# -- engine faults --------------------------------------------------------------------------------
+
+def test_engine_fault_fails_only_its_batch_and_is_counted(server, engine):
+    batch, samples = random_inputs(8, seed=9)
+    expected = engine.predict(batch).numpy()
+    poisoned = samples[0] | {"dense": [POISON] + samples[0]["dense"][1:]}
+    with Client(server.url) as c:
+        before = metric(c.metrics(), 'updlrm_errors_total{kind="engine_error:DpuFaultError"}')
+        with pytest.raises(ServerError) as info:
+            c.predict(poisoned)
+        assert info.value.status == 500 and info.value.kind == "engine_error"
+        assert "DpuFaultError" in info.value.message and "DPU 7" in info.value.message
+        close(c.predict(samples), expected)  # the server goes on
+        text = c.metrics()
+    assert metric(text, 'updlrm_errors_total{kind="engine_error:DpuFaultError"}') == before + 1
+    assert metric(text, 'updlrm_batches_total{outcome="error"}') >= 1
+    assert "DPU 7 faulted" in server.output  # logged
+
+
+def test_health_model_metrics_and_openapi(server):
+    with Client(server.url) as c:
+        assert c.health() == {"status": "ready"}
+        text = c.metrics()
+        spec = httpx.get(server.url + "/openapi.json").json()
+    for name in ("updlrm_requests_total", "updlrm_errors_total", "updlrm_batch_size_samples_bucket",
+                 "updlrm_queue_depth_samples", "updlrm_request_latency_seconds_bucket", "updlrm_phase_seconds_bucket"):
+        assert name in text, name
+    assert re.search(r'updlrm_phase_seconds_count\{phase="embed",source="measured"\} \d+', text)
+    body_schema = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert "Sample" in json.dumps(body_schema) and "Sample" in spec["components"]["schemas"]
+
+
+# -- overload -------------------------------------------------------------------------------------
+
+def test_overload_gives_quick_503_with_retry_after_and_server_recovers(engine):
+    srv = serve_cli("--model", "tiny", "--max-batch", "4", "--max-wait-ms", "20", "--max-queue", "8",
+                    "--max-request-samples", "8")
+    try:
+        batch, samples = random_inputs(8 * 64, seed=13)
+        expected = engine.predict(batch).numpy()
+
+        async def one(http: httpx.AsyncClient, k: int):
+            t0 = time.perf_counter()
+            r = await http.post("/v1/predict", json={"samples": samples[8 * k:8 * k + 8]})
+            return k, r, time.perf_counter() - t0
+
+        async def main():
+            limits = httpx.Limits(max_connections=64)
+            async with httpx.AsyncClient(base_url=srv.url, limits=limits, timeout=60) as http:
+                return await asyncio.gather(*(one(http, k) for k in range(64)))
+
+        results = asyncio.run(main())
+        rejected = [(r, dt) for _, r, dt in results if r.status_code == 503]
+        accepted = [(k, r, dt) for k, r, dt in results if r.status_code == 200]
+        assert rejected and accepted, [r.status_code for _, r, _ in results]
+        assert {r.status_code for _, r, _ in results} <= {200, 503}
+        for r, _ in rejected:
+            assert r.json()["error"]["kind"] == "overloaded" and int(r.headers["retry-after"]) >= 1
+        assert np.median([dt for _, dt in rejected]) < 1.0
+        for k, r, _ in accepted:
+            close(r.json()["predictions"], expected[8 * k:8 * k + 8])
+        with Client(srv.url) as c:  # recovered
+            close(c.predict(samples[:8]), expected[:8])
+            assert c.ready()
+            assert metric(c.metrics(), 'updlrm_errors_total{kind="overloaded"}') == len(rejected)
+    finally:
+        rc = srv.terminate()
+    assert rc == 0, srv.output
+
+
+# -- graceful shutdown ----------------------------------------------------------------------------
+
+def test_sigterm_under_load_answers_every_accepted_request_and_exits_0():
+    srv = serve_cli("--model", "tiny", "--max-batch", "16", "--max-wait-ms", "5")
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        loop.call_later(1.0, srv.proc.send_signal, signal.SIGTERM)
+        return await run_loadtest_async(srv.url, concurrency=64, requests=10**6, duration_s=4.0, timeout_s=30)
+
+    try:
+        report = asyncio.run(main())
+        rc = srv.proc.wait(60)
+    finally:
+        srv.kill()
+    assert rc == 0, srv.output
+    m = re.search(r"stopped: (\d+) predict request\(s\) accepted, (\d+) answered", srv.output)
+    assert m, srv.output
+    accepted, answered = int(m.group(1)), int(m.group(2))
+    transport = {"connect_error", "closed_before_answer", "broken_answer", "timeout"}
+    http_answers = sum(v for k, v in report.outcomes.items() if k not in transport)
+    assert report.ok > 0 and report.outcomes.get("connect_error", 0) > 0  # load ran, then the port closed
+    assert accepted == answered == http_answers, (accepted, answered, report.to_dict())
+    assert report.outcomes.get("timeout", 0) == 0 and report.outcomes.get("broken_answer", 0) == 0
+    assert report.mismatched == 0 and report.duplicates == 0
