@@ -13,7 +13,11 @@ regular traffic balanced together.
 4. All rows (cached ones included: every row keeps one base copy) are cut into weighted ranges
    and dealt by LPT (see :mod:`partition.popularity`), with cached rows weighing nothing (their
    lookups go to the cache) and each DPU starting from its expected cached traffic - so cached
-   and regular accesses are balanced together.
+   and regular accesses are balanced together. By default the dealing goes table by table
+   (:func:`partition.popularity.table_ordered_ranges`): the packer chooses replicas online in
+   table-major order, so each table's own cached lookups must be able to level the noise of
+   that table's regular lookups; a single global LPT balances only the final sum and measured
+   1.24 imbalance instead of ~1.0 on the issue-4 benchmark with that packer order.
 
 Per batch the packer sends each lookup of a cached row to the least-loaded of its replicas
 (:mod:`partition.routing` does the same in numpy for the estimator).
@@ -25,7 +29,7 @@ import numpy as np
 
 from .errors import PlanError
 from .interfaces import Budget, Placement, Strategy
-from .popularity import balanced_ranges, smoothed_load
+from .popularity import balanced_ranges, smoothed_load, table_ordered_ranges
 from .types import RowGroup, Shard, row_bytes
 
 
@@ -35,14 +39,17 @@ class CacheAware(Strategy):
     hot_threshold: a row is hot when its expected load > hot_threshold x mean DPU load;
     cache_budget: share of each DPU's table budget the caches may take (0..1);
     min_replicas: replicas of the coolest hot rows; spread: widen tiers to use the cache budget;
-    max_hot_rows: cap on cached rows per table; granularity, smoothing: as popularity_balanced.
+    max_hot_rows: cap on cached rows per table; granularity, smoothing: as popularity_balanced;
+    table_order: deal base ranges table by table (balanced after every table, for a packer that
+    chooses replicas online in table-major order; default) instead of one global LPT.
     """
 
     name = "cache_aware"
     needs_profile = True
 
     def __init__(self, hot_threshold: float = 0.05, cache_budget: float = 0.25, min_replicas: int = 2,
-                 spread: bool = True, max_hot_rows: int = 65536, granularity: float = 4.0, smoothing: float = 0.1):
+                 spread: bool = True, max_hot_rows: int = 65536, granularity: float = 4.0, smoothing: float = 0.1,
+                 table_order: bool = True):
         if not hot_threshold > 0 or not 0 <= cache_budget <= 1 or min_replicas < 2 or max_hot_rows < 0:
             raise PlanError(
                 "cache_aware needs hot_threshold > 0, 0 <= cache_budget <= 1, min_replicas >= 2, max_hot_rows >= 0; "
@@ -55,6 +62,7 @@ class CacheAware(Strategy):
         self.max_hot_rows = int(max_hot_rows)
         self.granularity = float(granularity)
         self.smoothing = float(smoothing)
+        self.table_order = bool(table_order)
 
     def place(self, tables, topology, budget: Budget, profile=None) -> Placement:
         profile.check_tables(tables)
@@ -108,6 +116,7 @@ class CacheAware(Strategy):
         shards: list[Shard] = []
         start_loads = np.zeros(n)
         start_bytes = np.zeros(n, dtype=np.int64)
+        cache_loads = [np.zeros(n) for _ in tables]  # expected cached load per table per DPU
         rot = 0
         tiers = sorted(set(zip(hot_t.tolist(), log_r.tolist())))
         for t, lr in tiers:
@@ -121,6 +130,7 @@ class CacheAware(Strategy):
             for j, d in enumerate(dpus.tolist()):
                 shards.append(Shard(table=t, group=gi, replica=j, dpu=d, col_lo=0, col_hi=tables[t].dim))
             start_loads[dpus] += float(hot_w[m].sum()) / R
+            cache_loads[t][dpus] += float(hot_w[m].sum()) / R
             start_bytes[dpus] += rows.size * int(rbytes[t])
         # base ranges: cached rows weigh nothing (their lookups go to the cache)
         base_loads = []
@@ -128,9 +138,13 @@ class CacheAware(Strategy):
             bl = l.copy()
             bl[hot_r[hot_t == t]] = 0.0
             base_loads.append(bl)
-        bgroups, bshards, dpu_load = balanced_ranges(
-            tables, topology, budget, base_loads, self.granularity, start_loads=start_loads, start_bytes=start_bytes
-        )
+        if self.table_order:
+            bgroups, bshards, dpu_load = table_ordered_ranges(
+                tables, topology, budget, base_loads, start_bytes=start_bytes, extra_loads=cache_loads)
+        else:
+            bgroups, bshards, dpu_load = balanced_ranges(
+                tables, topology, budget, base_loads, self.granularity, start_loads=start_loads, start_bytes=start_bytes
+            )
         off = len(groups)
         for s in bshards:
             s.group += off
