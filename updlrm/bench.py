@@ -632,14 +632,15 @@ def _plots(result: BenchResult, out: Path) -> dict[str, Path]:
     # speedup of PIM over CPU and over the hybrid
     fig, ax = plt.subplots(figsize=(7, 4.5))
     any_line = False
-    for r_label in sorted({_label(r) for r in ok if r["backend"] == "pim"}):
+    for i, r_label in enumerate(sorted({_label(r) for r in ok if r["backend"] == "pim"})):
+        color = plt.cm.tab10.colors[i % 10]  # one color per PIM configuration, one line style per ratio
         rs = sorted((r for r in ok if _label(r) == r_label), key=lambda r: r["batch_size"])
         for key, style in (("speedup_over_cpu", "-o"), ("speedup_over_cuda_hybrid", "--s"),
                            ("embedding_speedup_over_cpu", ":^"), ("embedding_speedup_over_cuda_hybrid", ":v")):
             pts = [(r["batch_size"], r[key]) for r in rs if r.get(key)]
             if pts:
                 what = "embedding layer" if key.startswith("embedding") else "end to end"
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], style,
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color=color,
                         label=f"{r_label} over {key.split('over_')[1].replace('_', '-')} ({what})")
                 any_line = True
     ax.axhline(1.0, color="grey", lw=0.8)
