@@ -8,11 +8,14 @@ engine thread.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import numpy as np
+
+log = logging.getLogger("updlrm.serving")
 
 #: Backends the server accepts (the engine may still refuse one this machine lacks).
 BACKENDS = ("cpu", "cuda", "pim")
@@ -115,18 +118,54 @@ def build_dlrm(settings: ServeSettings):
     return DLRM(config)
 
 
+def _timing_model_phases(engine) -> Optional[Callable[[Any], None]]:
+    """For a pim engine on the emulator: a function adding the UPMEM timing model's phases
+    (source ``modeled``) to a batch's stats, so /metrics shows modeled DPU time next to the
+    emulator's wall time. None when the engine has no plan or the model is unavailable."""
+    plan = getattr(engine, "plan", None)
+    if plan is None:
+        return None
+    try:
+        from updlrm.timing_model import TimingModel, counters_from_dict
+
+        model = TimingModel.default()
+    except Exception as exc:  # noqa: BLE001 - optional: serving works without modeled phases
+        log.warning("no modeled DPU phases: timing model unavailable (%s: %s)", type(exc).__name__, exc)
+        return None
+    failed = []
+
+    def add(stats) -> None:
+        if failed or stats is None or any(p.source == "modeled" for p in stats.phases):
+            return
+        try:
+            kernels, transfers = counters_from_dict(stats.counters)
+            model.model_batch(plan.topology, kernels, transfers).add_to(stats)
+        except Exception as exc:  # noqa: BLE001 - say it once, then serve without
+            failed.append(exc)
+            log.warning("modeled DPU phases disabled: %s: %s", type(exc).__name__, exc)
+
+    return add
+
+
 def engine_runner(engine) -> Callable[[Any], tuple]:
-    """``run_batch`` for an ``updlrm.engine.Engine``: MergedBatch -> (probabilities [B], stats)."""
+    """``run_batch`` for an ``updlrm.engine.Engine``: MergedBatch -> (probabilities [B], stats).
+
+    For a pim engine the stats also get the timing model's ``modeled`` DPU phases."""
     import torch
 
     from updlrm.batch import Batch
+
+    add_modeled = _timing_model_phases(engine)
 
     def run_batch(merged) -> tuple[np.ndarray, Any]:
         batch = Batch(torch.from_numpy(merged.dense), torch.from_numpy(merged.indices),
                       torch.from_numpy(merged.offsets))
         with torch.inference_mode():
             probs = engine.predict(batch)
-        return probs.detach().cpu().numpy(), getattr(engine, "last_stats", None)
+        stats = getattr(engine, "last_stats", None)
+        if add_modeled is not None:
+            add_modeled(stats)
+        return probs.detach().cpu().numpy(), stats
 
     return run_batch
 
