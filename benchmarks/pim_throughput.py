@@ -43,21 +43,12 @@ def zipf_batch(rng, rows, batch_size, pooling, alpha):
     return idx, offs
 
 
-def median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def run(dim, args):
+def run(dim, strategy, args):
     rng = np.random.default_rng(0)
     rows = [min(r, args.row_cap) for r in KAGGLE_ROWS]
     weights = [rng.uniform(-0.05, 0.05, size=(r, dim)).astype(np.float32) for r in rows]
     tables = [TableSpec(f"C{t + 1}", r, dim) for t, r in enumerate(rows)]
-    plan = make_plan(tables, Topology(nr_dpus=args.nr_dpus, nr_tasklets=args.nr_tasklets), args.strategy)
+    plan = make_plan(tables, Topology(nr_dpus=args.nr_dpus, nr_tasklets=args.nr_tasklets), strategy)
     B, P = args.batch_size, args.pooling
     batches = [zipf_batch(rng, rows, B, P, args.alpha) for _ in range(args.repeats)]
     n = batches[0][0].size
@@ -75,31 +66,36 @@ def run(dim, args):
         with torch.inference_mode():
             return [bag(i, o) for bag, (i, o) in zip(bags, per)]
 
-    torch_lookup(torch_batches[0])  # warm-up
-    k = iter(range(10**9))
-    t_torch = median_time(lambda: torch_lookup(torch_batches[next(k) % len(batches)]), args.repeats)
-
     pim = PimEmbedding(weights, plan, dtype=args.dtype)
     try:
-        out = pim.lookup(*batches[0], B)  # warm-up + correctness spot check
+        torch_lookup(torch_batches[0])  # warm-ups
+        out = pim.lookup(*batches[0], B)  # + correctness spot check
         ref = np.stack([o.numpy() for o in torch_lookup(torch_batches[0])], axis=1)
         max_err = float(np.abs(out - ref).max())
+        # Interleaved (torch, pim) per repeat so that both see the same machine load.
         phases = {name: [] for name in ("pack", "cpu_to_dpu", "kernel", "dpu_to_cpu", "merge")}
-        totals = []
-        for idx, offs in batches:
+        t_torch_all, t_pim_all = [], []
+        for i, (idx, offs) in enumerate(batches):
             t0 = time.perf_counter()
+            torch_lookup(torch_batches[i])
+            t1 = time.perf_counter()
             pim.lookup(idx, offs, B)
-            totals.append(time.perf_counter() - t0)
+            t2 = time.perf_counter()
+            t_torch_all.append(t1 - t0)
+            t_pim_all.append(t2 - t1)
             for p in pim.last_stats.phases:
                 phases[p.name].append(p.seconds)
-        t_pim = statistics.median(totals)
+        t_torch = statistics.median(t_torch_all)
+        t_pim = statistics.median(t_pim_all)
         med = {k: statistics.median(v) for k, v in phases.items()}
         launches = int(pim.last_stats.counters["nr_launches"])
+        bags_per_batch = int(pim.last_stats.counters["bags"].sum())
     finally:
         pim.close()
     pack_merge = med["pack"] + med["merge"]
     return {
         "dim": dim,
+        "strategy": strategy,
         "lookups_per_batch": n,
         "torch_embeddingbag_s": t_torch,
         "pim_total_s": t_pim,
@@ -110,6 +106,7 @@ def run(dim, args):
         "pack_plus_merge_s": pack_merge,
         "pack_merge_over_embeddingbag": pack_merge / t_torch,
         "launches_per_batch": launches,
+        "dpu_bags_per_batch": bags_per_batch,
         "max_abs_err_vs_torch": max_err,
     }
 
@@ -123,7 +120,7 @@ def main():
     ap.add_argument("--row-cap", type=int, default=50_000, help="rows per table at most (Kaggle rows capped)")
     ap.add_argument("--nr-dpus", type=int, default=64)
     ap.add_argument("--nr-tasklets", type=int, default=16)
-    ap.add_argument("--strategy", default="row_uniform")
+    ap.add_argument("--strategies", nargs="+", default=["table_wise", "row_uniform"])
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "int32"])
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--json", help="write the results here too")
@@ -136,20 +133,20 @@ def main():
         "torch": torch.__version__,
         "numpy": np.__version__,
     }
-    results = {"machine": machine, "config": vars(args), "runs": [run(d, args) for d in args.dims]}
+    results = {"machine": machine, "config": vars(args), "runs": [run(d, s, args) for d in args.dims for s in args.strategies]}
     print(f"machine: {machine}")
     print(f"B={args.batch_size}, 26 tables (rows <= {args.row_cap}), pooling {args.pooling}, Zipf {args.alpha}, "
-          f"{args.nr_dpus} emulated DPUs x {args.nr_tasklets} tasklets, {args.strategy}, {args.dtype}, "
+          f"{args.nr_dpus} emulated DPUs x {args.nr_tasklets} tasklets, {args.dtype}, "
           f"medians of {args.repeats}")
     for r in results["runs"]:
         ph = r["phases_median_s"]
-        print(f"dim {r['dim']:3d}: torch {r['torch_lookups_per_s'] / 1e6:7.1f} M lookups/s "
+        print(f"dim {r['dim']:3d} {r['strategy']:>11}: torch {r['torch_lookups_per_s'] / 1e6:7.1f} M lookups/s "
               f"({r['torch_embeddingbag_s'] * 1e3:.1f} ms) | pim {r['pim_lookups_per_s'] / 1e6:7.1f} M lookups/s "
               f"({r['pim_total_s'] * 1e3:.1f} ms) -> {r['pim_over_torch_throughput']:.2f}x torch | "
               f"pack {ph['pack'] * 1e3:.1f} ms + merge {ph['merge'] * 1e3:.1f} ms = "
               f"{r['pack_merge_over_embeddingbag']:.2f}x EmbeddingBag | c2d {ph['cpu_to_dpu'] * 1e3:.1f} ms, "
               f"kernel(emulator-wall) {ph['kernel'] * 1e3:.1f} ms, d2c {ph['dpu_to_cpu'] * 1e3:.1f} ms | "
-              f"launches {r['launches_per_batch']} | max err {r['max_abs_err_vs_torch']:.1e}")
+              f"launches {r['launches_per_batch']}, DPU bags {r['dpu_bags_per_batch']} | max err {r['max_abs_err_vs_torch']:.1e}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -165,6 +165,16 @@ class Runtime {
         for (uint32_t x : s.rep_shards)
             if (x >= ns) throw py::value_error("plan spec: replica names shard " + std::to_string(x));
         if (s.nr_shards_on_dpu.size() != nr_dpus_) throw py::value_error("plan spec: nr_shards_on_dpu length");
+        uint64_t total = 0;
+        for (uint32_t c : s.nr_shards_on_dpu) total += c;
+        if (total != ns) throw py::value_error("plan spec: nr_shards_on_dpu does not sum to the shard count");
+        std::vector<uint8_t> seen(ns, 0);
+        std::vector<uint64_t> base(nr_dpus_ + 1, 0);
+        for (uint32_t d = 0; d < nr_dpus_; d++) base[d + 1] = base[d] + s.nr_shards_on_dpu[d];
+        for (size_t i = 0; i < ns; i++) {
+            if (s.shard_local[i] >= s.nr_shards_on_dpu[s.shard_dpu[i]] || seen[base[s.shard_dpu[i]] + s.shard_local[i]]++)
+                throw py::value_error("plan spec: shard " + std::to_string(i) + " has a bad or repeated descriptor index");
+        }
         if (s.dtype == UPDLRM_DTYPE_INT32 && s.col_scale.size() != s.width)
             throw py::value_error("plan spec: col_scale must have one entry per result column");
         packer_ = std::make_unique<Packer>(std::move(s));
@@ -206,28 +216,29 @@ class Runtime {
         {
             py::gil_scoped_release release;
             double t0 = now_s();
-            std::vector<Launch> launches;
-            std::string perr = packer_->pack(g, l, o, batch_size, launches, pc);
+            std::vector<Launch> &launches = launches_;
+            size_t nr_packed = 0;
+            std::string perr = packer_->pack(g, l, o, batch_size, launches, nr_packed, pc);
             pack_s = now_s() - t0;
             if (!perr.empty()) {
                 err_kind = "pack";
                 err_msg = perr;
             }
-            nr_launches = launches.size();
+            nr_launches = nr_packed;
             double m0 = now_s();
             std::fill(res, res + size_t(batch_size) * spec.width, 0.0f);
             std::vector<int64_t> acc;
             if (spec.dtype == UPDLRM_DTYPE_INT32) acc.assign(size_t(batch_size) * spec.width, 0);
             merge_s += now_s() - m0;
             std::vector<updlrm_status> status(N);
-            std::vector<uint8_t> output;
+            std::vector<uint8_t> &output = output_;
 #ifdef UPDLRM_EMULATOR
             std::vector<dpu_emu_counters> ec(N);
 #endif
-            for (size_t li = 0; li < launches.size() && err_kind.empty(); li++) {
+            for (size_t li = 0; li < nr_packed && err_kind.empty(); li++) {
                 const Launch &L = launches[li];
                 size_t ostride = L.output_bytes;
-                output.resize(ostride * N);
+                if (output.size() < ostride * N) output.resize(ostride * N);
                 updlrm_launch_times times{};
                 char msg[512] = {0};
                 int code = updlrm_driver_launch(drv_, L.args.data(), L.request.data(), L.request_stride,
@@ -332,6 +343,8 @@ class Runtime {
     uint32_t nr_dpus_ = 0;
     double open_seconds_ = 0;
     std::unique_ptr<Packer> packer_;
+    std::vector<Launch> launches_;  // reused between batches
+    std::vector<uint8_t> output_;   // partial sums of one launch, [nr_dpus][largest output]
 };
 
 }  // namespace

@@ -20,6 +20,10 @@ Packer::Packer(PlanSpec spec) : spec_(std::move(spec)) {
     new_ids_.assign(spec_.nr_dpus, 0);
     new_out_.assign(spec_.nr_dpus, 0);
     dpus_.resize(spec_.nr_dpus);
+    dpu_shard_base_.assign(spec_.nr_dpus + 1, 0);
+    for (uint32_t d = 0; d < spec_.nr_dpus; d++) dpu_shard_base_[d + 1] = dpu_shard_base_[d] + spec_.nr_shards_on_dpu[d];
+    local_to_global_.assign(dpu_shard_base_[spec_.nr_dpus], 0);
+    for (size_t s = 0; s < nr_shards; s++) local_to_global_[dpu_shard_base_[spec_.shard_dpu[s]] + spec_.shard_local[s]] = uint32_t(s);
     max_row_bytes_.assign(spec_.nr_dpus, 0);
     for (size_t s = 0; s < nr_shards; s++)
         max_row_bytes_[spec_.shard_dpu[s]] = std::max(max_row_bytes_[spec_.shard_dpu[s]], uint64_t(spec_.shard_row_bytes[s]));
@@ -71,7 +75,6 @@ void Packer::commit(uint32_t a, uint32_t e, uint32_t sample) {
         cursor_[s] = bag.first_lookup;
         st.bags.push_back(bag);
         st.sample.push_back(sample);
-        st.shard.push_back(s);
         st.ids.resize(st.ids.size() + cnt_[s]);
         st.out_bytes += spec_.shard_row_bytes[s];
         st.elements += uint64_t(cnt_[s]) * spec_.shard_ncols[s];
@@ -91,11 +94,11 @@ void Packer::commit(uint32_t a, uint32_t e, uint32_t sample) {
 // Moves the current launch's per-DPU bags and ids into one padded request buffer.
 void Packer::finalize(std::vector<Launch> &out) {
     uint32_t n = spec_.nr_dpus;
-    Launch L;
+    if (nr_out_ == out.size()) out.emplace_back();
+    Launch &L = out[nr_out_++];  // buffers reused from earlier batches (no page faults)
     L.args.resize(n);
     L.bag_sample.resize(n);
-    L.bag_shard.resize(n);
-    L.bag_out.resize(n);
+    L.bags.resize(n);
     size_t stride = 0, out_max = 0;
     for (uint32_t d = 0; d < n; d++) {
         stride = std::max<size_t>(stride, request_bytes(dpus_[d].bags.size(), dpus_[d].ids.size()));
@@ -103,13 +106,15 @@ void Packer::finalize(std::vector<Launch> &out) {
     }
     L.request_stride = stride;
     L.output_bytes = out_max;
-    L.request.assign(stride * n, 0);
+    if (L.request.size() < stride * n) L.request.resize(stride * n);
     for (uint32_t d = 0; d < n; d++) {
         DpuState &st = dpus_[d];
         uint8_t *dst = L.request.data() + size_t(d) * stride;
         size_t bag_bytes = 16u * st.bags.size();
         if (!st.bags.empty()) std::memcpy(dst, st.bags.data(), bag_bytes);
         if (!st.ids.empty()) std::memcpy(dst + bag_bytes, st.ids.data(), 4u * st.ids.size());
+        size_t used = bag_bytes + 4u * st.ids.size();
+        std::memset(dst + used, 0, stride - used);  // padding up to the largest request
         updlrm_launch_args &a = L.args[d];
         a.abi_version = UPDLRM_ABI_VERSION;
         a.nr_shards = spec_.nr_shards_on_dpu[d];
@@ -127,18 +132,14 @@ void Packer::finalize(std::vector<Launch> &out) {
             counters_->output_bytes.push_back(st.out_bytes);
         }
         L.bag_sample[d].swap(st.sample);
-        L.bag_shard[d].swap(st.shard);
-        L.bag_out[d].resize(st.bags.size());
-        for (size_t j = 0; j < st.bags.size(); j++) L.bag_out[d][j] = st.bags[j].out_offset;
+        L.bags[d].swap(st.bags);
         st.bags.clear();
         st.ids.clear();
         st.sample.clear();
-        st.shard.clear();
         st.out_bytes = 0;
         st.elements = 0;
     }
     nr_bags_ = 0;
-    out.push_back(std::move(L));
 }
 
 // Places lookups [a, e) of one bag: in the current launch if they fit, else in a new launch, else
@@ -170,7 +171,9 @@ std::string Packer::place(uint32_t a, uint32_t e, uint32_t sample, uint32_t tabl
 }
 
 std::string Packer::pack(const int32_t *grp, const uint32_t *lrow, const int64_t *offsets, uint32_t batch_size,
-                         std::vector<Launch> &out, PackCounters &counters) {
+                         std::vector<Launch> &out, size_t &nr_launches, PackCounters &counters) {
+    nr_out_ = 0;
+    nr_launches = 0;
     const uint32_t n = spec_.nr_dpus;
     const uint64_t nr_bags_total = uint64_t(spec_.nr_tables) * batch_size;
     const uint64_t nr_lookups = static_cast<uint64_t>(offsets[nr_bags_total]);
@@ -184,7 +187,6 @@ std::string Packer::pack(const int32_t *grp, const uint32_t *lrow, const int64_t
         st.bags.clear();
         st.ids.clear();
         st.sample.clear();
-        st.shard.clear();
         st.out_bytes = 0;
         st.elements = 0;
     }
@@ -225,7 +227,6 @@ std::string Packer::pack(const int32_t *grp, const uint32_t *lrow, const int64_t
         dpus_[d].bags.reserve(e);
         dpus_[d].ids.reserve(e);
         dpus_[d].sample.reserve(e);
-        dpus_[d].shard.reserve(e);
     }
 
     // Bags, table-major: bag k is sample k % B of table k / B.
@@ -241,6 +242,7 @@ std::string Packer::pack(const int32_t *grp, const uint32_t *lrow, const int64_t
     }
     if (!launch_empty()) finalize(out);
     counters_ = nullptr;
+    nr_launches = nr_out_;
     return "";
 }
 
@@ -250,13 +252,13 @@ void Packer::merge(const Launch &launch, const uint8_t *output, size_t output_st
     for (uint32_t d = 0; d < spec_.nr_dpus; d++) {
         const uint8_t *base = output + size_t(d) * output_stride;
         const std::vector<uint32_t> &samples = launch.bag_sample[d];
-        const std::vector<uint32_t> &shards = launch.bag_shard[d];
-        const std::vector<uint32_t> &outs = launch.bag_out[d];
+        const std::vector<updlrm_bag> &bags = launch.bags[d];
+        const uint32_t *l2g = local_to_global_.data() + dpu_shard_base_[d];
         for (size_t j = 0; j < samples.size(); j++) {
-            uint32_t s = shards[j];
+            uint32_t s = l2g[bags[j].shard];
             uint32_t ncols = spec_.shard_ncols[s];
             size_t dst = size_t(samples[j]) * W + spec_.shard_col[s];
-            const uint8_t *src = base + outs[j];
+            const uint8_t *src = base + bags[j].out_offset;
             if (spec_.dtype == UPDLRM_DTYPE_INT32) {
                 int64_t *o = acc + dst;
                 const int32_t *p = reinterpret_cast<const int32_t *>(src);

@@ -45,8 +45,9 @@ struct Launch {
     std::vector<uint8_t> request;            // [nr_dpus][request_stride]
     size_t request_stride = 0;               // = the largest request (bytes, multiple of 8)
     size_t output_bytes = 0;                 // the largest output (bytes, multiple of 8)
-    // Merge map, per DPU in bag order: destination sample and shard of each output slot.
-    std::vector<std::vector<uint32_t>> bag_sample, bag_shard, bag_out;
+    // Merge map, per DPU in bag order: the bags (shard, output slot) and their destination sample.
+    std::vector<std::vector<updlrm_bag>> bags;
+    std::vector<std::vector<uint32_t>> bag_sample;
 };
 
 // Per launch and DPU, flattened [launch][dpu]: lookups (row reads), bags, elements accumulated
@@ -61,10 +62,11 @@ class Packer {
     const PlanSpec &spec() const { return spec_; }
 
     // grp[i], lrow[i]: group and local row of lookup i (i < offsets[T*B]); offsets: T*B+1 bag
-    // starts, table-major. Appends the launches to `out`. Returns "" or an error message (a plan
-    // whose capacities cannot hold even one lookup, a group id out of range).
+    // starts, table-major. Fills out[0 .. nr_launches) (reusing the buffers `out` already holds).
+    // Returns "" or an error message (a plan whose capacities cannot hold even one lookup, a group
+    // id out of range).
     std::string pack(const int32_t *grp, const uint32_t *lrow, const int64_t *offsets, uint32_t batch_size,
-                     std::vector<Launch> &out, PackCounters &counters);
+                     std::vector<Launch> &out, size_t &nr_launches, PackCounters &counters);
 
     // Adds one launch's partial sums (output: [nr_dpus][output_stride] bytes) into result
     // ([B, W] float32, fp32 plans) or acc ([B, W] int64, int32 plans).
@@ -75,7 +77,7 @@ class Packer {
   private:
     struct DpuState {
         std::vector<updlrm_bag> bags;
-        std::vector<uint32_t> ids, sample, shard;
+        std::vector<uint32_t> ids, sample;
         uint64_t out_bytes = 0;
         uint64_t elements = 0;
     };
@@ -97,8 +99,11 @@ class Packer {
     std::vector<uint32_t> touched_shards_, touched_dpus_;
     std::vector<uint64_t> new_bags_, new_ids_, new_out_;  // per DPU scratch (zero between calls)
     PackCounters *counters_ = nullptr;
+    std::vector<uint64_t> dpu_shard_base_;     // [D+1] prefix sums of nr_shards_on_dpu
+    std::vector<uint32_t> local_to_global_;    // descriptor (dpu, local) -> global shard id
     std::vector<uint64_t> max_row_bytes_;  // per DPU: widest stored row of its shards
-    bool always_fits_ = false;             // this batch fits one launch even at one bag per entry
+    bool always_fits_ = false;
+    size_t nr_out_ = 0;  // launches filled in this pack()             // this batch fits one launch even at one bag per entry
 };
 
 }  // namespace updlrm
