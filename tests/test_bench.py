@@ -141,3 +141,16 @@ def test_config_file_with_custom_model(tmp_path):
     result = run_bench(cfg)
     assert result.model["name"] == "mine" and result.model["nr_tables"] == 2
     assert [r["status"] for r in result.runs] == ["ok"]
+
+
+def test_sdk_devices_listed_unavailable_without_the_sdk(tmp_path):
+    from updlrm.bench import run_bench
+
+    pytest.importorskip("updlrm.pim")
+    if importlib.util.find_spec("updlrm._native._sdk") is not None:
+        pytest.skip("this build has the UPMEM SDK module")
+    result = run_bench(BenchConfig(model="tiny", batch_sizes=[8], backends=["pim"], nr_dpus=[2], repeats=1,
+                                   warmup=0, device="hw", threads=1))
+    assert result.backends["pim"]["available"] is False
+    assert "SDK" in result.backends["pim"]["reason"]
+    assert result.runs[0]["status"] == "unavailable" and result.runs[0]["device"] == "hw"

@@ -361,3 +361,20 @@ def test_native_module_names_are_accepted(model):
     # elements estimated from the row bytes read (DMA read bytes minus the staged request)
     rd = np.asarray(d["dma_read_bytes"]).sum(1)
     assert kernels[0].elements == pytest.approx((rd - np.array([64.0, 128.0, 64.0, 8.0])) / 4)
+
+
+def test_dma_counters_estimated_when_absent(model):
+    # SDK builds (simulator / hardware) count no DMAs: estimate them from the packer's counters.
+    d = {
+        "nr_tasklets": 16, "dtype": "int32",
+        "lookups": [100.0, 0.0], "bags": [10.0, 0.0], "elements": [1600.0, 0.0],  # 16 cols -> 64-byte rows
+        "request_bytes": [4096.0 + 64, 0.0], "output_bytes": [640.0, 0.0],
+        "pushed_bytes": [4192.0, 32.0], "pulled_bytes": [952.0, 312.0],
+        "measured_cycles": np.zeros((2, 16)),
+    }
+    kernels, _ = counters_from_dict(d)
+    k = kernels[0]
+    assert k.dma_read_ops.sum(axis=1).tolist() == pytest.approx([100 + 3, 0])  # rows + ceil(4160/2048)
+    assert k.dma_read_bytes.sum(axis=1).tolist() == pytest.approx([100 * 64 + 4160, 0])
+    assert k.dma_write_bytes.sum(axis=1).tolist() == pytest.approx([640, 0])
+    assert model.model_counters(Topology(nr_dpus=2), d).get("kernel").detail["measured_cycles_max"] == 0.0

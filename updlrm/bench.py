@@ -85,6 +85,8 @@ class BenchConfig:
         seed: batch seed (batch i of a point uses seed + i; the same for every backend).
         timing_constants: optional JSON file overriding the timing model's constants.
         threads: torch CPU threads for the run (None: torch's default); recorded in the machine info.
+        device: pim device: "emulator" (DPU phases modeled), or "simulator" / "hw" with the SDK
+            build (DPU phases measured there, the model's figures shown next to them).
         profile_samples: popularity-aware strategies get an access profile from a separate random
             trace of this many samples (seed + 10,000: held out from the measured batches, same hot rows).
     """
@@ -106,6 +108,7 @@ class BenchConfig:
     timing_constants: str | None = None
     threads: int | None = None
     profile_samples: int = 8192
+    device: str = "emulator"
 
     def __post_init__(self) -> None:
         self.backends = _expand_backends(self.backends)
@@ -125,6 +128,8 @@ class BenchConfig:
             raise ValueError(f"BenchConfig.pooling must be >= 0, got {self.pooling}")
         if not self.row_scale > 0:
             raise ValueError(f"BenchConfig.row_scale must be > 0, got {self.row_scale}")
+        if self.device not in ("emulator", "simulator", "hw"):
+            raise ValueError(f"BenchConfig.device must be 'emulator', 'simulator' or 'hw', got {self.device!r}")
         if self.threads is not None and int(self.threads) < 1:
             raise ValueError(f"BenchConfig.threads must be >= 1 or None, got {self.threads}")
 
@@ -294,7 +299,7 @@ class _Runner:
         if backend in ("cuda-hybrid", "cuda-gpu"):
             return Engine(self.model, backend="cuda", cuda_mode=backend.split("-")[1])
         return Engine(self.model, backend="pim", nr_dpus=nr_dpus, strategy=strategy, dtype=self.cfg.dtype,
-                      nr_tasklets=self.cfg.nr_tasklets, profile=self.profile_for(strategy))
+                      nr_tasklets=self.cfg.nr_tasklets, profile=self.profile_for(strategy), device=self.cfg.device)
 
     def time_point(self, engine, backend: str, batches: list) -> dict:
         """Run warmup + repeats batches; per-batch latency and phases (see the module docstring)."""
@@ -318,7 +323,17 @@ class _Runner:
                 continue
             stats = engine.last_stats
             latency = wall
-            if backend == "pim":
+            if backend == "pim" and cfg.device != "emulator":
+                # simulator / hardware: the DPU phases were measured there; the model's estimate
+                # is kept next to them for checking and refitting, not counted.
+                modeled = self.timing.model_counters(engine.plan.topology, stats.counters, engine.plan)
+                for p in modeled.phases:
+                    emu_wall.setdefault("modeled:" + p.name, []).append(p.seconds)
+                bounds.append(modeled.bound.seconds)
+                ratios.append(wall / modeled.bound.seconds if modeled.bound.seconds > 0 else float("inf"))
+                kernel_detail = modeled.get("kernel").detail
+                phases = list(stats.phases)
+            elif backend == "pim":
                 modeled = self.timing.model_counters(engine.plan.topology, stats.counters, engine.plan)
                 # The emulator doing the DPUs' job (whatever label the backend gave it) is host
                 # time that real DPUs would not spend: take it out, put the modeled phases in.
@@ -339,16 +354,19 @@ class _Runner:
                 phase_sources[p.name] = p.source
             latencies.append(latency)
             walls.append(wall)
+        pim_source = ("measured host phases + modeled DPU phases" if cfg.device == "emulator"
+                      else f"measured ({cfg.device})")
         out = {
             "latency_s": _percentiles(latencies),
-            "latency_source": "measured" if backend != "pim" else "measured host phases + modeled DPU phases",
+            "latency_source": "measured" if backend != "pim" else pim_source,
             "host_wall_s": _percentiles(walls),
             "phases": {
                 name: {"p50_s": float(np.median(v)), "source": phase_sources[name]} for name, v in phase_values.items()
             },
         }
         if backend == "pim":
-            out["emulator_wall_s"] = {name: float(np.median(v)) for name, v in emu_wall.items()}
+            key = "emulator_wall_s" if cfg.device == "emulator" else "model_alongside_s"
+            out[key] = {name.replace("modeled:", ""): float(np.median(v)) for name, v in emu_wall.items()}
             out["bound_s"] = float(np.median(bounds))
             out["modeled_over_bound"] = float(np.median(ratios))
             out["kernel_model"] = {k: v for k, v in (kernel_detail or {}).items() if k != "per_launch"}
@@ -418,6 +436,8 @@ def _run_bench(cfg: BenchConfig, progress, timing, config) -> BenchResult:
         for backend, nr_dpus, strategy in points:
             base = {"backend": backend, "nr_dpus": nr_dpus, "strategy": strategy,
                     "dtype": cfg.dtype if backend == "pim" else "fp32"}
+            if backend == "pim":
+                base["device"] = cfg.device
             try:
                 engine = runner.engine(backend, nr_dpus, strategy)
             except BackendUnavailableError as exc:
@@ -487,7 +507,8 @@ def _add_speedups(runs: list[dict]) -> None:
 
 def _label(r: dict) -> str:
     if r["backend"] == "pim":
-        return f"pim[{r['nr_dpus']} DPUs,{r['strategy']},{r['dtype']}]"
+        dev = "" if r.get("device", "emulator") == "emulator" else f",{r['device']}"
+        return f"pim[{r['nr_dpus']} DPUs,{r['strategy']},{r['dtype']}{dev}]"
     return r["backend"]
 
 

@@ -283,6 +283,8 @@ def _normalise_native(d: Mapping[str, Any]) -> dict:
         out["push_lengths"] = [x for n in np.atleast_1d(out["request_push_bytes"]) for x in (LAUNCH_ARGS_BYTES, n)]
     if "pull_lengths" not in out and "output_pull_bytes" in out:
         out["pull_lengths"] = [x for n in np.atleast_1d(out["output_pull_bytes"]) for x in (STATUS_BYTES, n)]
+    if not out.get("launches") and all(k not in out for k in ("dma_read_ops", "dma_read_bytes")):
+        _estimate_dma(out)
     if "elements" not in out and "dma_read_bytes" in out and "pushed_bytes" in out and not out.get("launches"):
         rd = np.asarray(out["dma_read_bytes"], dtype=np.float64)
         req = np.asarray(out["pushed_bytes"], dtype=np.float64)
@@ -290,6 +292,42 @@ def _normalise_native(d: Mapping[str, Any]) -> dict:
             out["elements"] = np.maximum(rd.sum(axis=1) - req, 0.0) / 4.0
             out["elements_estimated"] = True
     return out
+
+
+def _estimate_dma(out: dict) -> None:
+    """DMA counters for a batch run where nobody counted them (SDK builds: simulator or hardware),
+    from what the packer knows, as the kernel behaves: tasklet 0 stages the request in 2,048-byte
+    reads, every lookup reads its row slice (elements*4 bytes rounded up to 8 per lookup, one DMA
+    per lookup), every bag writes its partial sum (``output_bytes``). Spread evenly over tasklets;
+    flagged ``dma_estimated``. Needs lookups, bags, elements, nr_tasklets, and the request/output
+    bytes per DPU; leaves ``out`` unchanged otherwise."""
+    need = ("lookups", "bags", "elements", "nr_tasklets")
+    request = out.get("request_bytes", out.get("request_bytes_per_dpu"))
+    output = out.get("output_bytes", out.get("output_bytes_per_dpu"))
+    if any(k not in out for k in need) or request is None or output is None:
+        return
+    try:
+        lookups = np.asarray(out["lookups"], dtype=np.float64)
+        elements = np.asarray(out["elements"], dtype=np.float64)
+        bags = np.asarray(out["bags"], dtype=np.float64)
+        request = np.asarray(request, dtype=np.float64)
+        output = np.asarray(output, dtype=np.float64)
+        nt = int(out["nr_tasklets"])
+    except (TypeError, ValueError):
+        return  # let counters_from_dict report the malformed field
+    if lookups.ndim != 1 or not (elements.shape == bags.shape == request.shape == output.shape == lookups.shape):
+        return
+    row_bytes = np.where(lookups > 0, np.ceil(elements * 4 / np.maximum(lookups, 1) / 8) * 8, 0)
+    slots = max(nt, 1)
+
+    def spread(x):
+        return np.repeat((x / slots)[:, None], slots, axis=1)
+
+    out["dma_read_ops"] = spread(lookups + np.ceil(request / 2048))
+    out["dma_read_bytes"] = spread(lookups * row_bytes + request)
+    out["dma_write_ops"] = spread(bags)
+    out["dma_write_bytes"] = spread(output)
+    out["dma_estimated"] = True
 
 
 def counters_from_dict(d: Mapping[str, Any]) -> tuple[list[KernelCounters], TransferCounters]:
@@ -308,7 +346,9 @@ def counters_from_dict(d: Mapping[str, Any]) -> tuple[list[KernelCounters], Tran
         launches: [ {kernel fields...}, ... ]   (optional) one dict per launch when a batch needs
                             several; each inherits nr_tasklets/dtype from the top level.
 
-    The native module's raw names are accepted as well (:data:`NATIVE_ALIASES`).
+    The native module's raw names are accepted as well (:data:`NATIVE_ALIASES`). Without DMA
+    counters (SDK builds count none) they are estimated from lookups/elements/bags and the
+    request/output bytes (``request_bytes``, ``output_bytes`` [D]); see ``_estimate_dma``.
     Returns (kernel counters, one per launch; transfer counters). Raises ``ValueError`` naming the
     missing or malformed field.
     """

@@ -31,6 +31,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--nr-dpus", default=None, help="comma-separated DPU counts for pim (default 64)")
     p.add_argument("--strategies", default=None, help="comma-separated partitioning strategies (default row_uniform)")
     p.add_argument("--dtype", default=None, choices=("fp32", "int32"), help="PIM table type (default fp32)")
+    p.add_argument("--device", default=None, choices=("emulator", "simulator", "hw"),
+                   help="pim device (default emulator: DPU phases modeled; simulator/hw need the SDK build)")
     p.add_argument("--nr-tasklets", type=int, default=None, help="tasklets per DPU (default 16)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up batches per point (default 1)")
     p.add_argument("--repeats", type=int, default=None, help="measured batches per point (default 5)")
@@ -54,7 +56,7 @@ def run(args) -> int:
             "backends": args.backends.split(",") if args.backends else None,
             "nr_dpus": _ints(args.nr_dpus) if args.nr_dpus else None,
             "strategies": args.strategies.split(",") if args.strategies else None,
-            "dtype": args.dtype, "nr_tasklets": args.nr_tasklets, "warmup": args.warmup,
+            "dtype": args.dtype, "device": args.device, "nr_tasklets": args.nr_tasklets, "warmup": args.warmup,
             "repeats": args.repeats, "seed": args.seed, "timing_constants": args.timing_constants,
             "threads": args.threads,
         }
