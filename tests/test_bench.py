@@ -154,3 +154,16 @@ def test_sdk_devices_listed_unavailable_without_the_sdk(tmp_path):
     assert result.backends["pim"]["available"] is False
     assert "SDK" in result.backends["pim"]["reason"]
     assert result.runs[0]["status"] == "unavailable" and result.runs[0]["device"] == "hw"
+
+
+def test_show_constants_lists_sources(tmp_path, capsys):
+    assert cli_main(["bench", "--show-constants"]) == 0
+    out = capsys.readouterr().out
+    assert "dma_read_alpha_cycles" in out and "PrIM" in out and "[guessed]" in out
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps({"launch_fixed_s": 1e-4}))
+    assert cli_main(["bench", "--show-constants", "--timing-constants", str(p)]) == 0
+    assert "0.0001" in capsys.readouterr().out
+    p.write_text(json.dumps({"nope": 1}))
+    assert cli_main(["bench", "--show-constants", "--timing-constants", str(p)]) == 2
+    assert "nope" in capsys.readouterr().err

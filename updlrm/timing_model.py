@@ -45,6 +45,12 @@ status (published / derived / fitted / guessed); ``TimingModel.from_file(path)``
 subset, so a user with hardware can recalibrate. The tests in ``tests/test_timing_model.py``
 reproduce PrIM's microbenchmarks through the model.
 
+Recalibrating with hardware: run ``updlrm bench --device hw`` (or ``simulator``) on the SDK build;
+each pim run shows the measured phases and perfcounter cycles next to this model's
+(``model_alongside_s``, ``kernel_model.measured_cycles_max``). Fit the guessed constants (per-lookup
+and per-bag instructions, launch and per-rank transfer costs) to those, write them to a JSON file
+and pass it back with ``--timing-constants`` (``updlrm bench --show-constants`` lists them all).
+
 Counters come from the PIM backend as a plain dict (``BatchStats.counters``);
 :func:`counters_from_dict` documents the field names and shapes and turns it into
 :class:`KernelCounters` (one per launch) and :class:`TransferCounters`.

@@ -39,14 +39,33 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=None, help="batch seed")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--timing-constants", default=None, help="JSON overriding the timing model's constants")
+    p.add_argument("--show-constants", action="store_true",
+                   help="print the timing model's constants with unit, source and status, then exit")
     p.add_argument("--out", default="bench_out", help="output folder for bench.json, bench.csv, plots")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
+def show_constants(path: str | None) -> int:
+    from updlrm.timing_model import TimingModel
+
+    try:
+        model = TimingModel.from_file(path) if path else TimingModel.default()
+    except ValueError as exc:
+        print(f"updlrm bench: {exc}", file=sys.stderr)
+        return 2
+    for c in model.describe():
+        print(f"{c['name']:34s} {c['value']:<12g} [{c.get('status', '?')}] {c.get('unit', '')}")
+        print(f"{'':34s} source: {c.get('source', '?')}")
+    return 0
+
+
 def run(args) -> int:
     from updlrm.bench import BenchConfig, format_table, load_bench_config, run_bench, write_outputs
+
+    if args.show_constants:
+        return show_constants(args.timing_constants)
 
     try:
         overrides = {
