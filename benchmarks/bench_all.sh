@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Re-run every benchmark behind benchmarks/RESULTS.md (about 5 minutes on 2 cores; ~3 GB RAM).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+OUT=benchmarks/bench_results
+mkdir -p "$OUT"
+$PY benchmarks/bench_timing_validation.py --json "$OUT/timing_validation.json" | tee "$OUT/timing_validation.txt"
+for c in kaggle_small_tables kaggle_mid_tables kaggle_mid_fp32 dpu_count_sweep; do
+  $PY -m updlrm.cli bench --config-file "benchmarks/bench_configs/$c.json" --quiet --out "$OUT/$c" | tee "$OUT/$c/table.txt"
+done
+$PY benchmarks/bench_fullscale_model.py --json "$OUT/fullscale_kaggle.json" | tee "$OUT/fullscale_kaggle.txt"
+$PY benchmarks/bench_summarize.py "$OUT"/*/bench.json | tee "$OUT/summary.md"
