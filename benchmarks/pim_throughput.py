@@ -132,6 +132,7 @@ def main():
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
+        "load_average_1min_at_start": os.getloadavg()[0],
     }
     results = {"machine": machine, "config": vars(args), "runs": [run(d, s, args) for d in args.dims for s in args.strategies]}
     print(f"machine: {machine}")

@@ -113,7 +113,9 @@ static inline void set_error(uint32_t t, uint32_t code, uint32_t bag, uint32_t v
 /* Checks the launch args (tasklet 0). Offsets are relative to the heap; all math in 64 bits. */
 static uint32_t check_args(const struct updlrm_launch_args *a, uint32_t *value)
 {
-    uint64_t heap_room = (uint64_t)UPDLRM_MRAM_BYTES - heap_base;
+    /* MRAM is one 64 MiB bank at a 64 MiB-aligned address (0x08000000 on UPMEM and the emulator) */
+    uint32_t mram_base = heap_base & ~(UPDLRM_MRAM_BYTES - 1u);
+    uint64_t heap_room = (uint64_t)mram_base + UPDLRM_MRAM_BYTES - heap_base;
     uint64_t bags_end = (uint64_t)a->bags_offset + 16ull * a->nr_bags;
     uint64_t lookups_end = (uint64_t)a->lookups_offset + 4ull * (((uint64_t)a->nr_lookups + 1u) & ~1ull);
     uint64_t out_end = (uint64_t)a->out_offset + a->out_bytes;

@@ -164,3 +164,21 @@ def test_closed_backend_raises():
     pim.close()  # idempotent
     with pytest.raises(Exception, match="closed"):
         pim.lookup(np.zeros(0, dtype=np.int64), np.array([0, 0], dtype=np.int64), 1)
+
+
+def test_kernel_rejects_a_layout_past_mram_then_recovers():
+    """Launch args whose output region ends past the 64 MiB MRAM: the kernel reports
+    UPDLRM_ERR_BAD_LAYOUT instead of writing out of range; the correct layout works again."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((16, 4)).astype(np.float32)
+    with PimEmbedding([w], _plan(16, 4, 1)) as pim:
+        good = pim._layout.native_spec("fp32", np.zeros(0))
+        bad = dict(good, output_offset=(64 << 20) - 64, request_capacity=good["request_capacity"])
+        pim._rt.set_plan(bad)
+        idx = np.array([1, 2, 3], dtype=np.int64)
+        offs = np.array([0, 3], dtype=np.int64)
+        with pytest.raises(DpuFaultError, match="exceed MRAM") as info:
+            pim.lookup(idx, offs, 1)
+        assert info.value.dpu == 0
+        pim._rt.set_plan(good)
+        np.testing.assert_allclose(pim.lookup(idx, offs, 1)[:, 0], _ref(w, idx, offs), rtol=1e-5, atol=1e-6)
