@@ -207,3 +207,33 @@ def test_bad_arguments_are_named(tmp_path, criteo_file):
     odd.write_text("a\tb\tc\n")
     with pytest.raises(ValueError, match="line 1 has 3"):
         CriteoReader(odd, "torchrec", table_rows=ROWS, progress=False).read_all()
+
+
+def test_parallel_parsing_keeps_order_counts_and_reasons(tmp_path):
+    rng = np.random.default_rng(5)
+    lines = []
+    for i in range(600):
+        if i % 97 == 13:
+            lines.append("broken\tline")
+        else:
+            lines.append(_line(i % 2, rng.integers(-5, 50, NUM_DENSE), [f"{v:x}" for v in rng.integers(0, 2**40, NUM_SPARSE)]))
+    path = tmp_path / "p.txt"
+    path.write_text("\n".join(lines) + "\n")
+    results = []
+    for workers in (1, 3):
+        r = CriteoReader(path, "dlrm", max_ind_range=10_000, block_bytes=1024, workers=workers, progress=False)
+        chunk = r.read_all()
+        results.append((chunk, r.malformed_count, [m.line for m in r.malformed]))
+    (a, na, la), (b, nb, lb) = results
+    np.testing.assert_array_equal(a.sparse, b.sparse)
+    np.testing.assert_array_equal(a.line_numbers, b.line_numbers)
+    expected_bad = [i + 1 for i in range(600) if i % 97 == 13]
+    assert na == nb == len(expected_bad) and la == lb == expected_bad
+    assert len(a) == 600 - len(expected_bad)
+    few = CriteoReader(path, "dlrm", max_ind_range=10, keep_malformed=2, block_bytes=1024, workers=2, progress=False)
+    assert len(few.read_all()) == 600 - len(expected_bad)
+    assert few.malformed_count == len(expected_bad) and [m.line for m in few.malformed] == expected_bad[:2]
+    limited = CriteoReader(path, "dlrm", max_ind_range=10, max_samples=250, block_bytes=1024, workers=2, progress=False)
+    got = limited.read_all()
+    assert len(got) == 250 and limited.samples_read == 250
+    np.testing.assert_array_equal(got.line_numbers, a.line_numbers[:250])
