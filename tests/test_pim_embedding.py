@@ -309,3 +309,19 @@ def test_stats_phases_and_sources():
         assert c["dma_read_bytes"].sum() >= 64 * idx.size
         assert c["dma_write_bytes"].sum() == 64 * c["bags"].sum()
         assert np.all(c["pushed_bytes"] >= 32)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "int32"])
+def test_replicated_cache_plan_cut_into_launches(dtype):
+    rng = np.random.default_rng(12)
+    plan = handmade_plan(nr_tasklets=1).replace(request_bytes=256, output_bytes=128)
+    weights = make_weights(rng, [100, 60], [8, 3])
+    B = 40
+    idx, offs = make_batch(rng, [100, 60], B, max_len=30, zipf=True)
+    with PimEmbedding(weights, plan, dtype=dtype) as pim:
+        got = pim.lookup_list(idx, offs, B)
+        assert pim.last_stats.counters["nr_launches"] > 5
+        if dtype == "fp32":
+            assert_fp32_close(got, weights, idx, offs, B)
+        else:
+            assert_int32_within_bound(pim, got, weights, idx, offs, B)
