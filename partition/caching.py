@@ -3,13 +3,15 @@ regular traffic balanced together.
 
 1. Expected load per row from the profile (smoothed, per sample). ``L`` = mean load per DPU.
 2. Hot rows: rows whose expected load exceeds ``hot_threshold x L`` (a row that alone would tip a
-   DPU's balance), hottest first, while the replicas fit in ``cache_budget`` of each DPU's table
-   budget. Each hot row gets ``R = 2^ceil(log2(load / (hot_threshold x L)))`` replicas (at least
+   DPU's balance), then the next hottest until they take ``min_cached_share`` of all lookups
+   (flexible traffic that levels one batch's random fluctuations), hottest first, while the
+   replicas fit in ``cache_budget`` of each DPU's table budget. Each hot row gets ``R = 2^ceil(log2(load / (hot_threshold x L)))`` replicas (at least
    ``min_replicas``, at most nr_dpus) so that one replica's expected share stays under the
    threshold; with ``spread=True`` (default) every tier is then widened as far as the MRAM
    budget allows (replicas on more DPUs give the packer more room to absorb one batch's skew).
-3. Rows with the same table and replica count form one ``cache`` group (a row set), whose R
-   replicas sit on R distinct DPUs spaced nr_dpus / R apart, the start rotating per group.
+3. Rows with the same table and replica count R are dealt (snake order by load) into
+   nr_dpus / R ``cache`` groups (row sets); a group's R replicas sit on R distinct DPUs spaced
+   nr_dpus / R apart, consecutive groups starting on consecutive DPUs.
 4. All rows (cached ones included: every row keeps one base copy) are cut into weighted ranges
    and dealt by LPT (see :mod:`partition.popularity`), with cached rows weighing nothing (their
    lookups go to the cache) and each DPU starting from its expected cached traffic - so cached
@@ -40,6 +42,9 @@ class CacheAware(Strategy):
     cache_budget: share of each DPU's table budget the caches may take (0..1);
     min_replicas: replicas of the coolest hot rows; spread: widen tiers to use the cache budget;
     max_hot_rows: cap on cached rows per table; granularity, smoothing: as popularity_balanced;
+    min_cached_share: also cache the next hottest rows until the cache takes at least this share of
+    the profiled lookups (MRAM permitting): flexible traffic the packer uses to level one batch's
+    random fluctuations when no single row is hot (low skew);
     table_order: deal base ranges table by table (balanced after every table, for a packer that
     chooses replicas online in table-major order; default) instead of one global LPT.
     """
@@ -49,7 +54,7 @@ class CacheAware(Strategy):
 
     def __init__(self, hot_threshold: float = 0.05, cache_budget: float = 0.25, min_replicas: int = 2,
                  spread: bool = True, max_hot_rows: int = 65536, granularity: float = 4.0, smoothing: float = 0.1,
-                 table_order: bool = True):
+                 table_order: bool = True, min_cached_share: float = 0.3):
         if not hot_threshold > 0 or not 0 <= cache_budget <= 1 or min_replicas < 2 or max_hot_rows < 0:
             raise PlanError(
                 "cache_aware needs hot_threshold > 0, 0 <= cache_budget <= 1, min_replicas >= 2, max_hot_rows >= 0; "
@@ -63,6 +68,9 @@ class CacheAware(Strategy):
         self.granularity = float(granularity)
         self.smoothing = float(smoothing)
         self.table_order = bool(table_order)
+        if not 0 <= min_cached_share <= 1:
+            raise PlanError(f"cache_aware min_cached_share must be in [0, 1], got {min_cached_share}")
+        self.min_cached_share = float(min_cached_share)
 
     def place(self, tables, topology, budget: Budget, profile=None) -> Placement:
         profile.check_tables(tables)
@@ -70,20 +78,27 @@ class CacheAware(Strategy):
         loads = [smoothed_load(profile.counts[t], self.smoothing) for t in range(len(tables))]
         mean_dpu = sum(float(l.sum()) for l in loads) / n
         thr = self.hot_threshold * mean_dpu
-        # hot candidates of every table, as (table, row, load, replicas)
+        # hot candidates of every table (its max_hot_rows hottest rows), hottest first over all tables
         cand_t, cand_r, cand_w = [], [], []
         for t, l in enumerate(loads):
             k = min(self.max_hot_rows, l.size)
             if k == 0:
                 continue
             top = np.argpartition(-l, k - 1)[:k] if k < l.size else np.arange(l.size)
-            top = top[l[top] > thr]
             cand_t.append(np.full(top.size, t, dtype=np.int64))
             cand_r.append(top.astype(np.int64))
             cand_w.append(l[top])
         hot_t = np.concatenate(cand_t) if cand_t else np.zeros(0, dtype=np.int64)
         hot_r = np.concatenate(cand_r) if cand_r else np.zeros(0, dtype=np.int64)
         hot_w = np.concatenate(cand_w) if cand_w else np.zeros(0)
+        order = np.argsort(-hot_w, kind="stable")
+        hot_t, hot_r, hot_w = hot_t[order], hot_r[order], hot_w[order]
+        # hot = above the threshold, plus the next hottest until min_cached_share of all lookups
+        total_load = sum(float(l.sum()) for l in loads)
+        share = np.cumsum(hot_w) / total_load if total_load > 0 else np.zeros(hot_w.size)
+        sel = (hot_w > thr) | (np.concatenate(([0.0], share[:-1])) < self.min_cached_share)
+        sel &= hot_w > 0
+        hot_t, hot_r, hot_w = hot_t[sel], hot_r[sel], hot_w[sel]
         max_log = int(np.floor(np.log2(n))) if n >= 2 else 0
         if n < 2 or hot_w.size == 0:
             hot_t, hot_r, hot_w = hot_t[:0], hot_r[:0], hot_w[:0]
@@ -93,9 +108,7 @@ class CacheAware(Strategy):
             log_r = np.clip(need, int(np.ceil(np.log2(self.min_replicas))), max_log)
         rbytes = np.array([row_bytes(s.dim) for s in tables], dtype=np.int64)
         cache_cap = int(self.cache_budget * budget.table_bytes)
-        # hottest first; keep rows while the per-DPU cache bytes (sum of row_bytes x R / n) fit
-        order = np.argsort(-hot_w, kind="stable")
-        hot_t, hot_r, hot_w, log_r = hot_t[order], hot_r[order], hot_w[order], log_r[order]
+        # hottest first (already sorted); keep rows while the per-DPU cache bytes (row_bytes x R / n) fit
 
         def per_dpu_bytes(lr):
             # worst DPU: replicas of a tier with R < n land on R of n DPUs; bound by ceil share
@@ -111,7 +124,9 @@ class CacheAware(Strategy):
                 if per_dpu_bytes(wider) > cache_cap:
                     break
                 log_r = wider
-        # cache groups: one per (table, replica tier)
+        # cache groups: per (table, replica tier R), the tier's rows dealt (snake order by load)
+        # into nr_dpus // R subgroups whose R replicas sit on distinct DPUs nr_dpus / R apart, the
+        # subgroups' start DPUs consecutive: every DPU holds about one replica per (table, tier)
         groups: list[RowGroup] = []
         shards: list[Shard] = []
         start_loads = np.zeros(n)
@@ -120,18 +135,25 @@ class CacheAware(Strategy):
         rot = 0
         tiers = sorted(set(zip(hot_t.tolist(), log_r.tolist())))
         for t, lr in tiers:
-            m = (hot_t == t) & (log_r == lr)
-            rows = np.sort(hot_r[m])
+            m = np.flatnonzero((hot_t == t) & (log_r == lr))  # hottest first
             R = 2 ** lr
-            gi = len(groups)
-            groups.append(RowGroup(table=t, rows=rows, kind="cache"))
-            dpus = (rot + (np.arange(R) * n) // R) % n
-            rot = (rot + max(1, n // (2 * R)) + 1) % n
-            for j, d in enumerate(dpus.tolist()):
-                shards.append(Shard(table=t, group=gi, replica=j, dpu=d, col_lo=0, col_hi=tables[t].dim))
-            start_loads[dpus] += float(hot_w[m].sum()) / R
-            cache_loads[t][dpus] += float(hot_w[m].sum()) / R
-            start_bytes[dpus] += rows.size * int(rbytes[t])
+            nsub = max(1, min(m.size, n // R))
+            k = np.arange(m.size)
+            lap, pos = np.divmod(k, nsub)
+            sub = np.where(lap % 2 == 0, pos, nsub - 1 - pos)
+            for j in range(nsub):
+                mj = m[sub == j]
+                rows = np.sort(hot_r[mj])
+                gi = len(groups)
+                groups.append(RowGroup(table=t, rows=rows, kind="cache"))
+                dpus = (rot + (np.arange(R) * n) // R) % n
+                rot = (rot + 1) % n
+                for r_i, d in enumerate(dpus.tolist()):
+                    shards.append(Shard(table=t, group=gi, replica=r_i, dpu=d, col_lo=0, col_hi=tables[t].dim))
+                w = float(hot_w[mj].sum()) / R
+                start_loads[dpus] += w
+                cache_loads[t][dpus] += w
+                start_bytes[dpus] += rows.size * int(rbytes[t])
         # base ranges: cached rows weigh nothing (their lookups go to the cache)
         base_loads = []
         for t, l in enumerate(loads):
@@ -153,7 +175,7 @@ class CacheAware(Strategy):
         total = sum(float(l.sum()) for l in loads)
         meta = {
             "hot_rows": int(hot_r.size),
-            "cache_groups": len(tiers),
+            "cache_groups": sum(1 for g in groups if g.kind == "cache"),
             "cached_load_share": float(hot_w.sum() / total) if total > 0 else 0.0,
             "replicas_min": int(2 ** log_r.min()) if log_r.size else 0,
             "replicas_max": int(2 ** log_r.max()) if log_r.size else 0,

@@ -86,10 +86,13 @@ def run(args) -> int:
             print(f"model {cfg.name} ({len(tables)} tables, {sum(t.rows for t in tables):,} rows), {args.dpus:,} DPUs, "
                   f"batch {args.batch_size:,}, pooling {args.pooling}, Zipf alpha {args.alpha}")
             print(format_reports(rows))
+        if rows and all(r.get("error") for r in rows):
+            print("updlrm partition: no strategy could place the model (see above)", file=sys.stderr)
+            return 1
         if args.save_plan:
             plan = make_plan(tables, topo, args.plan_strategy, profile=wl.profile)
             save_plan(plan, args.save_plan)
-            print(f"saved the {args.plan_strategy} plan to {args.save_plan}", file=sys.stderr)
+            print(f"saved the {args.plan_strategy} plan to {args.save_plan}")
     except PlanError as exc:
         print(f"updlrm partition: {exc}", file=sys.stderr)
         return 1
