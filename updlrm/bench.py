@@ -361,7 +361,8 @@ class _Runner:
             "latency_source": "measured" if backend != "pim" else pim_source,
             "host_wall_s": _percentiles(walls),
             "phases": {
-                name: {"p50_s": float(np.median(v)), "source": phase_sources[name]} for name, v in phase_values.items()
+                name: {"p50_s": float(np.median(v)), "min_s": float(np.min(v)), "source": phase_sources[name]}
+                for name, v in phase_values.items()
             },
         }
         if backend == "pim":
