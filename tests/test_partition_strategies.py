@@ -379,3 +379,35 @@ def test_emulator_replica_choice_never_changes_results():
     hot_lookups = int((idx[: 64 * 10] == 7).sum())
     assert counts[reps].min() > 0  # every replica served some of row 7
     assert counts.max() < hot_lookups  # no single DPU took the hot row's lookups
+
+
+@pytest.mark.parametrize("strategy", ALL)
+def test_engine_pim_equals_cpu_for_every_strategy(strategy):
+    """The engine runs every strategy's plan unchanged: pooled embeddings and probabilities of the
+    pim backend (emulator) equal the cpu backend's (torch EmbeddingBag) within the fp32 bound."""
+    _pim()
+    import updlrm
+    from updlrm.data.synthetic import TableWorkload, synthetic_trace
+
+    cfg = updlrm.configs.get("tiny")
+    model = updlrm.DLRM(cfg)
+    tables = list(cfg.tables)
+    wl = [TableWorkload(rows=t.rows, alpha=1.2, pooling_factor=8) for t in tables]
+    full = as_trace(synthetic_trace(wl, 256 + 64, seed=4), "tiny zipf")
+    prof = profile_trace(full.slice_samples(0, 256, "A"), tables)
+    evalt = full.slice_samples(256, 320, "B")
+    plan = make_plan(tables, Topology(nr_dpus=12), strategy, profile=prof)
+    from updlrm.batch import Batch
+
+    rng = np.random.default_rng(0)
+    batch = Batch(torch.from_numpy(rng.random((64, cfg.n_dense), dtype=np.float32)), torch.from_numpy(evalt.indices),
+                  torch.from_numpy(evalt.offsets))
+    cpu = updlrm.Engine(model, backend="cpu")
+    pim = updlrm.Engine(model, backend="pim", strategy=plan)
+    try:
+        np.testing.assert_allclose(pim.embed(batch).numpy(), cpu.embed(batch).numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(pim.predict(batch).numpy(), cpu.predict(batch).numpy(), rtol=1e-4, atol=1e-6)
+        assert pim.plan is plan
+    finally:
+        pim.close()
+        cpu.close()
