@@ -55,8 +55,9 @@ def run_server(settings: ServeSettings, loader: Callable[[ServeSettings], Loaded
 
     app = create_app(settings, loader, on_load_failure=on_load_failure,
                      stopping=lambda: server is not None and server.should_exit)
+    # proxy_headers off: the server trusts no forwarding proxy (and skips that middleware's cost)
     config = uvicorn.Config(app, log_level=log_level.lower(), access_log=False, lifespan="on",
-                            timeout_keep_alive=5, backlog=2048)
+                            timeout_keep_alive=5, backlog=2048, proxy_headers=False)
     server = uvicorn.Server(config)
     url_host = f"[{host}]" if ":" in host else host
     line = f"updlrm serve: listening on http://{url_host}:{port}"
