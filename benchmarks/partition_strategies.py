@@ -30,7 +30,6 @@ from updlrm.partition import Placement, RowGroup, Shard, Strategy, Topology, mak
 from updlrm.partition.cost import CostEstimator, SimpleLatency
 from updlrm.partition.lab import compare, format_reports, kaggle_tables, machine_info, zipf_workload
 from updlrm.partition.popularity import smoothed_load
-from updlrm.partition.types import row_bytes
 
 HERE = Path(__file__).resolve().parent
 

@@ -18,14 +18,14 @@ against them.
 from __future__ import annotations
 
 import heapq
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
 from .errors import PlanDoesNotFitError, fmt_bytes
-from .interfaces import Budget, Placement, Strategy
+from .interfaces import Placement, Strategy
 from .packing import column_bounds, even_bounds, lpt_assign
-from .types import RowGroup, Shard, TableSpec, Topology, row_bytes
+from .types import RowGroup, Shard, row_bytes
 
 
 class TableWise(Strategy):

@@ -24,7 +24,7 @@ from typing import Any, Optional, Protocol
 import numpy as np
 
 from .errors import PlanError
-from .profile import TraceArrays, as_trace
+from .profile import as_trace
 from .routing import Routed, Router
 from .types import Plan, Topology
 from .validate import per_dpu_table_bytes

@@ -24,7 +24,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
-from .cost import CostEstimator, PlanReport
+from .cost import CostEstimator
 from .errors import PlanError
 from .planner import make_plan, strategy_names
 from .profile import AccessProfile, TraceArrays, as_trace, profile_trace

@@ -12,7 +12,7 @@ Any object with ``indices``, ``offsets`` and ``batch_size`` (= S, e.g. ``updlrm.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import numpy as np

@@ -21,7 +21,8 @@ import numpy as np
 from .errors import PlanDoesNotFitError, PlanError, fmt_bytes
 from .interfaces import Placement, Strategy
 from .packing import column_bounds, even_bounds
-from .types import RowGroup, Shard, row_bytes
+from .types import Plan, RowGroup, Shard
+from .validate import shard_arrays
 
 
 def _tiles(tables, n, col_slices: int):
@@ -58,8 +59,7 @@ class TileUniform(Strategy):
         self._latency = latency
 
     def place(self, tables, topology, budget, profile=None) -> Placement:
-        from .cost import expected_cost
-        from .types import Plan
+        from .cost import expected_cost  # cost imports strategies' modules lazily; avoid a cycle
 
         n = topology.nr_dpus
         max_s = max(-(-s.dim // 2) for s in tables)
@@ -69,7 +69,6 @@ class TileUniform(Strategy):
             groups, shards = _tiles(tables, n, s)
             plan = Plan(list(tables), topology, groups, shards, request_bytes=budget.request_bytes,
                         output_bytes=budget.output_bytes)
-            from .validate import per_dpu_table_bytes, shard_arrays
             a = shard_arrays(plan)
             used = np.bincount(a["dpu"], weights=a["nbytes"], minlength=n)
             if used.max() > budget.table_bytes:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import pytest
-
 from updlrm.cli import main
 from updlrm.partition import TableSpec, Topology, load_plan, make_plan
 
