@@ -124,7 +124,11 @@ def _read(path_or_obj) -> object:
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises several types for a bad or unsafe pickle
-            raise CheckpointError(f"{path}: cannot read as a torch state dict ({exc})") from exc
+            raise CheckpointError(
+                f"{path}: cannot read as a torch state dict with weights_only=True ({exc}). Files that pickle "
+                "other objects (dlrm's checkpoints keep numpy scalars next to the weights) can be opened with "
+                "torch.load(path, weights_only=False) if you trust them; pass the resulting dict instead"
+            ) from exc
     return path_or_obj
 
 

@@ -205,7 +205,11 @@ def _field_words(buf: np.ndarray, ends: np.ndarray, length: np.ndarray) -> np.nd
     """The last ``length`` (<= 8) bytes before each end, left-filled with ASCII '0', as uint64."""
     words = _windows(buf)[ends - 8]
     part = np.flatnonzero(length != 8)  # full 8-byte fields (most Criteo ids) need no mask
-    if part.size:
+    if part.size * 4 > length.size:  # mostly short fields (integers): mask all, no gather/scatter
+        keep = _KEEP_LAST[length]
+        words &= keep
+        words |= _ASCII_ZEROS & ~keep
+    elif part.size:
         keep = _KEEP_LAST[length[part]]
         words[part] = (words[part] & keep) | (_ASCII_ZEROS & ~keep)
     return words

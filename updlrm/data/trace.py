@@ -357,11 +357,18 @@ def save_trace(trace: Trace, path: str | os.PathLike, meta: bool = True) -> Path
 
 
 def _load_tuple(path: Path):
-    raw = path.read_bytes()
-    if raw[:2] == _GZIP_MAGIC:
-        raw = gzip.decompress(raw)
+    """torch.load of a plain file (memory-mapped) or a gzip'd one (streamed, never holding both the
+    compressed and the decompressed bytes)."""
+    with open(path, "rb") as f:
+        magic = f.read(2)
     try:
-        return torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
+        if magic == _GZIP_MAGIC:
+            with gzip.open(path, "rb") as f:
+                return torch.load(f, weights_only=True, map_location="cpu")
+        try:
+            return torch.load(path, weights_only=True, map_location="cpu", mmap=True)
+        except RuntimeError:  # legacy (non-zip) torch files cannot be memory-mapped
+            return torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # torch raises several types for a bad pickle
         raise ValueError(f"{path}: not a torch-saved (indices, offsets, lengths) trace: {exc}") from exc
 
