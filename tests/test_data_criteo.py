@@ -237,3 +237,21 @@ def test_parallel_parsing_keeps_order_counts_and_reasons(tmp_path):
     got = limited.read_all()
     assert len(got) == 250 and limited.samples_read == 250
     np.testing.assert_array_equal(got.line_numbers, a.line_numbers[:250])
+
+
+def test_progress_bar_and_from_criteo_cli(criteo_file, tmp_path, capsys):
+    from updlrm.cli import main
+    from updlrm.data import load_trace
+
+    path, good = criteo_file
+    CriteoReader(path, "torchrec", table_rows=ROWS, progress=True).read_all()
+    assert path.name in capsys.readouterr().err  # tqdm bar labelled with the file
+    out = tmp_path / "criteo_trace.pt"
+    rc = main(["trace", "from-criteo", str(path), str(out), "--table-rows", ",".join(map(str, ROWS)), "--quiet"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "3 malformed" in text and "line 2:" in text
+    tr = load_trace(out)
+    _, _, sparse = _reference(good, "torchrec", rows=ROWS)
+    assert tr.batch_size == 3 and tr.table_rows == ROWS
+    np.testing.assert_array_equal(np.stack([tr.table(t)[0] for t in range(NUM_SPARSE)], axis=1), sparse)
