@@ -15,7 +15,11 @@ inline uint64_t request_bytes(uint64_t nr_bags, uint64_t nr_ids) { return 16u * 
 Packer::Packer(PlanSpec spec) : spec_(std::move(spec)) {
     size_t nr_shards = spec_.shard_dpu.size();
     cnt_.assign(nr_shards, 0);
-    cursor_.assign(nr_shards, 0);
+    cursor_.assign(nr_shards, nullptr);
+    first_.assign(nr_shards, 0);
+    one_shard_per_replica_ = true;
+    for (size_t r = 0; r + 1 < spec_.rep_shard_ptr.size(); r++)
+        if (spec_.rep_shard_ptr[r + 1] - spec_.rep_shard_ptr[r] != 1) one_shard_per_replica_ = false;
     new_bags_.assign(spec_.nr_dpus, 0);
     new_ids_.assign(spec_.nr_dpus, 0);
     new_out_.assign(spec_.nr_dpus, 0);
@@ -32,6 +36,13 @@ Packer::Packer(PlanSpec spec) : spec_(std::move(spec)) {
 // Counts, for lookups [a, e), the entries per shard of their chosen replicas.
 void Packer::count_range(uint32_t a, uint32_t e) {
     touched_shards_.clear();
+    if (one_shard_per_replica_) {  // rep_[i] is the shard itself
+        for (uint32_t i = a; i < e; i++) {
+            uint32_t s = rep_[i];
+            if (cnt_[s]++ == 0) touched_shards_.push_back(s);
+        }
+        return;
+    }
     for (uint32_t i = a; i < e; i++) {
         uint32_t r = rep_[i];
         for (uint32_t k = spec_.rep_shard_ptr[r]; k < spec_.rep_shard_ptr[r + 1]; k++) {
@@ -72,7 +83,7 @@ void Packer::commit(uint32_t a, uint32_t e, uint32_t sample) {
         bag.nr_lookups = cnt_[s];
         bag.first_lookup = static_cast<uint32_t>(st.ids.size());
         bag.out_offset = static_cast<uint32_t>(st.out_bytes);
-        cursor_[s] = bag.first_lookup;
+        first_[s] = bag.first_lookup;
         st.bags.push_back(bag);
         st.sample.push_back(sample);
         st.ids.resize(st.ids.size() + cnt_[s]);
@@ -80,11 +91,16 @@ void Packer::commit(uint32_t a, uint32_t e, uint32_t sample) {
         st.elements += uint64_t(cnt_[s]) * spec_.shard_ncols[s];
         nr_bags_++;
     }
-    for (uint32_t i = a; i < e; i++) {
-        uint32_t r = rep_[i];
-        for (uint32_t k = spec_.rep_shard_ptr[r]; k < spec_.rep_shard_ptr[r + 1]; k++) {
-            uint32_t s = spec_.rep_shards[k];
-            dpus_[spec_.shard_dpu[s]].ids[cursor_[s]++] = lrow_[i];
+    for (uint32_t s : touched_shards_) {  // write cursors, valid once every ids vector has grown
+        cursor_[s] = dpus_[spec_.shard_dpu[s]].ids.data() + first_[s];
+    }
+    if (one_shard_per_replica_) {
+        for (uint32_t i = a; i < e; i++) *cursor_[rep_[i]]++ = lrow_[i];
+    } else {
+        for (uint32_t i = a; i < e; i++) {
+            uint32_t r = rep_[i];
+            for (uint32_t k = spec_.rep_shard_ptr[r]; k < spec_.rep_shard_ptr[r + 1]; k++)
+                *cursor_[spec_.rep_shards[k]]++ = lrow_[i];
         }
     }
     for (uint32_t s : touched_shards_) cnt_[s] = 0;
@@ -212,7 +228,7 @@ std::string Packer::pack(const int32_t *grp, const uint32_t *lrow, const int64_t
                 }
             }
         }
-        rep_[i] = best;
+        rep_[i] = one_shard_per_replica_ ? spec_.rep_shards[spec_.rep_shard_ptr[best]] : best;
         for (uint32_t k = spec_.rep_shard_ptr[best]; k < spec_.rep_shard_ptr[best + 1]; k++)
             load_[spec_.shard_dpu[spec_.rep_shards[k]]]++;
     }

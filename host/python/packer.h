@@ -91,11 +91,13 @@ class Packer {
     PlanSpec spec_;
     // Per batch state.
     const uint32_t *lrow_ = nullptr;
-    std::vector<uint32_t> rep_;        // chosen replica per lookup
+    std::vector<uint32_t> rep_;        // chosen replica per lookup (its shard when one_shard_per_replica_)
     std::vector<uint64_t> load_;       // lookups assigned per DPU in this batch
     std::vector<DpuState> dpus_;       // current launch
     uint64_t nr_bags_ = 0;
-    std::vector<uint32_t> cnt_, cursor_;  // per shard scratch
+    std::vector<uint32_t> cnt_, first_;   // per shard scratch: entries and first id slot in this bag
+    std::vector<uint32_t *> cursor_;       // per shard: next id slot while committing
+    bool one_shard_per_replica_ = true;    // then rep_[i] holds the shard id, not the replica
     std::vector<uint32_t> touched_shards_, touched_dpus_;
     std::vector<uint64_t> new_bags_, new_ids_, new_out_;  // per DPU scratch (zero between calls)
     PackCounters *counters_ = nullptr;
