@@ -155,3 +155,18 @@ def test_to_batch_feeds_embedding_bag_like_the_reference():
         b_idx, b_off = batch.table(t)
         got = ref_bag(b_idx, b_off[: batch.batch_size])
         torch.testing.assert_close(got, ref)
+
+
+def test_partitioner_reads_a_trace_as_its_access_profile():
+    from updlrm.data import access_counts
+    from updlrm.partition import TableSpec
+    from updlrm.partition.profile import as_trace
+
+    tr = synthetic_trace(TableWorkload(rows=300, alpha=1.1, pooling="uniform", pooling_min=0, pooling_max=6), 50,
+                         seed=2, nr_tables=3)
+    arrays = as_trace(tr)
+    assert arrays.nr_tables == 3 and arrays.samples == 50
+    np.testing.assert_array_equal(arrays.indices, tr.indices)
+    ref = np.bincount(tr.indices[tr.offsets[50] : tr.offsets[100]], minlength=300)
+    np.testing.assert_array_equal(access_counts(tr, 1), ref)
+    assert [TableSpec(n, r, 16).rows for n, r in zip(tr.table_names, tr.table_rows)] == [300] * 3
