@@ -7,6 +7,7 @@ OUT=benchmarks/bench_results
 mkdir -p "$OUT"
 $PY benchmarks/bench_timing_validation.py --json "$OUT/timing_validation.json" | tee "$OUT/timing_validation.txt"
 for c in kaggle_small_tables kaggle_mid_tables kaggle_mid_fp32 dpu_count_sweep; do
+  mkdir -p "$OUT/$c"
   $PY -m updlrm.cli bench --config-file "benchmarks/bench_configs/$c.json" --quiet --out "$OUT/$c" | tee "$OUT/$c/table.txt"
 done
 $PY benchmarks/bench_fullscale_model.py --json "$OUT/fullscale_kaggle.json" | tee "$OUT/fullscale_kaggle.txt"
