@@ -378,3 +378,19 @@ def test_dma_counters_estimated_when_absent(model):
     assert k.dma_read_bytes.sum(axis=1).tolist() == pytest.approx([100 * 64 + 4160, 0])
     assert k.dma_write_bytes.sum(axis=1).tolist() == pytest.approx([640, 0])
     assert model.model_counters(Topology(nr_dpus=2), d).get("kernel").detail["measured_cycles_max"] == 0.0
+
+
+def test_tasklet_imbalance_hits_the_11_cycle_rule(model):
+    # the same DPU work on one tasklet instead of 16: one tasklet issues at most every 11 cycles
+    topo = Topology(nr_dpus=1)
+    balanced = synthetic_kernel_counters(1, 16, lookups_per_tasklet=100, elements_per_lookup=16, bags_per_tasklet=5)
+    skewed = synthetic_kernel_counters(1, 16, lookups_per_tasklet=100, elements_per_lookup=16, bags_per_tasklet=5)
+    lk = np.zeros((1, 16))
+    lk[0, 0] = 1600
+    skewed.lookups_per_tasklet = lk
+    skewed.bags_per_tasklet = None  # bags follow the lookup share
+    fixed = model.constants["kernel_fixed_cycles"]
+    b = model.kernel_cycles(balanced)["cycles"][0] - fixed
+    s = model.kernel_cycles(skewed)["cycles"][0] - fixed
+    assert s == pytest.approx(11 * b, rel=1e-6)
+    assert model.kernel_phase(topo, skewed).detail["limiter"].startswith("tasklet chain")

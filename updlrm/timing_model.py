@@ -134,8 +134,9 @@ class KernelCounters:
         elements: [D] elements accumulated per DPU (sum over lookups of the shard's columns).
         dma_read_ops, dma_read_bytes, dma_write_ops, dma_write_bytes: [D, T] per DPU per tasklet
             ``mram_read`` / ``mram_write`` calls and their bytes (request staging included).
-        lookups_per_tasklet, bags_per_tasklet: optional [D, T]; when absent the DPU's lookups
-            (bags) are split evenly over ``nr_tasklets`` (the kernel splits bags by load).
+        lookups_per_tasklet, bags_per_tasklet: optional [D, T]; without lookups_per_tasklet the
+            DPU's lookups are split evenly over ``nr_tasklets``; without bags_per_tasklet the bags
+            (and elements) follow each tasklet's share of the lookups.
         measured_cycles: optional [D, T] perfcounter cycles per tasklet (SDK builds only, shown
             next to the model for checking; never used by it).
     """
@@ -200,8 +201,8 @@ class KernelCounters:
         el = self.elements[:, None] * share
         if self.bags_per_tasklet is not None:
             bg = self.bags_per_tasklet[:, :nt]
-        else:
-            bg = np.broadcast_to(self.bags[:, None] / nt, (self.nr_dpus, nt))
+        else:  # the kernel hands out whole bags by lookup count: bags follow the lookup share
+            bg = self.bags[:, None] * share
         return lk, bg, el
 
 
