@@ -153,7 +153,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-gb", type=float, default=1.0)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--block-mib", type=float, default=1.0)
+    ap.add_argument("--block-mib", type=float, default=0.25)
     ap.add_argument("--baseline-mb", type=float, default=30.0)
     ap.add_argument("--workers", type=int, default=0, help="reader threads (0 = the reader's default)")
     ap.add_argument("--path", default="/tmp/updlrm_criteo_bench.txt")

@@ -20,7 +20,7 @@ newlines and tabs, check every line has the right number of fields, then decode 
 hex fields column-wise. A line with the wrong number of fields, a non-digit in an integer field, a
 non-hex character or an over-long field is *malformed*: it is skipped, counted, and reported with
 its 1-based line number and the reason (``reader.malformed``, ``reader.report()``); the run goes
-on. Memory is bounded by the block size (default 1 MiB of text per block), not the file size.
+on. Memory is bounded by the block size (default 256 KiB of text per block), not the file size.
 """
 
 from __future__ import annotations
@@ -390,11 +390,13 @@ class CriteoReader:
         vocabulary: dlrm dictionaries (:func:`build_vocabulary`); unknown raw ids map to row 0 and
             are counted in ``reader.oov_counts``.
         has_label: True (40 fields), False (39: Kaggle test.txt) or None (detect from line 1).
-        block_bytes: text bytes parsed per block (default 1 MiB; memory ~ 30x this per worker).
+        block_bytes: text bytes parsed per block (default 256 KiB: the working arrays then stay
+            cache-resident; 384 KiB and up measured ~2x slower per byte here).
         progress: show a tqdm bar (None: only when stderr is a terminal).
         max_samples: stop after this many good samples.
         keep_malformed: how many malformed-line reports to keep (all are counted).
-        workers: threads parsing blocks ahead (default min(2, cores)); 1 parses inline.
+        workers: threads parsing blocks ahead (default 1: parse inline, the most CPU-efficient;
+            2 overlaps gzip decompression with parsing on a multi-core machine).
     """
 
     def __init__(
@@ -406,7 +408,7 @@ class CriteoReader:
         max_ind_range: int | None = None,
         vocabulary: CriteoVocabulary | None = None,
         has_label: bool | None = None,
-        block_bytes: int = 1 << 20,
+        block_bytes: int = 256 << 10,
         progress: bool | None = None,
         max_samples: int | None = None,
         keep_malformed: int = 1000,
@@ -444,7 +446,7 @@ class CriteoReader:
         self.progress = progress
         self.max_samples = max_samples
         self.keep_malformed = keep_malformed
-        self.workers = int(workers) if workers is not None else min(2, os.cpu_count() or 1)
+        self.workers = int(workers) if workers is not None else 1
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self._reset_counters()
