@@ -37,11 +37,13 @@ POISON = 1234.5  # a dense value the fault-injecting server turns into a DpuFaul
 
 FAULTY_SERVER = textwrap.dedent(f"""
     import sys
+    import time
     from updlrm.errors import DpuFaultError
     from updlrm.serving.loader import ServeSettings, load_model
     from updlrm.serving.server import run_server
 
     def loader(settings):
+        time.sleep(2.0)  # a slow load (like DPUs being loaded): /healthz must say "loading" meanwhile
         model = load_model(settings)
         real = model.run_batch
         def run_batch(merged):
@@ -69,6 +71,13 @@ class ServerProcess:
         if not self._url_ready.wait(START_TIMEOUT_S) or self.url is None:
             self.kill()
             raise RuntimeError("server did not start:\n" + self.output)
+        self.early = None  # (healthz, predict) answers as soon as the port accepts connections
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while self.early is None and time.monotonic() < deadline:
+            try:
+                self.early = (httpx.get(self.url + "/healthz"), httpx.post(self.url + "/v1/predict", json={}))
+            except httpx.TransportError:
+                time.sleep(0.02)
         with Client(self.url) as c:
             c.wait_ready(timeout_s=START_TIMEOUT_S)
 
@@ -288,6 +297,13 @@ def test_engine_fault_fails_only_its_batch_and_is_counted(server, engine):
     assert metric(text, 'updlrm_errors_total{kind="engine_error:DpuFaultError"}') == before + 1
     assert metric(text, 'updlrm_batches_total{outcome="error"}') >= 1
     assert "DPU 7 faulted" in server.output  # logged
+
+
+def test_not_ready_until_loaded(server):
+    health, predict = server.early  # the fixture's server takes 2 s to load its model
+    assert health.status_code == 503 and health.json() == {"status": "loading"}
+    assert predict.status_code == 503 and predict.json()["error"]["kind"] == "not_ready"
+    assert int(predict.headers["retry-after"]) >= 1
 
 
 def test_health_model_metrics_and_openapi(server):
