@@ -167,3 +167,18 @@ def test_show_constants_lists_sources(tmp_path, capsys):
     p.write_text(json.dumps({"nope": 1}))
     assert cli_main(["bench", "--show-constants", "--timing-constants", str(p)]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_result_round_trips_through_json(bench_run, tmp_path):
+    from updlrm.bench import format_table, load_result, write_outputs
+
+    _, out, data = bench_run
+    result = load_result(out / "bench.json")
+    assert result.runs == data["runs"]
+    paths = write_outputs(result, tmp_path, plots=True)
+    assert json.loads(paths["json"].read_text())["runs"] == data["runs"]
+    assert "cpu" in format_table(result)
+    bad = tmp_path / "x.json"
+    bad.write_text("{}")
+    with pytest.raises(ValueError, match="not a bench.json"):
+        load_result(bad)

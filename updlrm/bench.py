@@ -53,7 +53,7 @@ import numpy as np
 from updlrm.errors import BackendUnavailableError
 
 __all__ = ["BenchConfig", "BenchResult", "BACKEND_NAMES", "run_bench", "write_outputs", "format_table",
-           "load_bench_config", "machine_info"]
+           "load_bench_config", "load_result", "machine_info"]
 
 #: Backend labels of the bench (``cuda`` on the command line means both cuda variants).
 BACKEND_NAMES = ("cpu", "cuda-hybrid", "cuda-gpu", "pim")
@@ -595,6 +595,17 @@ def write_outputs(result: BenchResult, out_dir: str | Path, plots: bool = True) 
     return paths
 
 
+def load_result(path: str | Path) -> BenchResult:
+    """A :class:`BenchResult` read back from a ``bench.json`` (e.g. to redraw its plots with
+    ``write_outputs``)."""
+    data = json.loads(Path(path).read_text())
+    try:
+        return BenchResult(BenchConfig(**data["config"]), data["machine"], data["model"],
+                           data["timing_constants"], data["runs"], data["backends"])
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{path} is not a bench.json written by updlrm bench: {exc}") from None
+
+
 def _plots(result: BenchResult, out: Path) -> dict[str, Path]:
     import matplotlib
 
@@ -627,23 +638,30 @@ def _plots(result: BenchResult, out: Path) -> dict[str, Path]:
     fig.savefig(paths["latency_plot"], dpi=110)
     plt.close(fig)
 
-    # stacked per-phase bars: one bar per (run label, batch size)
-    fig, ax = plt.subplots(figsize=(max(7, 0.5 * len(ok) + 2), 4.5))
+    # stacked per-phase bars, one bar per (run label, batch size): milliseconds on top, the share
+    # of each phase below (so that a run dominated by one phase still shows the others)
+    width = max(7, 0.5 * len(ok) + 2)
+    fig, (ax, ax_share) = plt.subplots(2, 1, figsize=(width, 7.5), sharex=True,
+                                       gridspec_kw={"height_ratios": [1, 1]})
     colors = dict(zip(CSV_PHASES, plt.cm.tab10.colors))
-    names = []
+    names: list[str] = []
     for i, r in enumerate(ok):
-        bottom = 0.0
-        for p in CSV_PHASES:
-            if p in r["phases"]:
-                v = r["phases"][p]["p50_s"] * 1e3
-                hatch = "//" if r["phases"][p]["source"] == "modeled" else None
-                ax.bar(i, v, bottom=bottom, color=colors[p], hatch=hatch, edgecolor="white",
-                       label=p if p not in names else None)
-                names.append(p)
-                bottom += v
-    ax.set_xticks(range(len(ok)))
-    ax.set_xticklabels([f"{_label(r)}\nB={r['batch_size']}" for r in ok], rotation=90, fontsize=6)
-    ax.set_ylabel("p50 per phase (ms); hatched = modeled")
+        present = [p for p in CSV_PHASES if p in r["phases"]]
+        total = sum(r["phases"][p]["p50_s"] for p in present) or 1.0
+        bottom = share_bottom = 0.0
+        for p in present:
+            v = r["phases"][p]["p50_s"]
+            hatch = "//" if r["phases"][p]["source"] == "modeled" else None
+            ax.bar(i, v * 1e3, bottom=bottom, color=colors[p], hatch=hatch, edgecolor="white",
+                   label=p if p not in names else None)
+            ax_share.bar(i, 100 * v / total, bottom=share_bottom, color=colors[p], hatch=hatch, edgecolor="white")
+            names.append(p)
+            bottom += v * 1e3
+            share_bottom += 100 * v / total
+    ax_share.set_xticks(range(len(ok)))
+    ax_share.set_xticklabels([f"{_label(r)}\nB={r['batch_size']}" for r in ok], rotation=90, fontsize=6)
+    ax.set_ylabel("p50 per phase (ms)")
+    ax_share.set_ylabel("share of the batch (%)")
     ax.legend(fontsize=7)
     ax.set_title("per-phase breakdown (hatched: modeled by the timing model; plain: measured)", fontsize=9)
     fig.tight_layout()
