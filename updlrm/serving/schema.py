@@ -226,8 +226,10 @@ class RequestValidator:
         indices = np.fromiter(chain.from_iterable(bags), dtype=np.int64, count=total)
         per_table = lengths.sum(axis=1)
         limit = np.repeat(self.table_rows, per_table)
-        bad = np.flatnonzero((indices < 0) | (indices >= limit))
-        if bad.size:
+        # one unsigned comparison catches both id < 0 (wraps to >= 2^63) and id >= rows
+        out_of_range = indices.view(np.uint64) >= limit.view(np.uint64)
+        if out_of_range.any():
+            bad = np.flatnonzero(out_of_range)
             k = int(bad[0])
             bag = int(np.searchsorted(np.cumsum(lengths.reshape(-1)), k, side="right"))
             t, i = divmod(bag, n)
