@@ -107,6 +107,15 @@ def test_rank_parallel_transfer_bandwidth_matches_prim(model, direction, publish
     assert 64 * length / seconds == pytest.approx(published, rel=0.10)
 
 
+@pytest.mark.parametrize("direction,published", [("to_dpu", 0.33e9), ("from_dpu", 0.12e9)])
+def test_single_dpu_transfer_bandwidth_matches_prim(model, direction, published):
+    # PrIM: serial transfers to / from one DPU: CPU->DPU ~0.33 GB/s, DPU->CPU ~0.12 GB/s.
+    topo = Topology(nr_dpus=1)
+    length = 32 << 20
+    seconds = float(model.transfer_seconds(topo, np.array([length]), direction)[0])
+    assert length / seconds == pytest.approx(published, rel=0.10)
+
+
 def test_system_wide_small_transfer_is_fixed_cost_dominated(model):
     # Third-party push_xfer measurement (2,048 DPUs / 32 ranks): 1 KB per DPU sends at ~3.5 GiB/s,
     # receives at ~1.8 GiB/s; 512 KB per DPU at ~22.6 / ~11.0 GiB/s.

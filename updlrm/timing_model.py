@@ -10,10 +10,11 @@ batch (each an :class:`updlrm.stats.Phase` with ``source="modeled"`` and the for
     For every system-wide push (``dpu_push_xfer``: one length, padded to the largest request,
     moved to every DPU of the set)::
 
-        t = fixed_per_rank * nr_ranks + max(L * max_dpus_in_a_rank / rank_bw,  L * nr_dpus / system_bw)
+        t = fixed_per_rank * nr_ranks + max(L * max(max_dpus_in_a_rank / rank_bw, 1 / dpu_bw),
+                                            L * nr_dpus / system_bw)
 
-    ranks move data in parallel at ``rank_bw`` each, all together at most ``system_bw`` (host
-    memory / channel cap); ``fixed_per_rank * nr_ranks`` is the software cost of one transfer.
+    ranks move data in parallel at ``rank_bw`` each (a DPU at most at ``dpu_bw``, its serial rate),
+    all together at most ``system_bw`` (host memory / channel cap); ``fixed_per_rank * nr_ranks`` is the software cost of one transfer.
 ``launch``
     ``launches * (launch_fixed + launch_per_rank * nr_ranks)`` (guessed constants).
 ``kernel``
@@ -87,6 +88,8 @@ CONSTANT_NAMES = (
     "launch_per_rank_s",
     "to_dpu_rank_bw_bytes_per_s",
     "from_dpu_rank_bw_bytes_per_s",
+    "to_dpu_single_dpu_bw_bytes_per_s",
+    "from_dpu_single_dpu_bw_bytes_per_s",
     "to_dpu_system_bw_bytes_per_s",
     "from_dpu_system_bw_bytes_per_s",
     "to_dpu_fixed_per_rank_s",
@@ -490,7 +493,8 @@ class TimingModel:
                 raise ValueError(f"TimingModel: constant {name!r} must be finite and >= 0, got {value!r}")
             self.constants[name] = v
         for name in ("dma_beta_cycles_per_byte", "issue_interval_cycles", "to_dpu_rank_bw_bytes_per_s",
-                     "from_dpu_rank_bw_bytes_per_s", "to_dpu_system_bw_bytes_per_s",
+                     "from_dpu_rank_bw_bytes_per_s", "to_dpu_single_dpu_bw_bytes_per_s",
+                     "from_dpu_single_dpu_bw_bytes_per_s", "to_dpu_system_bw_bytes_per_s",
                      "from_dpu_system_bw_bytes_per_s"):
             if self.constants[name] <= 0:
                 raise ValueError(f"TimingModel: constant {name!r} must be > 0, got {self.constants[name]}")
@@ -624,7 +628,10 @@ class TimingModel:
         c = self.constants
         lengths = np.asarray(lengths, dtype=np.float64)
         ranks = topology.rank_sizes
-        per_rank = lengths * max(ranks) / c[f"{direction}_rank_bw_bytes_per_s"]
+        # a rank of n DPUs moves at min(rank_bw, n * single_dpu_bw): the busiest rank's time
+        per_dpu_s_per_byte = max(max(ranks) / c[f"{direction}_rank_bw_bytes_per_s"],
+                                 1.0 / c[f"{direction}_single_dpu_bw_bytes_per_s"])
+        per_rank = lengths * per_dpu_s_per_byte
         system = lengths * topology.nr_dpus / c[f"{direction}_system_bw_bytes_per_s"]
         fixed = c[f"{direction}_fixed_per_rank_s"] * len(ranks)
         return np.where(lengths > 0, fixed + np.maximum(per_rank, system), 0.0)
