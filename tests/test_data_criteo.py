@@ -255,3 +255,21 @@ def test_progress_bar_and_from_criteo_cli(criteo_file, tmp_path, capsys):
     _, _, sparse = _reference(good, "torchrec", rows=ROWS)
     assert tr.batch_size == 3 and tr.table_rows == ROWS
     np.testing.assert_array_equal(np.stack([tr.table(t)[0] for t in range(NUM_SPARSE)], axis=1), sparse)
+
+
+def test_long_fields_and_limits(tmp_path):
+    dense_ok = [1234567890123456, -12345678901234567, 123456789012345678, 99999999, -100000000, 0, 7, 8, 9, 10, 11, 12, 13]
+    cats_ok = ["123456789abcdef", "FFFFFFFFF", "0123456789", "a"] + ["00000001"] * 22
+    good = _line(1, dense_ok, cats_ok)
+    too_long_dec = _line(0, [1234567890123456789] + [0] * 12, ["1"] * NUM_SPARSE)
+    too_long_hex = _line(0, [0] * NUM_DENSE, ["1234567890abcdef"] + ["1"] * 25)
+    path = tmp_path / "long.txt"
+    path.write_text("\n".join([good, too_long_dec, too_long_hex]) + "\n")
+    reader = CriteoReader(path, "dlrm", max_ind_range=1 << 62, progress=False)
+    chunk = reader.read_all()
+    assert len(chunk) == 1 and reader.malformed_count == 2
+    assert [m.line for m in reader.malformed] == [2, 3]
+    np.testing.assert_allclose(chunk.dense[0], np.log(np.maximum(np.array(dense_ok, np.float64), 0) + 1), rtol=1e-6)
+    np.testing.assert_array_equal(chunk.sparse[0, :4], [int(c, 16) for c in cats_ok[:4]])
+    raw = next(iter(reader.raw_blocks()))  # exact integers before the log
+    np.testing.assert_array_equal(raw.dense[0], dense_ok)

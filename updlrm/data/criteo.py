@@ -262,17 +262,20 @@ def _decode(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, hex_: bool) -
     else:
         neg = (length > 0) & (buf[starts] == _MINUS)
         ndig, limit, swar, lut = length - neg, _MAX_DEC_DIGITS, _swar_decimal, _DEC_LUT
-    short = ndig <= 8
-    if short.all():  # the common case: no gather/scatter
-        val, bad = swar(_field_words(buf, ends, ndig))
-    else:
-        val = np.zeros(length.size, dtype=np.int64)
-        bad = ndig > limit
-        s_idx = np.flatnonzero(short)
-        val[s_idx], bad[s_idx] = swar(_field_words(buf, ends[s_idx], ndig[s_idx]))
-        l_idx = np.flatnonzero(~short & ~bad)
-        if l_idx.size:
-            val[l_idx], bad[l_idx] = _long_fields(buf, ends[l_idx], ndig[l_idx], lut, 16 if hex_ else 10)
+    # Every field through the 8-byte SWAR path (fields longer than 8 get garbage there), then the
+    # rare long fields again digit by digit: no gather/scatter over the whole column.
+    val, bad = swar(_field_words(buf, ends, np.minimum(ndig, 8)))
+    long_idx = np.flatnonzero(ndig > 8)
+    if long_idx.size:  # 9..16 characters: the 8 before the last 8 are a second SWAR word
+        e, n = ends[long_idx], ndig[long_idx]
+        two = n <= 16
+        hi, hi_bad = swar(_field_words(buf, e - 8, np.clip(n - 8, 0, 8)))
+        scale = np.int64(1 << 32) if hex_ else np.int64(10**8)
+        val[long_idx] = np.where(two, hi * scale + val[long_idx], 0)
+        bad[long_idx] |= hi_bad | ~two | (n > limit)
+        rest = long_idx[~two & (n <= limit)]  # 17..18 decimal digits: digit by digit
+        if rest.size:
+            val[rest], bad[rest] = _long_fields(buf, ends[rest], ndig[rest], lut, 10)
     if not hex_:
         bad |= neg & (ndig == 0)  # a lone '-'
         val = np.where(neg, -val, val)
