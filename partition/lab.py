@@ -35,6 +35,9 @@ KAGGLE_ROWS = (1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683
                5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572)
 
 BASELINES = ("row_uniform", "table_wise", "column_wise")
+#: Options the lab uses unless told otherwise: table_wise splits a table larger than one DPU
+#: into the fewest row ranges that fit (else it cannot place Kaggle's big tables at all).
+LAB_OPTIONS = {"table_wise": {"split_oversized": True}}
 
 
 def kaggle_tables(row_scale: float = 1.0, dim: int = 16) -> list[TableSpec]:
@@ -71,19 +74,23 @@ def zipf_workload(tables: Sequence[TableSpec], alpha: float = 1.05, pooling: int
 
 def compare(tables: Sequence[TableSpec], topology: Topology, workload: Workload, batch_size: int,
             strategies: Optional[Sequence[str]] = None, estimator: Optional[CostEstimator] = None,
-            options: Optional[dict] = None, keep_plans: bool = False) -> list[dict]:
+            options: Optional[dict] = None, keep_plans: bool = False, progress=None) -> list[dict]:
     """Make a plan per strategy (profile from trace A), evaluate it on trace B; one row per strategy.
 
     A strategy that cannot place the model (e.g. column_wise with a table larger than a DPU) gets a
-    row with ``error`` set instead of metrics. ``options``: {strategy: {option: value}}.
+    row with ``error`` set instead of metrics. ``options``: {strategy: {option: value}} (default
+    :data:`LAB_OPTIONS`).
     Returns dicts (PlanReport fields + plan_seconds, eval_seconds, error, plan when keep_plans).
+    ``progress``: optional callable taking one line of text per strategy.
     """
     est = estimator or CostEstimator()
     names = list(strategies or strategy_names())
-    options = options or {}
+    options = LAB_OPTIONS if options is None else options
     rows = []
     for s in names:
         row: dict[str, Any] = {"strategy": s, "nr_dpus": topology.nr_dpus, "batch_size": batch_size}
+        if progress:
+            progress(f"{s}: planning on {topology.nr_dpus:,} DPUs and evaluating on {workload.eval_trace.name}")
         t0 = time.perf_counter()
         try:
             plan = make_plan(tables, topology, s, profile=workload.profile, **options.get(s, {}))
@@ -183,8 +190,8 @@ def write_csv(rows: Sequence[dict], path) -> None:
 
 
 def plot_sweep(rows: Sequence[dict], path_prefix) -> list[str]:
-    """Plots of imbalance and estimated latency per strategy vs DPU count (one panel per alpha,
-    for the first batch size) and vs alpha (at the largest DPU count). Returns the files written."""
+    """Plots of imbalance and of estimated latency per strategy vs DPU count: one panel per
+    (batch size, alpha). Returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -197,24 +204,26 @@ def plot_sweep(rows: Sequence[dict], path_prefix) -> list[str]:
     alphas = sorted(set(r["alpha"] for r in ok))
     bsz = sorted(set(r["batch_size"] for r in ok))
     files = []
-    for metric, label, logy in (("imbalance", "imbalance (max/mean lookups per DPU)", True),
-                                ("latency_us", "estimated batch latency (us)", True)):
-        fig, axes = plt.subplots(1, len(alphas), figsize=(4.2 * len(alphas), 3.6), squeeze=False)
-        for ax, a in zip(axes[0], alphas):
-            for s in strategies:
-                pts = sorted((r["nr_dpus"], r[metric]) for r in ok if r["strategy"] == s and r["alpha"] == a and r["batch_size"] == bsz[0])
-                if pts:
-                    ax.plot(*zip(*pts), marker="o", label=s)
-            ax.set_title(f"alpha={a}, batch={bsz[0]:,}")
-            ax.set_xlabel("DPUs")
-            ax.set_xscale("log", base=2)
-            if logy:
+    for metric, label in (("imbalance", "imbalance (max/mean lookups per DPU)"),
+                          ("latency_us", "estimated batch latency (us)")):
+        fig, axes = plt.subplots(len(bsz), len(alphas), figsize=(4.2 * len(alphas), 3.4 * len(bsz)), squeeze=False)
+        for i, b in enumerate(bsz):
+            for ax, a in zip(axes[i], alphas):
+                for s in strategies:
+                    pts = sorted((r["nr_dpus"], r[metric]) for r in ok
+                                 if r["strategy"] == s and r["alpha"] == a and r["batch_size"] == b)
+                    if pts:
+                        ax.plot(*zip(*pts), marker="o", label=s)
+                ax.set_title(f"alpha={a}, batch={b:,}", fontsize=9)
+                ax.set_xscale("log", base=2)
                 ax.set_yscale("log")
-        axes[0][0].set_ylabel(label)
+            axes[i][0].set_ylabel(label, fontsize=8)
+        for ax in axes[-1]:
+            ax.set_xlabel("DPUs")
         axes[0][-1].legend(fontsize=7)
         fig.tight_layout()
         f = f"{path_prefix}_{metric}.png"
-        fig.savefig(f, dpi=110)
+        fig.savefig(f, dpi=100)
         plt.close(fig)
         files.append(f)
     return files

@@ -76,10 +76,12 @@ def run(args) -> int:
             files = plot_sweep(rows, args.out)
             print(f"wrote {args.out}.csv ({len(rows)} rows)" + "".join(f", {f}" for f in files))
             return 0
+        print(f"drawing {args.profile_batches} + {args.eval_batches} batches of Zipf({args.alpha}) lookups", file=sys.stderr)
         wl = zipf_workload(tables, args.alpha, args.pooling, args.batch_size, args.profile_batches,
                            args.eval_batches, args.seed)
         topo = Topology(nr_dpus=args.dpus)
-        rows = compare(tables, topo, wl, args.batch_size, strategies, est)
+        rows = compare(tables, topo, wl, args.batch_size, strategies, est,
+                       progress=None if args.json else (lambda m: print(m, file=sys.stderr)))
         if args.json:
             print(json.dumps(rows, indent=1, default=str))
         else:
