@@ -317,29 +317,39 @@ def _parse_block(block: bytes, first_line: int, has_label: bool, keep_reasons: i
     tabs_before = np.searchsorted(tabs, line_start)  # tabs before each line
     ntabs = np.diff(np.append(tabs_before, tabs.size))
     good = ntabs == nfields - 1
-    g = np.flatnonzero(good)
+    if good.all():  # the common case: the tabs are already an [m, nfields-1] matrix
+        g = np.arange(n)
+        tab_mat = tabs.reshape(n, nfields - 1)
+    else:
+        g = np.flatnonzero(good)
+        tab_mat = tabs[tabs_before[g, None] + np.arange(nfields - 1)]  # [m, nfields-1]
     m = g.size
-    tab_mat = tabs[tabs_before[g, None] + np.arange(nfields - 1)]  # [m, nfields-1]
-    starts = np.empty((m, nfields), dtype=np.int64)
-    ends = np.empty((m, nfields), dtype=np.int64)
-    starts[:, 0] = line_start[g]
-    starts[:, 1:] = tab_mat + 1
-    ends[:, :-1] = tab_mat
-    ends[:, -1] = line_end[g]
     c0 = 1 if has_label else 0
-    bad_field = np.zeros((m, nfields), dtype=bool)
-    labels = None
+    # Field k of a line spans (sep[k-1] + 1, sep[k]) with sep[-1] = line start - 1, sep[last] = end.
+    line_end_g = line_end[g]
+    labels = lbad = None
     if has_label:
-        labels, bad_field[:, 0] = _decode_decimal(buf, starts[:, 0], ends[:, 0])
-    dsl = slice(c0, c0 + NUM_DENSE)
-    dense, dbad = _decode_decimal(buf, starts[:, dsl].reshape(-1), ends[:, dsl].reshape(-1))
-    bad_field[:, dsl] = dbad.reshape(m, NUM_DENSE)
-    csl = slice(c0 + NUM_DENSE, nfields)
-    cats, cbad = _decode_hex(buf, starts[:, csl].reshape(-1), ends[:, csl].reshape(-1))
-    bad_field[:, csl] = cbad.reshape(m, NUM_SPARSE)
+        labels, lbad = _decode_decimal(buf, line_start[g], tab_mat[:, 0])
+    if has_label:
+        d_starts, d_ends = tab_mat[:, 0:NUM_DENSE] + 1, tab_mat[:, 1 : NUM_DENSE + 1]
+    else:
+        d_starts = np.empty((m, NUM_DENSE), dtype=np.int64)
+        d_starts[:, 0] = line_start[g]
+        d_starts[:, 1:] = tab_mat[:, : NUM_DENSE - 1] + 1
+        d_ends = tab_mat[:, :NUM_DENSE]
+    dense, dbad = _decode_decimal(buf, d_starts.reshape(-1), np.ascontiguousarray(d_ends).reshape(-1))
+    c_starts = tab_mat[:, c0 + NUM_DENSE - 1 :] + 1  # [m, 26]
+    c_ends = np.empty((m, NUM_SPARSE), dtype=np.int64)
+    c_ends[:, :-1] = tab_mat[:, c0 + NUM_DENSE :]
+    c_ends[:, -1] = line_end_g
+    cats, cbad = _decode_hex(buf, c_starts.reshape(-1), c_ends.reshape(-1))
     dense = dense.reshape(m, NUM_DENSE)
     cats = cats.reshape(m, NUM_SPARSE)
-    bad_row = bad_field.any(axis=1)
+    dbad = dbad.reshape(m, NUM_DENSE)
+    cbad = cbad.reshape(m, NUM_SPARSE)
+    bad_row = dbad.any(axis=1) | cbad.any(axis=1)
+    if lbad is not None:
+        bad_row |= lbad
 
     # Malformed lines of both kinds, in file order; only the first keep_reasons get a reason text.
     wrong = np.flatnonzero(~good)
@@ -352,8 +362,11 @@ def _parse_block(block: bytes, first_line: int, has_label: bool, keep_reasons: i
             reason = "empty line" if line_end[i] == line_start[i] else f"{int(ntabs[i]) + 1} fields, expected {nfields}"
         else:
             r = int(np.searchsorted(g, i))
-            col = int(np.argmax(bad_field[r]))
-            text = bytes(buf[starts[r, col] : ends[r, col]][:24]).decode("latin-1")
+            row_bad = np.concatenate([[bool(lbad[r])] if lbad is not None else [], dbad[r], cbad[r]])
+            col = int(np.argmax(row_bad))
+            lo = line_start[i] if col == 0 else tab_mat[r, col - 1] + 1
+            hi = line_end_g[r] if col == nfields - 1 else tab_mat[r, col]
+            text = bytes(buf[lo:hi][:24]).decode("latin-1")
             kind = "hex id" if col >= c0 + NUM_DENSE else "integer"
             reason = f"field {col + 1} ({names[col]}) is not a valid {kind}: {text!r}"
         bad_lines.append(MalformedLine(first_line + i, reason))
