@@ -50,7 +50,13 @@ def machine_info() -> dict:
                     break
     except OSError:
         pass
-    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "python": platform.python_version(),
+    import importlib.util
+
+    import uvicorn
+
+    http = f"uvicorn {uvicorn.__version__} with " + " + ".join(
+        name if importlib.util.find_spec(name) else f"no {name}" for name in ("httptools", "uvloop"))
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "python": platform.python_version(), "http": http,
             "torch": torch.__version__, "platform": platform.platform(),
             "loadavg_1m_at_start": os.getloadavg()[0]}
 
@@ -262,7 +268,7 @@ def main(argv=None) -> int:
         res["args"] = vars(args)
         (out / f"serving_{backend}.json").write_text(json.dumps(res, indent=2))
         print_table(res, args)
-    print(f"\nmachine: {info['cpu']}, {info['logical_cpus']} logical CPUs, torch {info['torch']}, "
+    print(f"\nmachine: {info['cpu']}, {info['logical_cpus']} logical CPUs, torch {info['torch']}, {info['http']}, "
           f"load average at start {info['loadavg_1m_at_start']:.2f}")
     return 0
 

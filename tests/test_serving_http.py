@@ -319,6 +319,18 @@ def test_health_model_metrics_and_openapi(server):
     assert "Sample" in json.dumps(body_schema) and "Sample" in spec["components"]["schemas"]
 
 
+def test_model_that_fails_to_load_exits_1_with_the_reason(tmp_path):
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"not a checkpoint")
+    proc = subprocess.run([sys.executable, "-m", "updlrm.cli", "serve", "--model", str(bad), "--port", "0",
+                           "--log-level", "warning"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "loading the model failed" in proc.stderr and "broken.pt" in proc.stderr
+    unknown = subprocess.run([sys.executable, "-m", "updlrm.cli", "serve", "--model", "no-such-model"],
+                             capture_output=True, text=True, timeout=120)
+    assert unknown.returncode == 2 and "neither a file nor a named config" in unknown.stderr
+
+
 # -- overload -------------------------------------------------------------------------------------
 
 def test_overload_gives_quick_503_with_retry_after_and_server_recovers(engine):

@@ -356,3 +356,21 @@ def test_prometheus_text_exposition():
         c.inc(kind="a", extra="b")
     with pytest.raises(ValueError):
         c.inc(-1, kind="a")
+
+
+# -- load test arguments ---------------------------------------------------------------------------
+
+def test_loadtest_is_loopback_only_and_bounded_by_default():
+    from updlrm.serving.loadtest import is_loopback_host, run_loadtest
+
+    assert is_loopback_host("127.0.0.1") and is_loopback_host("::1") and is_loopback_host("localhost")
+    assert not is_loopback_host("10.1.2.3") and not is_loopback_host("8.8.8.8")
+    with pytest.raises(ValueError, match="non-loopback"):
+        run_loadtest("http://10.1.2.3:8000", requests=1)
+    for kwargs, what in (({"concurrency": 0}, "concurrency"), ({"concurrency": 5000}, "concurrency"),
+                         ({"requests": 0}, "requests"), ({"duration_s": 0}, "duration"),
+                         ({"duration_s": 1e6}, "duration")):
+        with pytest.raises(ValueError, match=what):
+            run_loadtest("http://127.0.0.1:9", **kwargs)
+    with pytest.raises(ValueError, match="http://HOST:PORT"):
+        run_loadtest("ftp://127.0.0.1:9")

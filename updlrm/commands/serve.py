@@ -43,6 +43,13 @@ def run(args) -> int:
         torch_threads=args.torch_threads, host=args.host, port=args.port)
     try:
         settings.check()
+        import os
+
+        from updlrm import configs
+
+        if not os.path.exists(settings.model) and settings.model not in configs.names():
+            raise ValueError(f"--model {settings.model!r} is neither a file nor a named config "
+                             f"({', '.join(configs.names())})")
     except ValueError as exc:
         print(f"updlrm serve: {exc}", file=sys.stderr)
         return 2
