@@ -69,10 +69,10 @@ _CHILD = r"""
 import json, sys, time
 from updlrm.configs import KAGGLE_ROWS
 from updlrm.data import CriteoReader
-path, block, workers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+path, block, read_ahead = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 t0, c0 = time.perf_counter(), time.process_time()
 r = CriteoReader(path, "torchrec", table_rows=KAGGLE_ROWS, block_bytes=block, progress=False,
-                 workers=workers or None)
+                 read_ahead=read_ahead == "on")
 n = 0
 checksum = 0
 for chunk in r:
@@ -80,7 +80,7 @@ for chunk in r:
     checksum ^= int(chunk.sparse[-1, 0])
 dt, cpu = time.perf_counter() - t0, time.process_time() - c0
 hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
-print(json.dumps({"seconds": dt, "cpu_seconds": cpu, "workers": r.workers, "bytes": r.bytes_read, "samples": n, "malformed": r.malformed_count,
+print(json.dumps({"seconds": dt, "cpu_seconds": cpu, "read_ahead": read_ahead, "bytes": r.bytes_read, "samples": n, "malformed": r.malformed_count,
                   "first_malformed": r.malformed[0].line if r.malformed else None,
                   "peak_rss_mib": int(hwm) / 1024}))
 """
@@ -155,7 +155,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--block-mib", type=float, default=0.25)
     ap.add_argument("--baseline-mb", type=float, default=30.0)
-    ap.add_argument("--workers", type=int, default=0, help="reader threads (0 = the reader's default)")
+    ap.add_argument("--read-ahead", choices=("on", "off"), default="off",
+                    help="background read/decompress thread (default off)")
     ap.add_argument("--path", default="/tmp/updlrm_criteo_bench.txt")
     ap.add_argument("--keep", action="store_true", help="keep the generated file")
     ap.add_argument("--out", default=None, help="write the Markdown result block here")
@@ -171,7 +172,7 @@ def main() -> int:
         runs = []
         for i in range(args.repeats):
             load = os.getloadavg()[0]
-            r = _run_child(_CHILD, path, block, args.workers)
+            r = _run_child(_CHILD, path, block, args.read_ahead)
             r["mb_s"] = r["bytes"] / r["seconds"] / 1e6
             r["cpu_mb_s"] = r["bytes"] / r["cpu_seconds"] / 1e6
             r["load"] = load
@@ -196,7 +197,7 @@ def main() -> int:
         f"| throughput, median of {len(runs)} runs | **{med:.1f} MB/s** (runs: {', '.join(f'{s:.1f}' for s in speeds)}) |",
         f"| bytes per CPU-second (process CPU time, all threads; median) | "
         f"{statistics.median(r['cpu_mb_s'] for r in runs):.1f} MB/s |",
-        f"| reader threads / machine load average before each run | {runs[0]['workers']} / "
+        f"| read-ahead thread / machine load average before each run | {runs[0]['read_ahead']} / "
         + ", ".join(f"{r['load']:.1f}" for r in runs) + " |",
         f"| samples per second (median) | {statistics.median(r['samples'] / r['seconds'] for r in runs):,.0f} |",
         f"| peak RSS of the reading process | {max(r['peak_rss_mib'] for r in runs):.0f} MiB "

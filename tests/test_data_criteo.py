@@ -209,7 +209,7 @@ def test_bad_arguments_are_named(tmp_path, criteo_file):
         CriteoReader(odd, "torchrec", table_rows=ROWS, progress=False).read_all()
 
 
-def test_parallel_parsing_keeps_order_counts_and_reasons(tmp_path):
+def test_read_ahead_thread_keeps_order_counts_and_reasons(tmp_path):
     rng = np.random.default_rng(5)
     lines = []
     for i in range(600):
@@ -220,8 +220,8 @@ def test_parallel_parsing_keeps_order_counts_and_reasons(tmp_path):
     path = tmp_path / "p.txt"
     path.write_text("\n".join(lines) + "\n")
     results = []
-    for workers in (1, 3):
-        r = CriteoReader(path, "dlrm", max_ind_range=10_000, block_bytes=1024, workers=workers, progress=False)
+    for read_ahead in (False, True):
+        r = CriteoReader(path, "dlrm", max_ind_range=10_000, block_bytes=1024, read_ahead=read_ahead, progress=False)
         chunk = r.read_all()
         results.append((chunk, r.malformed_count, [m.line for m in r.malformed]))
     (a, na, la), (b, nb, lb) = results
@@ -230,10 +230,10 @@ def test_parallel_parsing_keeps_order_counts_and_reasons(tmp_path):
     expected_bad = [i + 1 for i in range(600) if i % 97 == 13]
     assert na == nb == len(expected_bad) and la == lb == expected_bad
     assert len(a) == 600 - len(expected_bad)
-    few = CriteoReader(path, "dlrm", max_ind_range=10, keep_malformed=2, block_bytes=1024, workers=2, progress=False)
+    few = CriteoReader(path, "dlrm", max_ind_range=10, keep_malformed=2, block_bytes=1024, read_ahead=True, progress=False)
     assert len(few.read_all()) == 600 - len(expected_bad)
     assert few.malformed_count == len(expected_bad) and [m.line for m in few.malformed] == expected_bad[:2]
-    limited = CriteoReader(path, "dlrm", max_ind_range=10, max_samples=250, block_bytes=1024, workers=2, progress=False)
+    limited = CriteoReader(path, "dlrm", max_ind_range=10, max_samples=250, block_bytes=1024, read_ahead=True, progress=False)
     got = limited.read_all()
     assert len(got) == 250 and limited.samples_read == 250
     np.testing.assert_array_equal(got.line_numbers, a.line_numbers[:250])
