@@ -155,6 +155,8 @@ def test_to_batch_feeds_embedding_bag_like_the_reference():
         b_idx, b_off = batch.table(t)
         got = ref_bag(b_idx, b_off[: batch.batch_size])
         torch.testing.assert_close(got, ref)
+    back = Trace.from_batch(batch, table_rows=rows)
+    assert back == tr
 
 
 def test_partitioner_reads_a_trace_as_its_access_profile():

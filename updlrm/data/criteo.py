@@ -3,7 +3,7 @@
 Format (one sample a line, tab-separated): ``label, I1..I13, C1..C26`` - the label (0/1), 13
 integer features (may be empty or negative) and 26 categorical features (hex hashes such as
 ``68fd1e64``, may be empty). Kaggle's test.txt has no label (39 fields); the reader detects this
-from the first line unless ``has_label`` is given.
+from the first line with 39 or 40 fields unless ``has_label`` is given.
 
 Two preprocessing conventions (shared DLRM.md):
 
@@ -16,8 +16,9 @@ Two preprocessing conventions (shared DLRM.md):
   ``int(x or "0", 16) % table_rows[t]``. Needs ``table_rows``.
 
 Parsing is vectorised numpy over blocks of bytes (no Python loop over lines or fields): find the
-newlines and tabs, check every line has the right number of fields, then decode the decimal and
-hex fields column-wise. A line with the wrong number of fields, a non-digit in an integer field, a
+newlines and tabs, check every line has the right number of fields, then read every field of up
+to 8 characters as one uint64 and decode and validate it with SWAR arithmetic (9-16 characters:
+two words). A line with the wrong number of fields, a non-digit in an integer field, a
 non-hex character or an over-long field is *malformed*: it is skipped, counted, and reported with
 its 1-based line number and the reason (``reader.malformed``, ``reader.report()``); the run goes
 on. Memory is bounded by the block size (default 256 KiB of text per block), not the file size.

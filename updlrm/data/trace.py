@@ -87,7 +87,8 @@ class Trace:
     * ``trace.batches(n) -> Iterator[Trace]``: consecutive slices of ``n`` samples (the last may be
       shorter unless ``drop_last``); together they cover every lookup exactly once.
     * ``trace.select(tables)``: a trace of a subset of tables (by position or name).
-    * ``trace.to_batch(dense=None, n_dense=13)``: an :class:`updlrm.batch.Batch` for the engine.
+    * ``trace.to_batch(dense=None, n_dense=13)``: an :class:`updlrm.batch.Batch` for the engine;
+      ``Trace.from_batch(batch)`` and ``Trace.concat(traces)`` go the other way (record traffic).
 
     For the partitioner, the per-table access profile is ``np.bincount(trace.table(t)[0],
     minlength=trace.table_rows[t])`` (see :func:`updlrm.data.stats.access_counts`).
@@ -283,6 +284,13 @@ class Trace:
         return Trace(all_indices[pos], offsets, lens.shape[1], list(first.table_names), rows)
 
     # -- conversion -----------------------------------------------------------------------------
+    @classmethod
+    def from_batch(cls, batch, table_names=None, table_rows=None) -> "Trace":
+        """The sparse part of an :class:`updlrm.batch.Batch` (or anything with ``indices``,
+        ``offsets`` and ``batch_size``) as a trace, e.g. to record served traffic; concatenate
+        several with :meth:`concat`."""
+        return cls(batch.indices, batch.offsets, int(batch.batch_size), table_names, table_rows)
+
     def to_batch(self, dense=None, n_dense: int = 13, seed: int = 0):
         """This trace as an :class:`updlrm.batch.Batch` (the engine's input).
 
