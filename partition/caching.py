@@ -35,6 +35,10 @@ from .popularity import balanced_ranges, smoothed_load, table_ordered_ranges
 from .types import RowGroup, Shard, row_bytes
 
 
+#: (hot_threshold, min_cached_share) pairs tried by ``CacheAware(tune=True)``.
+TUNE_GRID = ((0.01, 0.3), (0.02, 0.3), (0.05, 0.0), (0.05, 0.3), (0.05, 0.6), (0.2, 0.3))
+
+
 class CacheAware(Strategy):
     """Hot-row caches + popularity-balanced base ranges (see module doc).
 
@@ -45,6 +49,10 @@ class CacheAware(Strategy):
     min_cached_share: also cache the next hottest rows until the cache takes at least this share of
     the profiled lookups (MRAM permitting): flexible traffic the packer uses to level one batch's
     random fluctuations when no single row is hot (low skew);
+    tune: choose hot_threshold and min_cached_share with the cost estimator instead: every pair of
+    :data:`TUNE_GRID` is placed and evaluated on two batches drawn from the profile itself
+    (:meth:`AccessProfile.sample_batch`, never the held-out trace); the lowest estimated latency
+    wins (candidates recorded in ``plan.meta["tuning"]``). Several times slower to plan.
     table_order: deal base ranges table by table (balanced after every table, for a packer that
     chooses replicas online in table-major order; default) instead of one global LPT.
     """
@@ -54,7 +62,8 @@ class CacheAware(Strategy):
 
     def __init__(self, hot_threshold: float = 0.05, cache_budget: float = 0.25, min_replicas: int = 2,
                  spread: bool = True, max_hot_rows: int = 65536, granularity: float = 4.0, smoothing: float = 0.1,
-                 table_order: bool = True, min_cached_share: float = 0.3):
+                 table_order: bool = True, min_cached_share: float = 0.3, tune: bool = False,
+                 tune_batch_size: int = 2048):
         if not hot_threshold > 0 or not 0 <= cache_budget <= 1 or min_replicas < 2 or max_hot_rows < 0:
             raise PlanError(
                 "cache_aware needs hot_threshold > 0, 0 <= cache_budget <= 1, min_replicas >= 2, max_hot_rows >= 0; "
@@ -71,9 +80,46 @@ class CacheAware(Strategy):
         if not 0 <= min_cached_share <= 1:
             raise PlanError(f"cache_aware min_cached_share must be in [0, 1], got {min_cached_share}")
         self.min_cached_share = float(min_cached_share)
+        self.tune = bool(tune)
+        self.tune_batch_size = int(tune_batch_size)
 
     def place(self, tables, topology, budget: Budget, profile=None) -> Placement:
         profile.check_tables(tables)
+        if self.tune:
+            return self._tuned(tables, topology, budget, profile)
+        return self._place(tables, topology, budget, profile)
+
+    def _tuned(self, tables, topology, budget, profile) -> Placement:
+        from .cost import CostEstimator
+        from .types import Plan
+        from .validate import assign_offsets
+
+        batches = [profile.sample_batch(self.tune_batch_size, seed=s) for s in (1, 2)]
+        est = CostEstimator()
+        best, tried = None, []
+        for thr, share in TUNE_GRID:
+            cand = CacheAware(hot_threshold=thr, cache_budget=self.cache_budget, min_replicas=self.min_replicas,
+                              spread=self.spread, max_hot_rows=self.max_hot_rows, granularity=self.granularity,
+                              smoothing=self.smoothing, table_order=self.table_order, min_cached_share=share)
+            try:
+                pl = cand._place(tables, topology, budget, profile)
+            except PlanError as exc:
+                tried.append({"hot_threshold": thr, "min_cached_share": share, "error": str(exc)})
+                continue
+            plan = Plan(list(tables), topology, pl.groups, pl.shards, request_bytes=budget.request_bytes,
+                        output_bytes=budget.output_bytes)
+            assign_offsets(plan)
+            lat = float(np.mean([est.batch_cost(plan, i, o, b).latency_us for i, o, b in batches]))
+            tried.append({"hot_threshold": thr, "min_cached_share": share, "latency_us": lat})
+            if best is None or lat < best[0]:
+                best = (lat, thr, share, pl)
+        if best is None:
+            raise PlanError(f"cache_aware tuning: no candidate could be placed: {tried[0]['error']}")
+        lat, thr, share, pl = best
+        pl.meta.update({"tuning": tried, "hot_threshold": thr, "min_cached_share": share})
+        return pl
+
+    def _place(self, tables, topology, budget: Budget, profile) -> Placement:
         n = topology.nr_dpus
         loads = [smoothed_load(profile.counts[t], self.smoothing) for t in range(len(tables))]
         mean_dpu = sum(float(l.sum()) for l in loads) / n

@@ -274,6 +274,35 @@ def test_profile_needed_and_shortfall_errors(workload):
         assert ei.value.shortfall_bytes == need - have
 
 
+def test_cache_aware_tuning_picks_estimators_best(workload):
+    from updlrm.partition.caching import TUNE_GRID
+
+    plan = make_plan(TABLES, Topology(nr_dpus=32), "cache_aware", profile=workload.profile, tune=True,
+                     tune_batch_size=64)
+    tried = plan.meta["tuning"]
+    assert [(c["hot_threshold"], c["min_cached_share"]) for c in tried] == list(TUNE_GRID)
+    best = min((c for c in tried if "latency_us" in c), key=lambda c: c["latency_us"])
+    assert (plan.meta["hot_threshold"], plan.meta["min_cached_share"]) == (best["hot_threshold"], best["min_cached_share"])
+    validate_plan(plan, TABLES)
+    # the tuning batches come from the profile, not from any trace: same profile -> same plan
+    again = make_plan(TABLES, Topology(nr_dpus=32), "cache_aware", profile=workload.profile, tune=True,
+                      tune_batch_size=64)
+    assert [vars(s) for s in again.shards] == [vars(s) for s in plan.shards]
+
+
+def test_profile_sample_batch_follows_counts(workload):
+    prof = workload.profile
+    idx, off, B = prof.sample_batch(4096, seed=1)
+    assert B == 4096 and len(off) == len(TABLES) * B + 1
+    for t, spec in enumerate(TABLES):
+        ids = idx[off[t * B]:off[(t + 1) * B]]
+        assert ids.min() >= 0 and ids.max() < spec.rows
+        assert set(np.unique(ids).tolist()) <= set(np.flatnonzero(prof.counts[t]).tolist())
+        p = prof.counts[t] / prof.counts[t].sum()
+        hot = int(np.argmax(p))
+        assert abs((ids == hot).mean() - p[hot]) < 0.05
+
+
 def test_tile_uniform_choice_is_estimators_best(workload):
     topo = Topology(nr_dpus=32)
     est = CostEstimator(SimpleLatency())
