@@ -159,9 +159,8 @@ def test_plan_for_another_model_is_rejected():
     fewer = make_plan(list(CFG.tables[:3]), Topology(nr_dpus=4), "row_uniform")
     with pytest.raises(PlanError, match="3 tables but the model has 4"):
         Engine(model, backend="pim", plan=fewer)
-    right = make_plan(list(CFG.tables), Topology(nr_dpus=4), "row_uniform")
-    with pytest.raises(PlanError, match="nr_dpus=8 but the given plan places the tables on 4 DPUs"):
-        Engine(model, backend="pim", plan=right, nr_dpus=8)
+    with pytest.raises(ValueError, match="either as strategy=Plan or as plan=Plan"):
+        Engine(model, backend="pim", strategy=fewer, plan=fewer)
 
 
 # -- the pim backend's plumbing, with a stand-in PimEmbedding (exact sums in NumPy) ----------------
@@ -279,6 +278,19 @@ def test_pim_batch_larger_than_request_buffer_is_cut_into_launches():
         assert engine.plan.request_bytes == 4096
         pooled = engine.embed(batch)
         assert engine.last_stats.counters["nr_launches"] > 1
+    assert torch.allclose(pooled.double(), reference_pooled(model, batch), atol=1e-5)
+
+
+def test_given_plan_brings_its_topology():
+    _pim_or_skip()
+    model = DLRM(CFG)
+    plan = make_plan(list(CFG.tables), Topology(nr_dpus=3, nr_tasklets=8), "row_uniform")
+    batch = random_batch(CFG, 16, pooling=4, seed=6)
+    # nr_dpus defaults to 64 in the contract's signature even with a Plan: the plan wins
+    with Engine(model, backend="pim", strategy=plan, nr_dpus=64) as engine:
+        assert engine.plan is plan and engine.plan.topology.nr_dpus == 3
+        assert engine.backend.pim.nr_tasklets == 8
+        pooled = engine.embed(batch)
     assert torch.allclose(pooled.double(), reference_pooled(model, batch), atol=1e-5)
 
 

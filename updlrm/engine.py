@@ -42,7 +42,8 @@ class Engine:
     Args:
         model: a :class:`updlrm.model.DLRM` (put in eval mode; its parameters are not changed).
         backend: "cpu" (torch EmbeddingBag), "cuda" (CPU-GPU hybrid; see ``cuda_mode``) or "pim".
-        nr_dpus: pim: DPUs to place the tables on (default 64; taken from the plan when one is given).
+        nr_dpus: pim: DPUs to place the tables on (default 64). With a Plan, the plan's topology
+            applies and ``nr_dpus`` / ``nr_tasklets`` are not used (see ``engine.plan.topology``).
         strategy: pim: a partitioning strategy name (``updlrm.partition.strategy_names()``) or a Plan.
         dtype: pim: "fp32" or "int32" (fixed point with a per-table scale; see ``max_bag_lookups``).
         device: pim: "emulator" (always there), "simulator" or "hw" (need the UPMEM SDK build).

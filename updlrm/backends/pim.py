@@ -27,7 +27,8 @@ DEFAULT_NR_TASKLETS = 16
 
 
 class PimBackend(Backend):
-    """Lookups on DPUs. Options: ``nr_dpus`` (default 64), ``strategy`` (a strategy name or a
+    """Lookups on DPUs. Options: ``nr_dpus`` (default 64; ignored when a Plan is given: the
+    plan's topology applies), ``strategy`` (a strategy name or a
     Plan), ``plan`` (a Plan; alternative to passing it as strategy), ``dtype`` ("fp32" or
     "int32" fixed point), ``device`` ("emulator", or "simulator"/"hw" with the SDK module),
     ``nr_tasklets`` (default 16), ``profile`` (access profile for popularity-aware strategies,
@@ -59,7 +60,7 @@ class PimBackend(Backend):
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
         if max_bag_lookups < 1:
             raise ValueError(f"max_bag_lookups must be >= 1, got {max_bag_lookups}")
-        from updlrm.partition import Plan, PlanError, Topology, make_plan, validate_plan
+        from updlrm.partition import Plan, Topology, make_plan, validate_plan
 
         if isinstance(strategy, Plan):
             if plan is not None:
@@ -77,14 +78,9 @@ class PimBackend(Backend):
         else:
             if not isinstance(plan, Plan):
                 raise TypeError(f"plan must be an updlrm.partition.Plan, got {type(plan).__name__}")
+            # nr_dpus / nr_tasklets only shape a plan built here: a given plan brings its own
+            # topology (as in the contract, where nr_dpus defaults to 64 even with a Plan).
             validate_plan(plan, tables)  # PlanError naming the table whose shape differs
-            topo = plan.topology
-            if nr_dpus is not None and int(nr_dpus) != topo.nr_dpus:
-                raise PlanError(f"nr_dpus={nr_dpus} but the given plan places the tables on {topo.nr_dpus} DPUs")
-            if nr_tasklets is not None and int(nr_tasklets) != topo.nr_tasklets:
-                raise PlanError(
-                    f"nr_tasklets={nr_tasklets} but the given plan's topology has {topo.nr_tasklets} tasklets"
-                )
         # The plan is checked first so that a wrong plan is reported as such.
         try:
             from updlrm.pim import PimEmbedding
