@@ -265,6 +265,9 @@ def test_pim_matches_cpu_within_dtype_bound(dtype, strategy, nr_dpus):
         # both paths deviate from the exact sums by at most `bound` (fp32 CPU sums included)
         p_bound = model.probability_error_bound(x, exact.float(), 2 * bound) + 1e-6
     assert bool(((p_pim.double() - p_cpu).abs() <= p_bound).all())
+    # and the engine fed exactly those pooled vectors to the model's interaction and top MLP
+    with torch.no_grad():
+        assert torch.allclose(p_pim, model.top(model.interact(x, pooled)), rtol=0, atol=1e-6)
     assert {p.name for p in stats.phases} >= {"pack", "cpu_to_dpu", "kernel", "dpu_to_cpu", "merge", "mlp"}
     assert stats.get("kernel").source in ("emulator-wall", "modeled")
 
