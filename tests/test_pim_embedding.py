@@ -325,3 +325,30 @@ def test_replicated_cache_plan_cut_into_launches(dtype):
             assert_fp32_close(got, weights, idx, offs, B)
         else:
             assert_int32_within_bound(pim, got, weights, idx, offs, B)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "int32"])
+def test_every_registered_strategy(dtype):
+    """Every strategy the partitioner registers (incl. popularity/cache-aware ones, fed an access
+    profile of a Zipf trace) gives plans the PIM backend serves exactly like EmbeddingBag."""
+    from updlrm.partition import strategy_names
+    from updlrm.partition.profile import TraceArrays, profile_trace
+
+    rng = np.random.default_rng(21)
+    rows, dims = [400, 90, 1200], [16, 16, 16]
+    tables = [TableSpec(f"t{t}", r, d) for t, (r, d) in enumerate(zip(rows, dims))]
+    weights = make_weights(rng, rows, dims)
+    B = 48
+    trace_idx, trace_offs = make_batch(rng, rows, 256, max_len=12, zipf=True)
+    profile = profile_trace(TraceArrays(trace_idx, trace_offs, 256), tables)
+    idx, offs = make_batch(rng, rows, B, max_len=12, zipf=True)
+    names = strategy_names()
+    assert {"table_wise", "row_uniform", "column_wise"} <= set(names)
+    for name in names:
+        plan = make_plan(tables, Topology(nr_dpus=8), name, profile)
+        with PimEmbedding(weights, plan, dtype=dtype) as pim:
+            got = pim.lookup_list(idx, offs, B)
+            if dtype == "fp32":
+                assert_fp32_close(got, weights, idx, offs, B)
+            else:
+                assert_int32_within_bound(pim, got, weights, idx, offs, B)
