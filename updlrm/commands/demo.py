@@ -40,6 +40,8 @@ PHASE_TITLES = {
     "merge": "merge partial sums",
     "mlp": "MLPs + interaction",
 }
+#: Strategies that need no access profile (the others get one from a held-out batch).
+BASELINE_STRATEGIES = ("row_uniform", "table_wise", "column_wise", "tile_uniform")
 #: Default table scale: Kaggle's 33.8M rows x 0.1 = 3.4M rows (206 MiB fp32, ~3.2 MiB per DPU on 64
 #: DPUs); the demo then takes ~12 s on 2 cores. --row-scale 1 (2 GiB) also fits 64 x 64 MiB.
 DEFAULT_ROW_SCALE = 0.1
@@ -151,7 +153,7 @@ def run(args) -> int:
     from updlrm import configs
     from updlrm.batch import random_batch
     from updlrm.engine import Engine
-    from updlrm.errors import BackendUnavailableError
+    from updlrm.errors import BackendUnavailableError, UpdlrmError
     from updlrm.model import DLRM
 
     torch.manual_seed(args.seed)
@@ -167,16 +169,29 @@ def run(args) -> int:
         random_batch(cfg, args.batch_size, pooling=args.pooling, alpha=args.alpha, seed=args.seed * 1000 + i)
         for i in range(args.batches)
     ]
+    profile = None
+    if args.strategy not in BASELINE_STRATEGIES:
+        # popularity-aware strategies get an access profile measured on a held-out batch
+        from updlrm.partition.profile import profile_trace
+
+        held_out = random_batch(cfg, 4 * args.batch_size, pooling=args.pooling, alpha=args.alpha, seed=args.seed + 777_777)
+        profile = profile_trace(held_out, cfg.tables, source=f"held-out random batch ({held_out.batch_size} samples)")
+        _progress(f"measured an access profile on a held-out batch of {held_out.batch_size} samples")
     cpu = Engine(model, backend="cpu")
     _progress(f"placing the tables on {args.dpus} emulated DPUs ({args.strategy}, {args.dtype}) and loading MRAM")
     t0 = time.perf_counter()
     try:
-        pim = Engine(model, backend="pim", nr_dpus=args.dpus, strategy=args.strategy, dtype=args.dtype)
+        pim = Engine(
+            model, backend="pim", nr_dpus=args.dpus, strategy=args.strategy, dtype=args.dtype, profile=profile
+        )
     except BackendUnavailableError as exc:
         print(f"updlrm demo: the pim backend cannot run here: {exc}", file=sys.stderr)
         return 2
     except ValueError as exc:  # PlanError, PlanDoesNotFitError, unknown strategy
         print(f"updlrm demo: cannot place the tables: {exc}", file=sys.stderr)
+        return 2
+    except UpdlrmError as exc:  # NativeError while loading the DPUs
+        print(f"updlrm demo: loading the tables into the DPUs failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     load_s = time.perf_counter() - t0
     _progress(f"tables loaded in {load_s:.1f} s")
@@ -220,6 +235,9 @@ def run(args) -> int:
             worst["prob_abs"] = max(worst["prob_abs"], float(p_diff.max()))
             worst["prob_bound"] = max(worst["prob_bound"], float(p_bound.min()))
             worst["prob_ratio"] = max(worst["prob_ratio"], float(p_diff[j] / p_bound[j]))
+    except UpdlrmError as exc:  # a DPU fault or a native error while serving a batch
+        print(f"updlrm demo: the pim backend failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     finally:
         pim.close()
         cpu.close()
@@ -310,12 +328,12 @@ def _print_report(r: dict) -> None:
     print()
     lps = r["lookups_per_s"]
     if lps["cpu_embed_measured"]:
-        print(f"{'cpu embedding lookups/s (torch EmbeddingBag, measured):':<62}{lps['cpu_embed_measured'] / 1e6:8.2f} M")
+        print(f"{'cpu embedding lookups/s (torch EmbeddingBag, measured):':<68}{lps['cpu_embed_measured'] / 1e6:8.2f} M")
     if lps["pim_emulated_end_to_end"]:
-        print(f"{'pim lookups/s on this machine (pack..merge incl. emulator):':<62}{lps['pim_emulated_end_to_end'] / 1e6:8.2f} M")
+        print(f"{'pim lookups/s on this machine (pack..merge incl. emulator):':<68}{lps['pim_emulated_end_to_end'] / 1e6:8.2f} M")
     if lps.get("pim_modeled_hardware"):
         label = f"pim lookups/s on {r['pim']['dpus']} real DPUs (pack/merge measured, rest modeled):"
-        print(f"{label:<62}{lps['pim_modeled_hardware'] / 1e6:8.2f} M")
+        print(f"{label:<68}{lps['pim_modeled_hardware'] / 1e6:8.2f} M")
     if r["modeled_note"]:
         print(f"modeled phases: not available ({r['modeled_note']})")
     c = r["counters_median"]
