@@ -297,6 +297,23 @@ def test_given_plan_brings_its_topology():
     assert torch.allclose(pooled.double(), reference_pooled(model, batch), atol=1e-5)
 
 
+def test_saved_plan_round_trip_serves_the_same(tmp_path):
+    _pim_or_skip()
+    from updlrm.partition import load_plan, save_plan
+
+    model = DLRM(CFG)
+    batch = random_batch(CFG, 20, pooling=6, seed=12)
+    save_plan(make_plan(list(CFG.tables), Topology(nr_dpus=5), "column_wise"), tmp_path / "plan.json")
+    with Engine(model, backend="pim", strategy=load_plan(tmp_path / "plan.json"), dtype="int32",
+                max_bag_lookups=64) as engine:
+        assert engine.plan.topology.nr_dpus == 5
+        pooled = engine.embed(batch)
+        bound = engine.pooled_error_bound(batch)
+        with pytest.raises(InvalidBatchError, match="exceeds max_bag_lookups=64"):
+            engine.embed(random_batch(CFG, 2, pooling=65, seed=1))
+    assert bool(((pooled.double() - reference_pooled(model, batch)).abs() <= bound).all())
+
+
 def test_pim_devices_without_sdk_are_unavailable():
     _pim_or_skip()
     import importlib.util
