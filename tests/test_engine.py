@@ -297,6 +297,35 @@ def test_given_plan_brings_its_topology():
     assert torch.allclose(pooled.double(), reference_pooled(model, batch), atol=1e-5)
 
 
+def test_dpu_fault_through_the_engine_then_next_batch_is_served():
+    _pim_or_skip()
+    from updlrm.errors import DpuFaultError
+
+    model = DLRM(CFG)
+    batch = random_batch(CFG, 16, pooling=5, seed=13)
+    with Engine(model, backend="pim", nr_dpus=4) as engine:
+        engine.predict(batch)
+        stats = engine.last_stats
+        mapper = engine.backend.pim._mapper  # the kernel+driver part's row mapper (internal)
+        real_map = mapper.map
+
+        def bad_map(*a):  # send one lookup past every shard: the kernel reports an error status
+            grp, lrow = real_map(*a)
+            lrow = lrow.copy()
+            lrow[3] = 10**6
+            return grp, lrow
+
+        mapper.map = bad_map
+        try:
+            with pytest.raises(DpuFaultError):
+                engine.predict(batch)
+        finally:
+            mapper.map = real_map
+        assert engine.last_stats is stats
+        probs, pooled = engine.predict_with_pooled(batch)
+    assert torch.allclose(pooled.double(), reference_pooled(model, batch), atol=1e-5)
+
+
 def test_saved_plan_round_trip_serves_the_same(tmp_path):
     _pim_or_skip()
     from updlrm.partition import load_plan, save_plan
