@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -87,6 +88,9 @@ class Runtime {
     ~Runtime() { close(); }
 
     void close() {
+        // Holding the GIL while waiting is safe: a running batch holds mu_ only while it has
+        // released the GIL, and gives mu_ back before taking the GIL again.
+        std::lock_guard<std::mutex> lock(mu_);
         if (drv_ != nullptr) {
             updlrm_driver_close(drv_);
             drv_ = nullptr;
@@ -123,8 +127,11 @@ class Runtime {
         const auto *dp = reinterpret_cast<const updlrm_shard *>(descs.data());
         {
             py::gil_scoped_release release;
-            code = updlrm_driver_write_shards(drv_, ptrs.data(), sizes.data(), dp, stride, &seconds, msg, sizeof(msg));
+            std::lock_guard<std::mutex> lock(mu_);
+            code = drv_ == nullptr ? -1
+                                   : updlrm_driver_write_shards(drv_, ptrs.data(), sizes.data(), dp, stride, &seconds, msg, sizeof(msg));
         }
+        if (code == -1) throw std::runtime_error("the DPU runtime is closed");
         if (code != UPDLRM_DRV_OK) throw std::runtime_error(std::string("writing shards: ") + msg);
         return seconds;
     }
@@ -177,7 +184,9 @@ class Runtime {
         }
         if (s.dtype == UPDLRM_DTYPE_INT32 && s.col_scale.size() != s.width)
             throw py::value_error("plan spec: col_scale must have one entry per result column");
-        packer_ = std::make_unique<Packer>(std::move(s));
+        auto packer = std::make_shared<Packer>(std::move(s));
+        std::lock_guard<std::mutex> lock(mu_);  // GIL held: see close()
+        packer_ = std::move(packer);
     }
 
     // grp int32 [N], lrow uint32 [N], offsets int64 [T*B+1], out float32 [B, W] (overwritten).
@@ -185,8 +194,9 @@ class Runtime {
                     py::array_t<int64_t, py::array::c_style> offsets, uint32_t batch_size,
                     py::array_t<float, py::array::c_style> out) {
         check_open();
-        if (!packer_) throw py::value_error("lookup: set_plan() was not called");
-        const PlanSpec &spec = packer_->spec();
+        std::shared_ptr<Packer> packer = packer_;  // copied under the GIL: set_plan may replace packer_
+        if (!packer) throw py::value_error("lookup: set_plan() was not called");
+        const PlanSpec &spec = packer->spec();
         if (static_cast<uint64_t>(offsets.size()) != uint64_t(spec.nr_tables) * batch_size + 1)
             throw py::value_error("lookup: offsets has " + std::to_string(offsets.size()) + " entries, expected T*B+1 = " +
                                   std::to_string(uint64_t(spec.nr_tables) * batch_size + 1));
@@ -215,10 +225,15 @@ class Runtime {
         size_t nr_launches = 0;
         {
             py::gil_scoped_release release;
+            std::lock_guard<std::mutex> lock(mu_);  // one batch at a time per DPU set
+            if (drv_ == nullptr) {
+                err_kind = "native";
+                err_msg = "the DPU runtime was closed";
+            } else {
             double t0 = now_s();
             std::vector<Launch> &launches = launches_;
             size_t nr_packed = 0;
-            std::string perr = packer_->pack(g, l, o, batch_size, launches, nr_packed, pc);
+            std::string perr = packer->pack(g, l, o, batch_size, launches, nr_packed, pc);
             pack_s = now_s() - t0;
             if (!perr.empty()) {
                 err_kind = "pack";
@@ -280,13 +295,14 @@ class Runtime {
                         tl_lookups.push_back(status[d].lookups[t]);
                     }
                 double m1 = now_s();
-                packer_->merge(L, output.data(), ostride, res, acc.empty() ? nullptr : acc.data());
+                packer->merge(L, output.data(), ostride, res, acc.empty() ? nullptr : acc.data());
                 merge_s += now_s() - m1;
             }
             if (err_kind.empty() && spec.dtype == UPDLRM_DTYPE_INT32) {
                 double m2 = now_s();
-                packer_->finish_int32(acc.data(), batch_size, res);
+                packer->finish_int32(acc.data(), batch_size, res);
                 merge_s += now_s() - m2;
+            }
             }
         }
         py::dict r;
@@ -339,10 +355,11 @@ class Runtime {
     void check_open() const {
         if (drv_ == nullptr) throw std::runtime_error("the DPU runtime is closed");
     }
+    std::mutex mu_;  // serializes batches, shard writes and close (the GIL is released meanwhile)
     updlrm_driver *drv_ = nullptr;
     uint32_t nr_dpus_ = 0;
     double open_seconds_ = 0;
-    std::unique_ptr<Packer> packer_;
+    std::shared_ptr<Packer> packer_;
     std::vector<Launch> launches_;  // reused between batches
     std::vector<uint8_t> output_;   // partial sums of one launch, [nr_dpus][largest output]
 };

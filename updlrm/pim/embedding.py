@@ -2,14 +2,16 @@
 
     pim = PimEmbedding(weights, plan, dtype="fp32", device="emulator")
     pooled = pim.lookup(indices, offsets, batch_size)   # float32 [B, T, D]
-    pim.last_stats                                      # BatchStats: phases + counters
+    pim.last_stats                                      # BatchStats of the latest batch (any thread)
     pim.close()
 
 A batch flows: :class:`~updlrm.pim.layout.RowMapper` maps every lookup to (row group, local row)
 with numpy; the native packer (``updlrm._native._emu``) picks a replica per lookup, builds each
 DPU's request and cuts the batch into launches when the plan's per-DPU ``request_bytes`` /
 ``output_bytes`` are too small; the host driver pushes, launches and gathers; the merger adds the
-partial sums into [B, W] (W = sum of table dims). The GIL is released for pack, launch and merge.
+partial sums into [B, W] (W = sum of table dims). The GIL is released for pack, launch and merge;
+batches from several threads run one at a time on the DPU set (a mutex in the native runtime), and
+``last_stats`` belongs to whichever batch finished last.
 
 Element types:
 
