@@ -28,6 +28,7 @@ from updlrm.batch import Batch
 from updlrm.client import AsyncClient, Client, ServerError, samples_from_batch
 from updlrm.engine import Engine
 from updlrm.model import DLRM
+from updlrm.partition import Topology, make_plan, save_plan
 from updlrm.serving.loadtest import run_loadtest_async
 
 START_TIMEOUT_S = 90
@@ -78,8 +79,13 @@ class ServerProcess:
                 self.early = (httpx.get(self.url + "/healthz"), httpx.post(self.url + "/v1/predict", json={}))
             except httpx.TransportError:
                 time.sleep(0.02)
-        with Client(self.url) as c:
-            c.wait_ready(timeout_s=START_TIMEOUT_S)
+        try:
+            with Client(self.url) as c:
+                c.wait_ready(timeout_s=START_TIMEOUT_S)
+        except ServerError as exc:
+            self.kill()
+            raise RuntimeError(f"server did not get ready ({exc}); early answers "
+                               f"{[r.text for r in self.early or ()]}; output:\n{self.output}") from None
 
     def _read(self) -> None:
         for line in self.proc.stdout:
@@ -205,9 +211,11 @@ def test_client_helpers_round_trip(server, engine):
     assert [(t["name"], t["rows"], t["dim"]) for t in info["tables"]] == [(t.name, t.rows, t.dim) for t in CONFIG.tables]
 
 
-def test_pim_backend_serves_the_same_predictions_with_modeled_dpu_phases(engine):
-    srv = serve_cli("--model", "tiny", "--backend", "pim", "--nr-dpus", "8", "--max-batch", "32",
-                    "--max-wait-ms", "5")
+def test_pim_backend_with_a_plan_file_serves_the_same_predictions_with_modeled_dpu_phases(engine, tmp_path):
+    plan = make_plan(list(CONFIG.tables), Topology(nr_dpus=6), strategy="table_wise")
+    save_plan(plan, tmp_path / "plan.json")
+    srv = serve_cli("--model", "tiny", "--backend", "pim", "--plan", str(tmp_path / "plan.json"),
+                    "--max-batch", "32", "--max-wait-ms", "5")
     try:
         batch, samples = random_inputs(64, seed=17)
         expected = engine.predict(batch).numpy()  # cpu reference; fp32 PIM sums differ only by rounding
@@ -221,7 +229,8 @@ def test_pim_backend_serves_the_same_predictions_with_modeled_dpu_phases(engine)
         with Client(srv.url) as c:
             info = c.model()
             text = c.metrics()
-        assert info["backend"] == "pim" and info["plan"]["nr_dpus"] == 8 and info["plan"]["dpus_used"] >= 1
+        assert info["backend"] == "pim" and info["plan"]["strategy"] == "table_wise"
+        assert info["plan"]["nr_dpus"] == 6 and info["plan"]["nr_shards"] == len(plan.shards)
         assert re.search(r'updlrm_phase_seconds_count\{phase="kernel",source="emulator-wall"\} \d+', text)
         assert re.search(r'updlrm_phase_seconds_count\{phase="kernel",source="modeled"\} \d+', text)
     finally:
