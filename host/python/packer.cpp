@@ -20,6 +20,13 @@ Packer::Packer(PlanSpec spec) : spec_(std::move(spec)) {
     one_shard_per_replica_ = true;
     for (size_t r = 0; r + 1 < spec_.rep_shard_ptr.size(); r++)
         if (spec_.rep_shard_ptr[r + 1] - spec_.rep_shard_ptr[r] != 1) one_shard_per_replica_ = false;
+    direct_ = one_shard_per_replica_;
+    size_t nr_groups = spec_.group_rep_ptr.empty() ? 0 : spec_.group_rep_ptr.size() - 1;
+    group_shard_.assign(nr_groups, 0);
+    for (size_t g = 0; g < nr_groups; g++) {
+        if (spec_.group_rep_ptr[g + 1] - spec_.group_rep_ptr[g] != 1) direct_ = false;
+        else if (one_shard_per_replica_) group_shard_[g] = spec_.rep_shards[spec_.rep_shard_ptr[spec_.group_rep_ptr[g]]];
+    }
     new_bags_.assign(spec_.nr_dpus, 0);
     new_ids_.assign(spec_.nr_dpus, 0);
     new_out_.assign(spec_.nr_dpus, 0);
@@ -36,6 +43,13 @@ Packer::Packer(PlanSpec spec) : spec_(std::move(spec)) {
 // Counts, for lookups [a, e), the entries per shard of their chosen replicas.
 void Packer::count_range(uint32_t a, uint32_t e) {
     touched_shards_.clear();
+    if (direct_) {  // one replica of one shard per group: the shard follows from the group
+        for (uint32_t i = a; i < e; i++) {
+            uint32_t s = group_shard_[grp_[i]];
+            if (cnt_[s]++ == 0) touched_shards_.push_back(s);
+        }
+        return;
+    }
     if (one_shard_per_replica_) {  // rep_[i] is the shard itself
         for (uint32_t i = a; i < e; i++) {
             uint32_t s = rep_[i];
@@ -94,7 +108,9 @@ void Packer::commit(uint32_t a, uint32_t e, uint32_t sample) {
     for (uint32_t s : touched_shards_) {  // write cursors, valid once every ids vector has grown
         cursor_[s] = dpus_[spec_.shard_dpu[s]].ids.data() + first_[s];
     }
-    if (one_shard_per_replica_) {
+    if (direct_) {
+        for (uint32_t i = a; i < e; i++) *cursor_[group_shard_[grp_[i]]]++ = lrow_[i];
+    } else if (one_shard_per_replica_) {
         for (uint32_t i = a; i < e; i++) *cursor_[rep_[i]]++ = lrow_[i];
     } else {
         for (uint32_t i = a; i < e; i++) {
@@ -197,7 +213,7 @@ std::string Packer::pack(const int32_t *grp, const uint32_t *lrow, const int64_t
     counters = PackCounters();
     counters_ = &counters;
     lrow_ = lrow;
-    rep_.resize(nr_lookups);
+    if (!direct_) rep_.resize(nr_lookups);
     load_.assign(n, 0);
     for (auto &st : dpus_) {
         st.bags.clear();
@@ -208,8 +224,18 @@ std::string Packer::pack(const int32_t *grp, const uint32_t *lrow, const int64_t
     }
     nr_bags_ = 0;
 
+    grp_ = grp;
+    if (direct_) {  // nothing to choose: check the groups and count entries per DPU
+        for (uint64_t i = 0; i < nr_lookups; i++) {
+            int32_t g = grp[i];
+            if (g < 0 || static_cast<uint32_t>(g) >= nr_groups)
+                return "lookup " + std::to_string(i) + " maps to row group " + std::to_string(g) + ", allowed 0.." +
+                       std::to_string(nr_groups - 1);
+            load_[spec_.shard_dpu[group_shard_[g]]]++;
+        }
+    }
     // Replica choice, in lookup order: least-loaded (by lookups so far) DPU among the replicas.
-    for (uint64_t i = 0; i < nr_lookups; i++) {
+    for (uint64_t i = 0; i < (direct_ ? 0 : nr_lookups); i++) {
         int32_t g = grp[i];
         if (g < 0 || static_cast<uint32_t>(g) >= nr_groups)
             return "lookup " + std::to_string(i) + " maps to row group " + std::to_string(g) + ", allowed 0.." +

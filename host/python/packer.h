@@ -98,6 +98,9 @@ class Packer {
     std::vector<uint32_t> cnt_, first_;   // per shard scratch: entries and first id slot in this bag
     std::vector<uint32_t *> cursor_;       // per shard: next id slot while committing
     bool one_shard_per_replica_ = true;    // then rep_[i] holds the shard id, not the replica
+    bool direct_ = true;                   // + one replica per group: shard = group_shard_[grp[i]]
+    std::vector<uint32_t> group_shard_;    // per group (direct_ only)
+    const int32_t *grp_ = nullptr;
     std::vector<uint32_t> touched_shards_, touched_dpus_;
     std::vector<uint64_t> new_bags_, new_ids_, new_out_;  // per DPU scratch (zero between calls)
     PackCounters *counters_ = nullptr;
