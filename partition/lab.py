@@ -150,11 +150,12 @@ def machine_info() -> dict:
 
 def sweep(tables_fn, dpus: Iterable[int], alphas: Iterable[float], batch_sizes: Iterable[int],
           strategies: Optional[Sequence[str]] = None, pooling: int = 20, profile_batches: int = 4,
-          eval_batches: int = 1, seed: int = 0, estimator: Optional[CostEstimator] = None, progress=None) -> list[dict]:
+          eval_batches: int = 1, seed: int = 0, estimator: Optional[CostEstimator] = None, options: Optional[dict] = None,
+          progress=None) -> list[dict]:
     """Compare strategies over a grid of DPU counts x Zipf alphas x batch sizes.
 
     tables_fn() -> the model's tables. One workload per (alpha, batch size), reused for every DPU
-    count. Returns the :func:`compare` rows with ``alpha`` added.
+    count. ``options`` as in :func:`compare`. Returns the :func:`compare` rows with ``alpha`` added.
     """
     tables = tables_fn()
     est = estimator or CostEstimator()
@@ -163,7 +164,7 @@ def sweep(tables_fn, dpus: Iterable[int], alphas: Iterable[float], batch_sizes: 
         for b in batch_sizes:
             wl = zipf_workload(tables, alpha, pooling, b, profile_batches, eval_batches, seed)
             for n in dpus:
-                rows = compare(tables, Topology(nr_dpus=int(n)), wl, b, strategies, est)
+                rows = compare(tables, Topology(nr_dpus=int(n)), wl, b, strategies, est, options)
                 for r in rows:
                     r["alpha"] = alpha
                     r["pooling"] = pooling

@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import pytest
+
 from updlrm.cli import main
 from updlrm.partition import TableSpec, Topology, load_plan, make_plan
 
@@ -31,6 +33,25 @@ def test_cli_compare_and_save_plan(tmp_path, capsys):
     plan = load_plan(f)
     assert plan.strategy == "cache_aware" and plan.topology.nr_dpus == 32
     assert any(g.kind == "cache" for g in plan.groups)
+
+
+def test_cli_strategy_options(tmp_path, capsys):
+    f = tmp_path / "p.json"
+    rc = main(["partition", "--row-scale", "0.0005", "--dpus", "16", "--batch-size", "64", "--profile-batches", "2",
+               "--eval-batches", "1", "--latency", "simple", "--strategies", "table_wise,cache_aware",
+               "--set", "cache_aware.hot_threshold=0.5", "--set", "table_wise.split_oversized=false", "--json",
+               "--save-plan", str(f)])
+    assert rc == 0
+    import json
+
+    rows = json.loads(capsys.readouterr().out.split("saved the")[0])
+    assert [r["strategy"] for r in rows] == ["table_wise", "cache_aware"]
+    assert load_plan(f).meta["strategy_options"]["hot_threshold"] == 0.5
+    with pytest.raises(SystemExit):
+        main(["partition", "--set", "nonsense"])
+    rc = main(["partition", "--row-scale", "0.0005", "--dpus", "16", "--batch-size", "64", "--profile-batches", "1",
+               "--eval-batches", "1", "--strategies", "cache_aware", "--set", "cache_aware.bogus=1"])
+    assert rc == 1 and "has no option 'bogus'" in capsys.readouterr().out
 
 
 def test_cli_sweep_writes_csv_and_plots(tmp_path, capsys):

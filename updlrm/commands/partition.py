@@ -8,6 +8,7 @@ alphas and batch sizes into a CSV and plots; ``--save-plan FILE`` writes one str
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -18,6 +19,24 @@ def _floats(s: str) -> list[float]:
 
 def _ints(s: str) -> list[int]:
     return [int(x) for x in s.split(",") if x]
+
+
+def _option(s: str) -> tuple[str, str, object]:
+    """``strategy.name=value`` -> (strategy, name, value); value parsed as int, float, bool or str."""
+    try:
+        key, raw = s.split("=", 1)
+        strategy, name = key.split(".", 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected STRATEGY.OPTION=VALUE (e.g. cache_aware.tune=true), got {s!r}")
+    low = raw.lower()
+    if low in ("true", "false"):
+        return strategy, name, low == "true"
+    for conv in (int, float):
+        try:
+            return strategy, name, conv(raw)
+        except ValueError:
+            pass
+    return strategy, name, raw
 
 
 def add_parser(subparsers) -> None:
@@ -42,6 +61,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--strategies", default=None, help="comma-separated strategies (default: all registered)")
     p.add_argument("--latency", choices=["timing-model", "simple"], default="timing-model",
                    help="latency model: updlrm.timing_model (default) or lookups x row bytes")
+    p.add_argument("--set", dest="options", type=_option, action="append", default=[], metavar="STRATEGY.OPTION=VALUE",
+                   help="a strategy option, repeatable (e.g. --set cache_aware.tune=true --set cache_aware.hot_threshold=0.02)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.add_argument("--save-plan", metavar="FILE", help="save the plan of --plan-strategy to FILE (JSON, + .rows.npz)")
     p.add_argument("--plan-strategy", default="cache_aware", help="strategy whose plan --save-plan writes (default cache_aware)")
@@ -67,11 +88,16 @@ def run(args) -> int:
     tables = list(cfg.tables)
     est = CostEstimator(SimpleLatency() if args.latency == "simple" else None)
     strategies = args.strategies.split(",") if args.strategies else None
+    from updlrm.partition.lab import LAB_OPTIONS
+
+    options = {k: dict(v) for k, v in LAB_OPTIONS.items()}
+    for strat, name, value in args.options:
+        options.setdefault(strat, {})[name] = value
     try:
         if args.sweep:
             rows = sweep(lambda: tables, args.sweep_dpus, args.sweep_alphas, args.sweep_batch_sizes, strategies,
                          pooling=args.pooling, profile_batches=args.profile_batches, eval_batches=args.eval_batches,
-                         seed=args.seed, estimator=est, progress=lambda m: print(m, file=sys.stderr))
+                         seed=args.seed, estimator=est, options=options, progress=lambda m: print(m, file=sys.stderr))
             write_csv(rows, f"{args.out}.csv")
             files = plot_sweep(rows, args.out)
             print(f"wrote {args.out}.csv ({len(rows)} rows)" + "".join(f", {f}" for f in files))
@@ -80,7 +106,7 @@ def run(args) -> int:
         wl = zipf_workload(tables, args.alpha, args.pooling, args.batch_size, args.profile_batches,
                            args.eval_batches, args.seed)
         topo = Topology(nr_dpus=args.dpus)
-        rows = compare(tables, topo, wl, args.batch_size, strategies, est,
+        rows = compare(tables, topo, wl, args.batch_size, strategies, est, options,
                        progress=None if args.json else (lambda m: print(m, file=sys.stderr)))
         if args.json:
             print(json.dumps(rows, indent=1, default=str))
@@ -92,7 +118,7 @@ def run(args) -> int:
             print("updlrm partition: no strategy could place the model (see above)", file=sys.stderr)
             return 1
         if args.save_plan:
-            plan = make_plan(tables, topo, args.plan_strategy, profile=wl.profile)
+            plan = make_plan(tables, topo, args.plan_strategy, profile=wl.profile, **options.get(args.plan_strategy, {}))
             save_plan(plan, args.save_plan)
             print(f"saved the {args.plan_strategy} plan to {args.save_plan}")
     except PlanError as exc:
