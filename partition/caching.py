@@ -6,7 +6,7 @@ regular traffic balanced together.
    DPU's balance), then the next hottest until they take ``min_cached_share`` of all lookups
    (flexible traffic that levels one batch's random fluctuations), hottest first, while the
    replicas fit in ``cache_budget`` of each DPU's table budget. Each hot row gets ``R = 2^ceil(log2(load / (hot_threshold x L)))`` replicas (at least
-   ``min_replicas``, at most nr_dpus) so that one replica's expected share stays under the
+   ``min_replicas``, at most the largest power of two <= nr_dpus) so that one replica's expected share stays under the
    threshold; with ``spread=True`` (default) every tier is then widened as far as the MRAM
    budget allows (replicas on more DPUs give the packer more room to absorb one batch's skew).
 3. Rows with the same table and replica count R are dealt (snake order by load) into
@@ -157,7 +157,7 @@ class CacheAware(Strategy):
         # hottest first (already sorted); keep rows while the per-DPU cache bytes (row_bytes x R / n) fit
 
         def per_dpu_bytes(lr):
-            # worst DPU: replicas of a tier with R < n land on R of n DPUs; bound by ceil share
+            # mean cache bytes per DPU (+ slack per table); validation checks the real worst DPU
             return int(np.ceil((rbytes[hot_t] * (2 ** lr) / n)).sum()) + len(tables) * 64
 
         cum = np.cumsum(np.ceil(rbytes[hot_t] * (2.0 ** log_r) / n))
