@@ -5,8 +5,9 @@ regular traffic balanced together.
 2. Hot rows: rows whose expected load exceeds ``hot_threshold x L`` (a row that alone would tip a
    DPU's balance), then the next hottest until they take ``min_cached_share`` of all lookups
    (flexible traffic that levels one batch's random fluctuations), hottest first, while the
-   replicas fit in ``cache_budget`` of each DPU's table budget. Each hot row gets ``R = 2^ceil(log2(load / (hot_threshold x L)))`` replicas (at least
-   ``min_replicas``, at most the largest power of two <= nr_dpus) so that one replica's expected share stays under the
+   replicas fit in ``cache_budget`` of each DPU's table budget. Each hot row gets
+   ``R = 2^ceil(log2(load / (hot_threshold x L)))`` replicas (at least ``min_replicas``, at most
+   the largest power of two <= nr_dpus) so that one replica's expected share stays under the
    threshold; with ``spread=True`` (default) every tier is then widened as far as the MRAM
    budget allows (replicas on more DPUs give the packer more room to absorb one batch's skew).
 3. Rows with the same table and replica count R are dealt (snake order by load) into
