@@ -43,7 +43,7 @@ def _reference(plan, idx, offs, B):
     return grp, loc
 
 
-@pytest.mark.parametrize("case", ["uneven", "one_row_ranges", "single", "huge_table"])
+@pytest.mark.parametrize("case", ["uneven", "one_row_ranges", "single", "big_table", "huge_table"])
 def test_row_mapper_matches_a_naive_scan(case):
     rng = np.random.default_rng(0)
     if case == "uneven":
@@ -52,6 +52,8 @@ def test_row_mapper_matches_a_naive_scan(case):
         bounds, rows = [[0, 1, 2, 3, 10], [0, 3, 6, 9, 12]], [10, 12]
     elif case == "single":
         bounds, rows = [[0, 40], [0, 5]], [40, 5]
+    elif case == "big_table":  # above the dense-map size: bucketed ranges, one as small as 3 rows
+        bounds, rows = [[0, 100_000, 100_003, 300_000], [0, 2, 9]], [300_000, 9]
     else:  # 3M rows with a 1-row range: too many buckets, searchsorted path
         bounds, rows = [[0, 1, 1_500_000, 3_000_000], [0, 9]], [3_000_000, 9]
     plan = _range_plan(bounds, rows, cache_rows={0: [0, rows[0] - 1, rows[0] // 2]})
@@ -65,10 +67,9 @@ def test_row_mapper_matches_a_naive_scan(case):
     ref_g, ref_l = _reference(plan, idx, offs, B)
     np.testing.assert_array_equal(grp, ref_g)
     np.testing.assert_array_equal(loc, ref_l)
-    if case == "huge_table":
-        assert mapper.rules[0][0] == "search"
-    elif case != "single":
-        assert mapper.rules[0][0] == "bucket"
+    expected = {"uneven": "dense", "one_row_ranges": "dense", "single": "one", "big_table": "bucket",
+                "huge_table": "search"}[case]
+    assert mapper.rules[0][0] == expected
 
 
 def test_plan_layout_replicas_and_offsets():

@@ -230,13 +230,17 @@ def shard_images(
     return images, descs.reshape(n, k * 8).view(np.uint8).reshape(n, k * SHARD_DESC_BYTES)
 
 
+#: Tables up to this many rows map ids through a dense [rows] map (8 bytes per row).
+DENSE_MAP_MAX_ROWS = 1 << 18
+
+
 class RowMapper:
     """Maps the lookups of a batch to (row group id, local row) under a plan.
 
-    Per table, base groups are resolved by the cheapest exact rule: one group (an offset); row
-    ranges (a division into buckets as wide as the smallest range, then one compare; searchsorted
-    over the range starts when that would need too many buckets); row-set groups (a dense [rows]
-    map). Cache groups (sorted row sets, searchsorted)
+    Per table, base groups are resolved by the cheapest exact rule: one group (an offset); row-set
+    groups, or row ranges of a table of at most DENSE_MAP_MAX_ROWS rows (a dense [rows] map); other
+    row ranges (a division into buckets as wide as the smallest range, then one compare;
+    searchsorted over the range starts when that would need too many buckets). Cache groups (sorted row sets, searchsorted)
     then override the base group where they hold the row. Python loops run over tables only.
     """
 
@@ -262,6 +266,15 @@ class RowMapper:
                     r = g.global_rows()
                     gmap[r] = gi
                     lmap[r] = np.arange(r.size, dtype=np.uint32)
+                self.rules.append(("dense", gmap, lmap))
+                continue
+            if rows[t] <= DENSE_MAP_MAX_ROWS and len(groups) > 1:
+                # small table: two gathers from an 8 B/row map beat any arithmetic on the ids
+                gmap = np.empty(rows[t], dtype=np.int32)
+                lmap = np.empty(rows[t], dtype=np.uint32)
+                for gi, g in groups:
+                    gmap[g.row_lo : g.row_hi] = gi
+                    lmap[g.row_lo : g.row_hi] = np.arange(g.row_hi - g.row_lo, dtype=np.uint32)
                 self.rules.append(("dense", gmap, lmap))
                 continue
             groups.sort(key=lambda x: x[1].row_lo)
