@@ -170,6 +170,8 @@ def run_backend(backend: str, args) -> dict:
               "--max-queue", "4096"]
     if backend == "pim":
         common += ["--nr-dpus", str(args.nr_dpus)]
+    if args.engine_process:
+        common += ["--engine-process"]
     modes = {
         "batch1": ["--max-batch", "1", "--max-wait-ms", "0"],
         "dynamic": ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)],
@@ -222,7 +224,8 @@ def run_backend(backend: str, args) -> dict:
 
 def print_table(res: dict, args) -> None:
     s = res["summary"]
-    print(f"\n## {res['backend']} backend (kaggle, row scale {args.row_scale:g}, {args.concurrency} clients, "
+    mode = ", engine in its own process" if args.engine_process else ""
+    print(f"\n## {res['backend']} backend{mode} (kaggle, row scale {args.row_scale:g}, {args.concurrency} clients, "
           f"single samples, {args.repeats} x {args.duration:g} s, medians)")
     print("| serving | req/s | p50 ms | p90 ms | p99 ms | server p50 ms | server p99 ms | mean batch "
           "| batch service ms |")
@@ -256,6 +259,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--max-batch", type=int, default=64)
     p.add_argument("--max-wait-ms", type=float, default=2.0)
+    p.add_argument("--engine-process", action="store_true", help="serve with the engine in its own process")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(HERE / "serving_results"))
     args = p.parse_args(argv)
@@ -266,7 +270,8 @@ def main(argv=None) -> int:
         res = run_backend(backend, args)
         res["machine"] = dict(info, loadavg_1m_at_end=os.getloadavg()[0])
         res["args"] = vars(args)
-        (out / f"serving_{backend}.json").write_text(json.dumps(res, indent=2))
+        suffix = "_engine_process" if args.engine_process else ""
+        (out / f"serving_{backend}{suffix}.json").write_text(json.dumps(res, indent=2))
         print_table(res, args)
     print(f"\nmachine: {info['cpu']}, {info['logical_cpus']} logical CPUs, torch {info['torch']}, {info['http']}, "
           f"load average at start {info['loadavg_1m_at_start']:.2f}")

@@ -343,8 +343,10 @@ def test_model_that_fails_to_load_exits_1_with_the_reason(tmp_path):
 # -- overload -------------------------------------------------------------------------------------
 
 def test_overload_gives_quick_503_with_retry_after_and_server_recovers(engine):
+    # this server runs its engine in a child process (--engine-process); the end of the test kills
+    # that child and checks that the server says so instead of hanging
     srv = serve_cli("--model", "tiny", "--max-batch", "4", "--max-wait-ms", "20", "--max-queue", "8",
-                    "--max-request-samples", "8")
+                    "--max-request-samples", "8", "--engine-process")
     try:
         batch, samples = random_inputs(8 * 64, seed=13)
         expected = engine.predict(batch).numpy()
@@ -373,6 +375,16 @@ def test_overload_gives_quick_503_with_retry_after_and_server_recovers(engine):
             close(c.predict(samples[:8]), expected[:8])
             assert c.ready()
             assert metric(c.metrics(), 'updlrm_errors_total{kind="overloaded"}') == len(rejected)
+            children = subprocess.run(["pgrep", "-P", str(srv.proc.pid), "-f", "spawn_main"],
+                                      capture_output=True, text=True).stdout.split()
+            assert len(children) == 1, children
+            os.kill(int(children[0]), signal.SIGKILL)
+            time.sleep(0.5)
+            with pytest.raises(ServerError) as info:
+                c.predict(samples[0])
+            assert info.value.status == 500 and "EngineProcessDied" in info.value.message
+            health = httpx.get(srv.url + "/healthz")
+            assert health.status_code == 503 and health.json()["status"] == "failed"
     finally:
         rc = srv.terminate()
     assert rc == 0, srv.output

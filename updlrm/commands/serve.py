@@ -25,6 +25,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-request-samples", type=int, default=1024, help="most samples in one request")
     p.add_argument("--torch-threads", type=int, default=1,
                    help="torch intra-op threads of the engine (0: torch default); 1 suits small batches")
+    p.add_argument("--engine-process", action="store_true",
+                   help="run the engine in its own process (no GIL shared with the HTTP event loop)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     p.add_argument("--port", type=int, default=8000, help="port (0: pick a free one; the chosen port is printed)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -54,6 +56,10 @@ def run(args) -> int:
         print(f"updlrm serve: {exc}", file=sys.stderr)
         return 2
     try:
+        if args.engine_process:
+            from updlrm.serving.engine_process import load_model_in_process
+
+            return run_server(settings, load_model_in_process, log_level=args.log_level)
         return run_server(settings, log_level=args.log_level)
     except OSError as exc:
         print(f"updlrm serve: {exc}", file=sys.stderr)

@@ -275,10 +275,14 @@ def create_app(settings: ServeSettings, loader: Callable[[ServeSettings], Loaded
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
         """200 once the model and its DPUs are loaded; 503 while loading, after a failure, or shutting down."""
-        body = {"status": state.status}
-        if state.load_error:
-            body["error"] = state.load_error
-        return JSONResponse(body, status_code=200 if state.status == "ready" else 503)
+        status, error = state.status, state.load_error
+        broken = state.model.failure() if state.model is not None else None
+        if broken and status == "ready":
+            status, error = "failed", broken
+        body = {"status": status}
+        if error:
+            body["error"] = error
+        return JSONResponse(body, status_code=200 if status == "ready" else 503)
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -79,6 +79,8 @@ class LoadedModel:
     close: Callable[[], None] = lambda: None
     plan_summary: Optional[dict] = None
     engine: Any = None
+    #: why the engine became unusable (e.g. its process died), or None while it is fine
+    failure: Callable[[], Optional[str]] = lambda: None
 
 
 def plan_summary(plan) -> Optional[dict]:
