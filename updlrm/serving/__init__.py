@@ -1,10 +1,23 @@
 """updlrm.serving: the HTTP inference server (FastAPI + uvicorn) with a dynamic batcher.
 
+Use::
+
+    updlrm serve --model kaggle --row-scale 0.1 --backend cpu --max-batch 64 --max-wait-ms 2 --port 8000
+    updlrm serve --model my_checkpoint.pt --backend pim --plan plan.json      # DPUs load before /healthz is ready
+    curl -s localhost:8000/healthz                                           # {"status": "ready"}
+    curl -s localhost:8000/v1/model                                          # tables, n_dense, backend, plan
+    curl -s -XPOST localhost:8000/v1/predict -d '{"dense": [...13 numbers], "sparse": {"C1": [3], ..., "C26": [0]}}'
+    curl -s localhost:8000/metrics                                           # Prometheus text
+    updlrm loadtest --url http://127.0.0.1:8000 --concurrency 64 --requests 5000 --duration 30
+
+API docs (OpenAPI) at ``/docs`` and ``/openapi.json``. From Python: :mod:`updlrm.client`.
+
 Parts: :mod:`.schema` (request/response models, validation at the boundary), :mod:`.batcher`
 (merge requests into engine batches, split answers, bounded queue), :mod:`.metrics`
 (Prometheus text), :mod:`.app` (routes and lifecycle), :mod:`.loader` (settings, model +
-engine loading), :mod:`.server` (process: bind, serve, graceful SIGTERM), :mod:`.loadtest`
-(closed-loop load generator behind ``updlrm loadtest``). The client is :mod:`updlrm.client`.
+engine loading), :mod:`.engine_process` (the engine in a child process, ``--engine-process``),
+:mod:`.server` (process: bind, serve, graceful SIGTERM), :mod:`.loadtest` (closed-loop load
+generator behind ``updlrm loadtest``).
 """
 
 from .batcher import DynamicBatcher, EngineError, MergedBatch, QueueFullError, ShuttingDownError, merge_requests
