@@ -105,12 +105,14 @@ static dpu_error_t check_handle(struct dpu_set_t h)
 /* Waits for an asynchronous launch in progress on the set (operations queue behind it). */
 static void wait_idle(struct updlrm_emu_set *s)
 {
+    /* Join outside the lock: the launch thread takes it to record a fault. */
     pthread_mutex_lock(&s->lock);
-    if (s->async_running) {
-        pthread_join(s->async_thread, NULL);
-        s->async_running = 0;
-    }
+    int running = s->async_running;
+    pthread_t th = s->async_thread;
+    s->async_running = 0;
     pthread_mutex_unlock(&s->lock);
+    if (running)
+        pthread_join(th, NULL);
 }
 
 EMU_API struct dpu_set_t updlrm_emu_set_dpu(struct dpu_set_t h, uint32_t i)
