@@ -1,0 +1,28 @@
+/*
+ * xfer.c - test kernel for host transfers and static MRAM variables on the emulator.
+ * Tasklet 0 copies mram_arr[0..8) to mram_arr[8..16) through WRAM, reads mram_init[] by DMA into
+ * init_echo, and records DPU_MRAM_HEAP_POINTER as a 32-bit value (as real kernels cast it).
+ */
+#include <defs.h>
+#include <mram.h>
+#include <stdint.h>
+
+__host uint32_t wram_arr[64];
+__host uint64_t init_echo[4];
+__host uint32_t heap_addr;
+__host uint32_t wram_init[2] = {0x1111, 0x2222};
+__mram uint64_t mram_init[4] = {10, 20, 30, 40};
+__mram_noinit uint64_t mram_arr[1024];
+const uint32_t konst = 5;
+__dma_aligned uint64_t tmp[8];
+
+int main(void)
+{
+    if (me() != 0)
+        return 0;
+    mram_read(&mram_arr[0], tmp, sizeof tmp);
+    mram_write(tmp, &mram_arr[8], sizeof tmp);
+    mram_read(mram_init, init_echo, sizeof init_echo);
+    heap_addr = (uint32_t)(uintptr_t)DPU_MRAM_HEAP_POINTER;
+    return 0;
+}
