@@ -1,0 +1,118 @@
+"""`updlrm emu run`: compile a DPU C kernel for the emulator, run it on N emulated DPUs, and print
+each DPU's printf log and the emulator's counters.
+
+    updlrm emu run my_kernel.c --dpus 8 --tasklets 16
+    updlrm emu run my_kernel.c -D BLOCK=256 -I include/ --launches 3 --json
+
+Optional inputs: ``--heap FILE`` copies a file's bytes to the start of every DPU's MRAM heap
+(``DPU_MRAM_HEAP_POINTER``), padded to 8 bytes. Exit status: 0 when every launch ran, 1 when a DPU
+faulted (the fault is printed), 2 when the kernel does not compile or the emulator is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from updlrm.errors import DpuFaultError, UpdlrmError
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("emu", help="compile and run your own DPU C kernel on the UPMEM emulator")
+    sub = p.add_subparsers(dest="emu_command", metavar="ACTION")
+    run = sub.add_parser("run", help="compile KERNEL.c, run it on emulated DPUs, print logs and counters")
+    run.add_argument("kernel", nargs="+", type=Path, help="DPU C source file(s)")
+    run.add_argument("--dpus", type=int, default=4, help="number of emulated DPUs (default 4)")
+    run.add_argument("--tasklets", type=int, default=16, help="NR_TASKLETS (1..24, default 16)")
+    run.add_argument("--stack-size", type=int, default=1024, help="STACK_SIZE_DEFAULT in bytes (default 1024)")
+    run.add_argument("-D", dest="defines", action="append", default=[], metavar="NAME[=VALUE]", help="a define")
+    run.add_argument("-I", dest="include_dirs", action="append", default=[], type=Path, metavar="DIR",
+                     help="an include directory")
+    run.add_argument("--launches", type=int, default=1, help="launches in a row (WRAM globals persist; default 1)")
+    run.add_argument("--heap", type=Path, help="file copied to every DPU's MRAM heap before the first launch")
+    run.add_argument("--log-dpus", type=int, default=4, help="print the logs of the first N DPUs (default 4)")
+    run.add_argument("--json", action="store_true", help="print the result as JSON")
+    run.set_defaults(func=_run)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _summary(counters: dict, launch_wall_s: float) -> dict:
+    rd, wr = counters["dma_read_bytes"], counters["dma_write_bytes"]
+    return {
+        "dma_read_ops": int(counters["dma_read_ops"].sum()),
+        "dma_read_bytes": int(rd.sum()),
+        "dma_write_ops": int(counters["dma_write_ops"].sum()),
+        "dma_write_bytes": int(wr.sum()),
+        "dma_read_bytes_per_tasklet_dpu0": [int(x) for x in rd[0]],
+        "dma_write_bytes_per_tasklet_dpu0": [int(x) for x in wr[0]],
+        "host_to_dpu_bytes": int(counters["host_to_dpu_bytes"].sum()),
+        "dpu_to_host_bytes": int(counters["dpu_to_host_bytes"].sum()),
+        "modeled_cycles_max": int(counters["modeled_cycles"].max()),
+        "wram_static_bytes": int(counters["wram_static_bytes"].max()),
+        "wram_heap_peak_bytes_max": int(counters["wram_heap_peak_bytes"].max()),
+        "emulator_wall_ns_per_dpu_max": int(counters["wall_ns"].max()),
+        "launch_wall_s": launch_wall_s,
+    }
+
+
+def _run(args: argparse.Namespace) -> int:
+    import time
+
+    from updlrm.emu import EmuDpuSet, compile_kernel
+
+    if args.dpus < 1 or args.launches < 1:
+        print("updlrm emu run: --dpus and --launches must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        so = compile_kernel(args.kernel, nr_tasklets=args.tasklets, stack_size=args.stack_size,
+                            defines=args.defines, include_dirs=args.include_dirs)
+    except (UpdlrmError, ValueError, FileNotFoundError) as exc:
+        print(f"updlrm emu run: {exc}", file=sys.stderr)
+        return 2
+    result: dict = {"kernel": [str(k) for k in args.kernel], "binary": str(so), "dpus": args.dpus,
+                    "tasklets": args.tasklets, "launches": []}
+    status = 0
+    with EmuDpuSet(args.dpus, so) as dpus:
+        if args.heap is not None:
+            data = np.frombuffer(args.heap.read_bytes(), np.uint8)
+            data = np.concatenate([data, np.zeros((-len(data)) % 8, np.uint8)])
+            dpus.copy_to("__sys_used_mram_end", data)
+        for k in range(args.launches):
+            t0 = time.perf_counter()
+            entry: dict = {"launch": k}
+            try:
+                dpus.launch()
+            except DpuFaultError as exc:
+                entry["fault"] = {"dpu": exc.dpu, "tasklet": exc.tasklet, "reason": exc.reason}
+                status = 1
+            entry["counters"] = _summary(dpus.counters(), time.perf_counter() - t0)
+            entry["logs"] = {d: dpus.log(d) for d in range(min(args.log_dpus, args.dpus))}
+            result["launches"].append(entry)
+            if status:
+                break
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return status
+    print(f"kernel {', '.join(result['kernel'])} -> {so}")
+    print(f"{args.dpus} emulated DPUs x {args.tasklets} tasklets")
+    for entry in result["launches"]:
+        print(f"--- launch {entry['launch']} ---")
+        for d, text in entry["logs"].items():
+            if text:
+                print(f"[DPU {d}] " + text.rstrip("\n").replace("\n", f"\n[DPU {d}] "))
+        c = entry["counters"]
+        print(f"DMA reads : {c['dma_read_ops']} ops, {c['dma_read_bytes']} B (all DPUs)")
+        print(f"DMA writes: {c['dma_write_ops']} ops, {c['dma_write_bytes']} B (all DPUs)")
+        print(f"DMA read bytes per tasklet, DPU 0: {c['dma_read_bytes_per_tasklet_dpu0']}")
+        print(f"host->DPU {c['host_to_dpu_bytes']} B, DPU->host {c['dpu_to_host_bytes']} B")
+        print(f"WRAM static {c['wram_static_bytes']} B, heap peak {c['wram_heap_peak_bytes_max']} B")
+        print(f"modeled DMA cycles (max DPU): {c['modeled_cycles_max']}  [modeled]")
+        print(f"launch: {c['launch_wall_s'] * 1e3:.2f} ms  [emulator wall time, NOT a DPU latency]")
+        if "fault" in entry:
+            f = entry["fault"]
+            print(f"FAULT on DPU {f['dpu']} (tasklet {f['tasklet']}): {f['reason']}", file=sys.stderr)
+    return status
