@@ -189,10 +189,10 @@ def load_model(settings: ServeSettings) -> LoadedModel:
         if settings.plan:
             from updlrm.partition import load_plan
 
-            kwargs["strategy"] = load_plan(settings.plan)
+            kwargs["strategy"] = load_plan(settings.plan)  # the plan fixes the DPU count
         else:
             kwargs["strategy"] = settings.strategy
-        kwargs.setdefault("nr_dpus", settings.nr_dpus)
+            kwargs.setdefault("nr_dpus", settings.nr_dpus)
         kwargs.setdefault("dtype", settings.dtype)
     elif settings.plan:
         raise ValueError(f"--plan is for the pim backend; backend is {settings.backend!r}")
