@@ -3,8 +3,10 @@
  *
  * The emulator returns MODELED cycles, not measured ones: one counter per DPU, advanced by every
  * DMA of any tasklet by (alpha + beta * bytes) with alpha = 77 (read) / 61 (write) and
- * beta = 0.5 cycle/byte (PrIM, section 3.2.1; see shared UPMEM.md), plus 1 cycle per runtime call
- * (me(), barrier_wait(), ...). Computation between calls is not modeled. Clock: 350 MHz (v1A).
+ * beta = 0.5 cycle/byte (bytes / 2, integer) from PrIM section 3.2.1 (see shared UPMEM.md).
+ * DMAs are summed serially (one DMA engine per DPU); computation and synchronization are NOT
+ * modeled, so a compute-bound kernel reads far fewer cycles than real hardware would give.
+ * perfcounter_config(..., true) resets the counter. Clock for conversions: 350 MHz (v1A).
  */
 #ifndef _DPUSYSCORE_PERFCOUNTER_H_
 #define _DPUSYSCORE_PERFCOUNTER_H_

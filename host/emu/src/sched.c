@@ -28,7 +28,7 @@
 #include <unistd.h>
 #include <dlfcn.h>
 
-#if !defined(__x86_64__)
+#if !defined(__x86_64__) || defined(UPDLRM_EMU_FORCE_UCONTEXT)
 #include <ucontext.h>
 #define EMU_USE_UCONTEXT 1
 #endif
