@@ -130,3 +130,18 @@ def test_2560_dpus_x_16_tasklets(good16):
         assert int(c["dma_read_ops"].sum()) == 2560 * int(np.arange(1, 17).sum())
         assert _u32(dpus, "counter", 2559) == 16 * ROUNDS
         assert _u32(dpus, "violations", 1234) == 0
+
+
+def test_semaphores_trylock_and_persistent_heap(build_dir):
+    items = 200
+    so = compile_kernel(KERNELS / "sync.c", nr_tasklets=16, defines=[f"ITEMS={items}"], out_dir=build_dir)
+    with EmuDpuSet(3, so, workers=2) as dpus:
+        for launch in range(1, 4):
+            dpus.launch()
+            for d in range(3):
+                assert _u64(dpus, "consumed_sum", d) == items * (items + 1) // 2
+                assert _u32(dpus, "consumed_count", d) == items
+                assert _u32(dpus, "trylock_busy", d) == 1
+                # The heap block allocated at launch 1 keeps its contents (no mem_reset).
+                assert _u32(dpus, "heap_prev", d) == (0 if launch == 1 else 0xC0FFEE + launch - 1)
+        assert dpus.counters()["wram_heap_peak_bytes"][0] == 64

@@ -538,6 +538,7 @@ EMU_API dpu_error_t dpu_load(struct dpu_set_t h, const char *binary_path, struct
         free(dp->wram_saved);
         dp->wram_saved = wram[d];
         dp->heap_top = 0;
+        dp->heap_saved_len = 0;
         dp->counters.wram_static_bytes = p->wram_static;
         dp->counters.nr_tasklets = p->nr_tasklets;
         if (mram_init && emu_mram_write(dp, 0, p->mram_init, mram_init) != 0)
@@ -965,7 +966,8 @@ EMU_API dpu_error_t dpu_push_xfer(struct dpu_set_t h, dpu_xfer_t xfer, const cha
                 pthread_join(th[i], NULL);
         for (uint32_t i = 0; i < nthreads; i++)
             if (jobs[i].result != DPU_OK)
-                e = jobs[i].result;
+                e = fail(jobs[i].result, "dpu_push_xfer(%s): out of host memory for MRAM backing pages",
+                         symbol_name);
     }
     if (!(flags & DPU_XFER_NO_RESET))
         for (uint32_t d = h.first; d < h.first + h.count; d++)

@@ -41,8 +41,8 @@
 struct emu_dpu {
     uint8_t *mram_pages[EMU_NR_PAGES]; /* NULL = never written, reads as zeros */
     uint8_t *wram_saved;               /* this DPU's WRAM globals between launches */
-    uint8_t *heap_saved;               /* its WRAM heap [0, heap_top) between launches */
-    uint32_t heap_saved_cap;
+    uint8_t *heap_saved;               /* its WRAM heap [0, heap_saved_len) between launches */
+    uint32_t heap_saved_cap, heap_saved_len;
     uint32_t heap_top;                 /* mem_alloc pointer, persists like on hardware */
     void *xfer_buf;                    /* dpu_prepare_xfer() buffer, NULL when none */
     char *log;                         /* printf output of the last launch */
@@ -105,6 +105,7 @@ struct emu_sched {
     struct emu_dpu *dpu;
     uint32_t dpu_index;
     uint32_t heap_top, heap_peak;
+    uint32_t heap_dirty;  /* bytes of the heap buffer that may hold another DPU's data */
     uint64_t cycles, perf_base;
     int faulted;
 };

@@ -710,8 +710,12 @@ static void run_one_dpu(struct emu_sched *s, struct updlrm_emu_set *set, uint32_
 
     /* Swap this DPU's WRAM in. */
     memcpy(s->image->wram_start, d->wram_saved, p->wram_size);
-    if (d->heap_top)
-        memcpy(s->heap, d->heap_saved, d->heap_top);
+    /* The DPU's heap: what it used before, zeros beyond (never another DPU's bytes). */
+    if (d->heap_saved_len)
+        memcpy(s->heap, d->heap_saved, d->heap_saved_len);
+    if (s->heap_dirty > d->heap_saved_len)
+        memset(s->heap + d->heap_saved_len, 0, s->heap_dirty - d->heap_saved_len);
+    s->heap_dirty = d->heap_saved_len;
     s->dpu = d;
     s->dpu_index = index;
     s->set = set;
@@ -767,18 +771,25 @@ static void run_one_dpu(struct emu_sched *s, struct updlrm_emu_set *set, uint32_
 
     /* Swap this DPU's WRAM out (also after a fault: the hardware keeps WRAM as it is). */
     memcpy(d->wram_saved, s->image->wram_start, p->wram_size);
-    if (s->heap_top > d->heap_saved_cap) {
-        uint8_t *nb = (uint8_t *)realloc(d->heap_saved, EMU_WRAM_SIZE);
+    /* Keep every heap byte this DPU may have written: up to its high-water mark. */
+    uint32_t keep = s->heap_peak > d->heap_saved_len ? s->heap_peak : d->heap_saved_len;
+    if (keep > s->heap_dirty)
+        s->heap_dirty = keep;
+    if (keep > d->heap_saved_cap) {
+        uint32_t cap = (keep + 4095u) & ~4095u; /* only what this DPU's heap uses */
+        uint8_t *nb = (uint8_t *)realloc(d->heap_saved, cap);
         if (nb) {
             d->heap_saved = nb;
-            d->heap_saved_cap = EMU_WRAM_SIZE;
+            d->heap_saved_cap = cap;
         }
     }
-    if (s->heap_top <= d->heap_saved_cap) {
-        if (s->heap_top)
-            memcpy(d->heap_saved, s->heap, s->heap_top);
+    if (keep <= d->heap_saved_cap) {
+        if (keep)
+            memcpy(d->heap_saved, s->heap, keep);
+        d->heap_saved_len = keep;
         d->heap_top = s->heap_top;
-    } else {
+    } else { /* out of host memory: the heap restarts empty */
+        d->heap_saved_len = 0;
         d->heap_top = 0;
     }
     d->counters.wram_heap_peak_bytes = s->heap_peak;
