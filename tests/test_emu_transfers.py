@@ -59,6 +59,8 @@ def test_static_mram_variables_and_heap_pointer(xfer):
         for d in range(3):
             arr = dpus.copy_from("mram_arr", 16 * 8, d, dtype=np.uint64)
             np.testing.assert_array_equal(arr[8:16], m[d, 0:8])  # DMA through a static MRAM variable
+            tail = dpus.copy_from("mram_arr", 16, d, offset=16 * 8, dtype=np.uint64)
+            np.testing.assert_array_equal(tail, [0x0123456789ABCDEF, 0xFEDCBA9876543210])  # from const data
             np.testing.assert_array_equal(dpus.copy_from("init_echo", 32, d, dtype=np.uint64), [10, 20, 30, 40])
             # Heap = MRAM base + static MRAM (32 B initialized + 8,192 B noinit), 8-byte aligned.
             assert int(dpus.copy_from("heap_addr", 4, d, dtype=np.uint32)[0]) == MRAM_BASE + 32 + 8192

@@ -7,6 +7,7 @@
  *   7 one tasklet skips a barrier          8 barrier count > NR_TASKLETS
  *   9 WRAM over budget at load (big static array; no tasklet needed)
  *  10 DMA range that starts inside MRAM and runs past its end
+ *  11 DMA into a WRAM address that is no global, heap block or stack (a wild pointer)
  */
 #include <alloc.h>
 #include <barrier.h>
@@ -66,6 +67,8 @@ int main(void)
         (void)mem_alloc(60000);
 #elif MODE == 9
         huge[t] = 1;
+#elif MODE == 11
+        mram_read(heap, (void *)(uintptr_t)0x10000, 8);
 #elif MODE == 10
         mram_read((__mram_ptr void *)(uintptr_t)(0x08000000u + (64u << 20) - 8), small, 16);
 #endif

@@ -1,7 +1,8 @@
 /*
  * xfer.c - test kernel for host transfers and static MRAM variables on the emulator.
  * Tasklet 0 copies mram_arr[0..8) to mram_arr[8..16) through WRAM, reads mram_init[] by DMA into
- * init_echo, and records DPU_MRAM_HEAP_POINTER as a 32-bit value (as real kernels cast it).
+ * init_echo, records DPU_MRAM_HEAP_POINTER as a 32-bit value (as real kernels cast it) and
+ * writes a constant table (read-only data) to mram_arr[16..18).
  */
 #include <defs.h>
 #include <mram.h>
@@ -14,6 +15,7 @@ __host uint32_t wram_init[2] = {0x1111, 0x2222};
 __mram uint64_t mram_init[4] = {10, 20, 30, 40};
 __mram_noinit uint64_t mram_arr[1024];
 const uint32_t konst = 5;
+static const uint64_t pattern[2] = {0x0123456789abcdefull, 0xfedcba9876543210ull};
 __dma_aligned uint64_t tmp[8];
 
 int main(void)
@@ -24,5 +26,6 @@ int main(void)
     mram_write(tmp, &mram_arr[8], sizeof tmp);
     mram_read(mram_init, init_echo, sizeof init_echo);
     heap_addr = (uint32_t)(uintptr_t)DPU_MRAM_HEAP_POINTER;
+    mram_write(pattern, &mram_arr[16], sizeof pattern);
     return 0;
 }

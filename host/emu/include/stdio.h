@@ -5,6 +5,7 @@
  */
 #ifndef UPDLRM_EMU_STDIO_SHIM_H
 #define UPDLRM_EMU_STDIO_SHIM_H
+#pragma GCC system_header /* #include_next is an extension: keep -pedantic kernels quiet */
 
 #include_next <stdio.h>
 #include <stdarg.h>
