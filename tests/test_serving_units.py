@@ -374,3 +374,37 @@ def test_loadtest_is_loopback_only_and_bounded_by_default():
             run_loadtest("http://127.0.0.1:9", **kwargs)
     with pytest.raises(ValueError, match="http://HOST:PORT"):
         run_loadtest("ftp://127.0.0.1:9")
+
+
+# -- the app in-process: the FastAPI route and the ASGI fast path answer alike -------------------
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_fastapi_route_and_fast_path_give_the_same_answers():
+    from fastapi.testclient import TestClient
+
+    from updlrm.partition import TableSpec
+    from updlrm.serving.app import create_app
+    from updlrm.serving.loader import LoadedModel, ServeSettings
+
+    def loader(settings):
+        return LoadedModel(name="stand-in", backend="cpu", n_dense=N_DENSE,
+                           tables=[TableSpec(n, r, 4) for n, r in zip(NAMES, ROWS)],
+                           run_batch=lambda merged: (score(merged).astype(np.float32), None))
+
+    doc = {"samples": [sample(), sample(dense=(3, 4), a=(9,), c=())]}
+    expected = score(merge_requests([validator().parse(body(doc))]))
+    answers = []
+    for fast in (True, False):  # an app serves one lifespan: a new one for each path
+        wrapper = create_app(ServeSettings(max_batch=8, max_wait_ms=1), loader)
+        asgi = wrapper if fast else wrapper.app  # the fast path, or FastAPI's own route
+        with TestClient(asgi) as client:
+            deadline = time.monotonic() + 30
+            while client.get("/healthz").status_code != 200 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            r = client.post("/v1/predict", json=doc, headers={"X-Request-Id": "r1"})
+            assert r.status_code == 200 and r.headers["x-request-id"] == "r1"
+            answers.append(r.json()["predictions"])
+            bad = client.post("/v1/predict", json={"samples": [sample(a=(10,))]})
+            assert bad.status_code == 422 and bad.json()["error"]["table"] == "a"
+    np.testing.assert_allclose(answers[0], expected, rtol=1e-6)
+    assert answers[0] == answers[1]
