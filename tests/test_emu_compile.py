@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from updlrm.cli import main
@@ -99,3 +100,19 @@ def test_cli_emu_run_fault_exit_status(tmp_path, capsys, monkeypatch):
     assert rc == 1
     err = capsys.readouterr().err
     assert "FAULT on DPU 0 (tasklet 3): tasklet 3: mram_read size 4096" in err
+
+
+def test_multi_source_kernel_shares_globals_per_dpu(tmp_path):
+    (tmp_path / "a.c").write_text(
+        "#include <defs.h>\n#include <barrier.h>\nextern unsigned hits;\nvoid bump(void);\n"
+        "BARRIER_INIT(b, NR_TASKLETS);\n"
+        "int main(void) { if (me() == 0) bump(); barrier_wait(&b); return 0; }\n"
+    )
+    (tmp_path / "b.c").write_text("#include <defs.h>\n__host unsigned hits;\nvoid bump(void) { hits += 1; }\n")
+    so = compile_kernel([tmp_path / "a.c", tmp_path / "b.c"], nr_tasklets=4, out_dir=tmp_path)
+    with EmuDpuSet(3, so) as dpus:
+        dpus.copy_to("hits", np.array([10], np.uint32), dpu=1)
+        dpus.launch()
+        dpus.launch()
+        hits = [int(dpus.copy_from("hits", 4, d, dtype=np.uint32)[0]) for d in range(3)]
+        assert hits == [2, 12, 2]

@@ -350,7 +350,9 @@ static void *need_sym(void *h, const char *name) { return dlsym(h, name); }
 /* dlopen()s a private copy of the kernel (dlopen of one path twice would share its globals). */
 static dpu_error_t image_open(struct emu_image *img, const uint8_t *data, size_t size, const char *path)
 {
-    char tmp[] = "/tmp/updlrm-emu-kernel-XXXXXX.so";
+    char tmp[4096];
+    const char *dir = getenv("TMPDIR");
+    snprintf(tmp, sizeof tmp, "%s/updlrm-emu-kernel-XXXXXX.so", dir && *dir ? dir : "/tmp");
     int fd = mkstemps(tmp, 3);
     if (fd < 0)
         return fail(DPU_ERR_SYSTEM, "cannot create a temporary copy of %s: %s", path, strerror(errno));
