@@ -58,6 +58,7 @@ CASES = [
     (5, r"mram_read WRAM address is not 8-byte aligned"),
     (6, r"mem_alloc\(60000\) exceeds the WRAM heap: \d+ of \d+ bytes left"),
     (11, r"mram_read WRAM range is not inside WRAM globals, a mem_alloc block or a tasklet stack \(mram 0x08[0-9a-f]{6} -> wram 0x10000, 8 bytes\)"),
+    (12, r"halt\(\) called"),
     (10, r"mram_read: MRAM range \[0x0bfffff8, 0x0c000008\) runs past the end of MRAM"),
 ]
 

@@ -8,6 +8,7 @@
  *   9 WRAM over budget at load (big static array; no tasklet needed)
  *  10 DMA range that starts inside MRAM and runs past its end
  *  11 DMA into a WRAM address that is no global, heap block or stack (a wild pointer)
+ *  12 halt()
  */
 #include <alloc.h>
 #include <barrier.h>
@@ -69,6 +70,8 @@ int main(void)
         huge[t] = 1;
 #elif MODE == 11
         mram_read(heap, (void *)(uintptr_t)0x10000, 8);
+#elif MODE == 12
+        halt();
 #elif MODE == 10
         mram_read((__mram_ptr void *)(uintptr_t)(0x08000000u + (64u << 20) - 8), small, 16);
 #endif

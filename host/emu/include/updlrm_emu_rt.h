@@ -67,7 +67,7 @@ struct updlrm_emu_rt {
     void (*perfcounter_config)(int mode, int reset);
     uint64_t (*perfcounter_get)(void);
     int (*vprintf)(const char *format, va_list ap);
-    void (*fault)(const char *reason) __attribute__((noreturn)); /* stop this DPU with a fault (e.g. halt(), a kernel assert) */
+    void (*fault)(const char *reason); /* never returns during a launch */ /* stop this DPU with a fault (e.g. halt(), a kernel assert) */
 };
 
 #ifndef UPDLRM_EMU_NO_KERNEL_SYMBOLS
