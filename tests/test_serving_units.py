@@ -408,3 +408,24 @@ def test_fastapi_route_and_fast_path_give_the_same_answers():
             assert bad.status_code == 422 and bad.json()["error"]["table"] == "a"
     np.testing.assert_allclose(answers[0], expected, rtol=1e-6)
     assert answers[0] == answers[1]
+
+
+def test_a_dead_batching_loop_fails_queued_requests_instead_of_hanging():
+    rng = np.random.default_rng(8)
+
+    async def main():
+        with ThreadPoolExecutor(1) as ex:
+            b = DynamicBatcher(Recorder(), ex, max_batch=4, max_wait_s=10.0, max_queue=100)
+            b.start()
+            fut = b.submit(rand_request(rng, 1))
+            b._engine_free = None  # break the loop: acquiring the engine slot now raises
+            b._wakeup.set()
+            b.submit(rand_request(rng, 3))  # fills the batch: the loop goes for the engine
+            with pytest.raises(EngineError) as info:
+                await asyncio.wait_for(fut, 5)
+            assert info.value.kind == "BatcherFailed"
+            with pytest.raises(ShuttingDownError):
+                b.submit(rand_request(rng, 1))
+            await b.close()
+
+    run(main())

@@ -197,6 +197,20 @@ class DynamicBatcher:
         self._wakeup = asyncio.Event()
         self._engine_free = asyncio.Semaphore(1)
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="updlrm-batcher")
+        self._task.add_done_callback(self._loop_ended)
+
+    def _loop_ended(self, task: asyncio.Task) -> None:
+        """If the batching loop ever dies, fail what is queued and refuse new work (never hang)."""
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        log.error("batching loop failed: %s: %s", type(exc).__name__, exc)
+        self._closing = True
+        while self._queue:
+            p = self._queue.popleft()
+            if not p.future.done():
+                p.future.set_exception(EngineError("BatcherFailed", f"{type(exc).__name__}: {exc}"))
+        self._queued_rows = 0
 
     async def close(self) -> None:
         """Stop accepting, run everything already queued, and wait for the last batch."""
@@ -204,7 +218,10 @@ class DynamicBatcher:
         if self._task is None:
             return
         self._wakeup.set()
-        await self._task
+        try:
+            await self._task
+        except Exception:  # noqa: BLE001 - already logged and answered by _loop_ended
+            pass
         if self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import pickle
 import signal
 import threading
 from typing import Any, Optional
@@ -63,7 +64,10 @@ def _child_main(conn, settings: ServeSettings) -> None:
                 reply = ("ok", np.asarray(probs, dtype=np.float32), stats)
             except Exception as exc:  # noqa: BLE001 - the batch fails, the engine goes on
                 reply = ("error", type(exc).__name__, str(exc))
-            conn.send(reply)
+            try:
+                conn.send(reply)
+            except (pickle.PicklingError, TypeError, AttributeError):  # stats that do not pickle
+                conn.send(reply[:2] + (None,))
     finally:
         try:
             model.close()
