@@ -45,6 +45,10 @@ def run_server(settings: ServeSettings, loader: Callable[[ServeSettings], Loaded
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sock = _bind(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
+    from .loadtest import is_loopback_host
+
+    if not is_loopback_host(host):
+        log.warning("listening on %s, reachable from other machines: the server has no authentication", host)
     exit_code = {"code": 0}
     server: Optional[uvicorn.Server] = None
 
