@@ -74,6 +74,17 @@ def test_static_mram_variables_and_heap_pointer(xfer):
             dpus.copy_to(HEAP, np.zeros(16, np.uint8), offset=heap_size - 8)
 
 
+def test_static_pointer_initializers_point_into_each_dpus_wram(xfer):
+    n = 7
+    with EmuDpuSet(n, xfer, workers=3) as dpus:  # 3 kernel images: DPU d runs on image d % 3
+        w = np.arange(n * 64, dtype=np.uint32).reshape(n, 64) * 10
+        dpus.push_to("wram_arr", w)
+        dpus.launch()
+        got = dpus.push_from("ptr_target", 8, dtype=np.uint32)
+        np.testing.assert_array_equal(got[:, 1], w[:, 0] + 1)
+        np.testing.assert_array_equal(got[:, 0], 0)
+
+
 def test_broadcast_copy_to_every_dpu(xfer):
     with EmuDpuSet(5, xfer) as dpus:
         dpus.copy_to("wram_arr", np.arange(64, dtype=np.uint32))

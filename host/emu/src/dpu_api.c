@@ -500,13 +500,16 @@ EMU_API dpu_error_t dpu_load(struct dpu_set_t h, const char *binary_path, struct
     p->heap_limit = EMU_WRAM_SIZE - p->wram_static;
     p->mram_init_size = (uint32_t)((mram_init + 7) & ~(size_t)7);
     p->mram_static = p->mram_init_size + (uint32_t)((mramz + 7) & ~(size_t)7);
-    p->wram_pristine = (uint8_t *)malloc(p->wram_size ? p->wram_size : 1);
+    /* Initial WRAM per image: statically initialized pointers (e.g. `int *p = arr;`) point
+     * into their own image, so DPU d starts from the copy of image d % w. */
+    p->wram_pristine = (uint8_t *)malloc(p->wram_size ? (size_t)w * p->wram_size : 1);
     p->mram_init = (uint8_t *)malloc(mram_init ? mram_init : 1);
     if (!p->wram_pristine || !p->mram_init) {
         program_free(p);
         return fail(DPU_ERR_ALLOCATION, "out of host memory");
     }
-    memcpy(p->wram_pristine, img->wram_start, p->wram_size);
+    for (uint32_t i = 0; i < w; i++)
+        memcpy(p->wram_pristine + (size_t)i * p->wram_size, p->images[i].wram_start, p->wram_size);
     memcpy(p->mram_init, img->mram_start, mram_init);
     for (uint32_t i = 0; i < w; i++) {
         if (emu_sched_init(&p->scheds[i], p, &p->images[i]) != 0) {
@@ -530,7 +533,7 @@ EMU_API dpu_error_t dpu_load(struct dpu_set_t h, const char *binary_path, struct
             program_free(p);
             return fail(DPU_ERR_ALLOCATION, "out of host memory for %u DPUs' WRAM", s->nr_dpus);
         }
-        memcpy(wram[d], p->wram_pristine, p->wram_size);
+        memcpy(wram[d], p->wram_pristine + (size_t)(d % w) * p->wram_size, p->wram_size);
     }
     /* Commit: nothing below fails except MRAM page allocation for initialized __mram data. */
     program_free(s->prog);

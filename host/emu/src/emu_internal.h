@@ -118,7 +118,7 @@ struct emu_program {
     size_t wram_size;         /* bytes of updlrm_wram */
     uint32_t wram_static;     /* wram_size + nr_tasklets * stack_size */
     uint32_t heap_limit;      /* EMU_WRAM_SIZE - wram_static */
-    uint8_t *wram_pristine;
+    uint8_t *wram_pristine;   /* nr_images initial copies of updlrm_wram, one per image */
     uint32_t mram_init_size;  /* updlrm_mram bytes (multiple of 8) */
     uint32_t mram_static;     /* bytes of static MRAM variables = heap offset */
     uint8_t *mram_init;       /* pristine updlrm_mram contents */
