@@ -238,6 +238,17 @@ def test_pim_backend_with_a_plan_file_serves_the_same_predictions_with_modeled_d
     assert rc == 0, srv.output
 
 
+def test_loadtest_command_reports_every_request_answered(server):
+    proc = subprocess.run([sys.executable, "-m", "updlrm.cli", "loadtest", "--url", server.url, "--concurrency", "16",
+                           "--requests", "300", "--duration", "60", "--samples-per-request", "2", "--lookups", "3",
+                           "--json"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["sent"] == report["ok"] == 300 and report["errors"] == {}
+    assert report["every_request_answered_once"] and report["qps"] > 0
+    assert 0 < report["latency_ms"]["p50"] <= report["latency_ms"]["p90"] <= report["latency_ms"]["p99"]
+
+
 # -- bad input ------------------------------------------------------------------------------------
 
 def test_bad_requests_get_422_while_concurrent_good_requests_succeed(server, engine):
