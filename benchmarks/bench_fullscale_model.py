@@ -32,38 +32,9 @@ from updlrm import configs
 from updlrm.batch import random_batch
 from updlrm.bench import machine_info
 from updlrm.partition import Topology, make_plan
-from updlrm.partition.cost import MAX_DMA_BYTES, CostEstimator
+from updlrm.partition.cost import CostEstimator, timing_counters
 from updlrm.partition.profile import profile_trace
-from updlrm.timing_model import LAUNCH_ARGS_BYTES, STATUS_BYTES, KernelCounters, TimingModel, TransferCounters
-
-
-def counters_from_load(load, nr_tasklets: int, dtype: str) -> tuple[KernelCounters, TransferCounters]:
-    """Timing-model counters of one launch from the partitioner's per-DPU load (tasklets share
-    each DPU's work evenly, as the kernel's lookup-balanced split aims to)."""
-    nt = nr_tasklets
-
-    def share(x):
-        return np.repeat((np.asarray(x, dtype=np.float64) / nt)[:, None], nt, axis=1)
-
-    staging_reads = -(-load.request_bytes // MAX_DMA_BYTES)
-    kernel = KernelCounters(
-        nr_tasklets=nt,
-        dtype=dtype,
-        lookups=load.lookups.astype(np.float64),
-        bags=load.bags.astype(np.float64),
-        elements=load.elements.astype(np.float64),
-        dma_read_ops=share(load.dma_reads + staging_reads),
-        dma_read_bytes=share(load.mram_read_bytes + load.request_bytes),
-        dma_write_ops=share(load.bags),
-        dma_write_bytes=share(load.output_bytes),
-    )
-    transfers = TransferCounters(
-        to_dpu_lengths=np.array([LAUNCH_ARGS_BYTES, float(load.request_bytes.max())]),
-        from_dpu_lengths=np.array([STATUS_BYTES, float(load.output_bytes.max())]),
-        to_dpu_bytes=load.request_bytes.astype(np.float64) + LAUNCH_ARGS_BYTES,
-        from_dpu_bytes=load.output_bytes.astype(np.float64) + STATUS_BYTES,
-    )
-    return kernel, transfers
+from updlrm.timing_model import TimingModel
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                 for batch in batches[1:]:
                     routed = estimator.router(plan).route(batch.indices.numpy(), batch.offsets.numpy(), b)
                     load = estimator.dpu_load(plan, routed, b)
-                    k, tr = counters_from_load(load, topo.nr_tasklets, dtype)
+                    k, tr = timing_counters(load, topo.nr_tasklets, dtype, control_transfers=True)
                     res.append((model.model_batch(topo, k, tr, plan), load))
                 mb = [m for m, _ in res]
                 phases = {p.name: float(np.median([m.get(p.name).seconds for m in mb])) * 1e3 for p in mb[0].phases}

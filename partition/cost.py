@@ -97,41 +97,19 @@ class SimpleLatency:
 
 
 class TimingModelLatency:
-    """Adapter to ``updlrm.timing_model.TimingModel``: builds its KernelCounters (tasklets share a
-    DPU's work evenly; DMAs: one per <= 2 KB row piece, request staged in 2 KB reads, one write per
-    partial sum) and TransferCounters (one padded push for the request, one for the results)."""
+    """Adapter to ``updlrm.timing_model.TimingModel``: models a per-DPU load through
+    :func:`timing_counters` (request and result transfers only)."""
 
     def __init__(self, model: Any = None, nr_tasklets: Optional[int] = None, dtype: str = "int32"):
         from updlrm import timing_model as tm
 
-        self._tm = tm
         self.model = model if model is not None else tm.TimingModel.default()
         self.nr_tasklets = nr_tasklets
         self.dtype = dtype
         self.name = f"updlrm.timing_model ({dtype})"
 
     def __call__(self, load: DpuLoad, topology: Topology) -> dict[str, Any]:
-        tm = self._tm
-        nt = int(self.nr_tasklets or topology.nr_tasklets)
-        share = lambda x: np.repeat((np.asarray(x, dtype=np.float64) / nt)[:, None], nt, axis=1)
-        req_reads = -(-load.request_bytes // MAX_DMA_BYTES)
-        kc = tm.KernelCounters(
-            nr_tasklets=nt,
-            dtype=self.dtype,
-            lookups=load.lookups.astype(np.float64),
-            bags=load.bags.astype(np.float64),
-            elements=load.elements.astype(np.float64),
-            dma_read_ops=share(load.dma_reads + req_reads),
-            dma_read_bytes=share(load.mram_read_bytes + load.request_bytes),
-            dma_write_ops=share(load.bags),
-            dma_write_bytes=share(load.output_bytes),
-        )
-        up = float(load.request_bytes.max())
-        down = float(load.output_bytes.max())
-        tc = tm.TransferCounters(
-            to_dpu_lengths=np.array([up]), from_dpu_lengths=np.array([down]),
-            to_dpu_bytes=load.request_bytes.astype(np.float64), from_dpu_bytes=load.output_bytes.astype(np.float64),
-        )
+        kc, tc = timing_counters(load, int(self.nr_tasklets or topology.nr_tasklets), self.dtype)
         mb = self.model.model_batch(topology, kc, tc)
         phases = {p.name: p.seconds * 1e6 for p in mb.phases}
         cycles = self.model.kernel_cycles(kc)["cycles"]
@@ -142,6 +120,53 @@ class TimingModelLatency:
             "dpu_to_cpu": phases.get("dpu_to_cpu", 0.0),
             "kernel_per_dpu": cycles / topology.clock_hz * 1e6,
         }
+
+
+def timing_counters(load: DpuLoad, nr_tasklets: int, dtype: str, control_transfers: bool = False):
+    """``(KernelCounters, TransferCounters)`` of one launch from a per-DPU ``load``.
+
+    Tasklets share each DPU's work evenly (as the kernel's lookup-balanced split aims to); DMAs:
+    one per <= 2 KB row piece, the request staged in 2 KB reads, one write per partial sum;
+    transfers: one push of the request and one pull of the results, each padded to the largest
+    DPU. ``control_transfers`` adds the launch-arguments push and the status pull the driver also
+    makes (what a full batch costs; the strategy comparison leaves them out, as they are the same
+    for every plan).
+    """
+    from updlrm import timing_model as tm
+
+    nt = int(nr_tasklets)
+
+    def share(x):
+        return np.repeat((np.asarray(x, dtype=np.float64) / nt)[:, None], nt, axis=1)
+
+    req_reads = -(-load.request_bytes // MAX_DMA_BYTES)
+    kc = tm.KernelCounters(
+        nr_tasklets=nt,
+        dtype=dtype,
+        lookups=load.lookups.astype(np.float64),
+        bags=load.bags.astype(np.float64),
+        elements=load.elements.astype(np.float64),
+        dma_read_ops=share(load.dma_reads + req_reads),
+        dma_read_bytes=share(load.mram_read_bytes + load.request_bytes),
+        dma_write_ops=share(load.bags),
+        dma_write_bytes=share(load.output_bytes),
+    )
+    up, down = float(load.request_bytes.max()), float(load.output_bytes.max())
+    to_bytes = load.request_bytes.astype(np.float64)
+    from_bytes = load.output_bytes.astype(np.float64)
+    if control_transfers:
+        tc = tm.TransferCounters(
+            to_dpu_lengths=np.array([tm.LAUNCH_ARGS_BYTES, up]),
+            from_dpu_lengths=np.array([tm.STATUS_BYTES, down]),
+            to_dpu_bytes=to_bytes + tm.LAUNCH_ARGS_BYTES,
+            from_dpu_bytes=from_bytes + tm.STATUS_BYTES,
+        )
+    else:
+        tc = tm.TransferCounters(
+            to_dpu_lengths=np.array([up]), from_dpu_lengths=np.array([down]),
+            to_dpu_bytes=to_bytes, from_dpu_bytes=from_bytes,
+        )
+    return kc, tc
 
 
 def default_latency_model() -> LatencyModel:

@@ -399,3 +399,49 @@ def test_demo_on_emulated_dpus(capsys):
     assert report["agreement"]["ok"]
     kernel = [r for r in report["phases"] if r["backend"] == "pim" and r["phase"] == "kernel"]
     assert {r["source"] for r in kernel} <= {"emulator-wall", "modeled"} and kernel
+
+
+# -- BatchStats.to_dict: plain, JSON-serialisable data ----------------------------------------------
+def test_stats_to_dict_converts_numpy_to_plain_python():
+    import json
+
+    stats = BatchStats()
+    stats.add("kernel", np.float64(2.5e-3), "emulator-wall", cycles=np.int64(7), per_dpu=np.arange(3, dtype=np.uint32))
+    stats.counters.update(
+        lookups=np.array([[1, 2], [3, 4]], dtype=np.int64),
+        bytes=np.uint64(2**40),
+        imbalance=np.float32(1.5),
+        ok=np.bool_(True),
+        nested={"per_launch": [np.array([0.5, 1.0]), (np.int32(3), "x")], np.int64(4): np.zeros(0)},
+        pooled=torch.tensor([1.0, 2.0]),
+    )
+    d = stats.to_dict()
+    # json.dumps raises TypeError on any NumPy scalar or array left in the tree
+    back = json.loads(json.dumps(d))
+    c = back["counters"]
+    assert c["lookups"] == [[1, 2], [3, 4]] and c["bytes"] == 2**40 and c["imbalance"] == 1.5
+    assert c["ok"] is True and c["pooled"] == [1.0, 2.0]
+    assert c["nested"] == {"per_launch": [[0.5, 1.0], [3, "x"]], "4": []}
+    k = back["phases"][0]
+    assert k == {"name": "kernel", "seconds": 2.5e-3, "source": "emulator-wall", "detail": {"cycles": 7, "per_dpu": [0, 1, 2]}}
+    # exact Python types, not look-alikes that only json accepts
+    assert type(d["counters"]["bytes"]) is int and type(d["counters"]["imbalance"]) is float
+    assert type(d["counters"]["lookups"][0][0]) is int
+    # to_dict does not change the stats themselves
+    assert isinstance(stats.counters["lookups"], np.ndarray)
+
+
+def test_pim_engine_stats_are_json_serialisable():
+    _pim_or_skip()
+    import json
+
+    model = DLRM(CFG)
+    batch = random_batch(CFG, batch_size=16, pooling=5, seed=2)
+    with Engine(model, backend="pim", nr_dpus=4) as engine:
+        engine.predict(batch)
+        raw = engine.last_stats.counters
+        d = json.loads(json.dumps(engine.last_stats.to_dict()))
+    arrays = [k for k, v in raw.items() if isinstance(v, np.ndarray)]
+    assert arrays, "expected the pim backend to report per-DPU counters as arrays"
+    for k in arrays:
+        assert d["counters"][k] == raw[k].tolist()

@@ -11,7 +11,10 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
+
+import numpy as np
 
 SOURCES = ("measured", "emulator-wall", "modeled", "hardware", "simulator")
 
@@ -50,9 +53,31 @@ class BatchStats:
         return None
 
     def to_dict(self) -> dict:
+        """The phases and counters as plain Python data that ``json.dumps`` accepts: NumPy arrays
+        (e.g. the PIM backend's per-DPU counters) and torch tensors become (nested) lists, NumPy
+        scalars become int / float / bool, tuples become lists, dict keys become strings."""
         return {
             "phases": [
-                {"name": p.name, "seconds": p.seconds, "source": p.source, "detail": p.detail} for p in self.phases
+                {"name": p.name, "seconds": p.seconds, "source": p.source, "detail": to_plain(p.detail)}
+                for p in self.phases
             ],
-            "counters": self.counters,
+            "counters": to_plain(self.counters),
         }
+
+
+def to_plain(value):
+    """``value`` with every NumPy array / scalar and torch tensor replaced, recursively, by plain
+    Python lists and numbers (see :meth:`BatchStats.to_dict`); other leaves are returned as they are."""
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else str(to_plain(k)): to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        # nested lists of Python scalars for any numeric dtype and shape; object arrays recurse
+        return to_plain(value.tolist()) if value.dtype == object else value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    torch = sys.modules.get("torch")  # only when torch is already loaded: no import cost here
+    if torch is not None and isinstance(value, torch.Tensor):
+        return value.detach().cpu().tolist()
+    return value

@@ -3,9 +3,11 @@ emulated UPMEM DPUs, checking that both agree and printing what each phase cost.
 
     updlrm demo                      # B=2048, 3 batches, 64 emulated DPUs, row_uniform, fp32
     updlrm demo --dtype int32 --strategy column_wise --json
+    updlrm demo --plan plan.json     # a plan saved by `updlrm partition --save-plan` (fixes DPUs + strategy)
 
 Exit status: 0 when the two backends agree within the dtype's bound, 1 when they do not, 2 when
-the PIM backend cannot run here (with the reason on stderr).
+the arguments are bad, the plan does not fit the model, or the PIM backend cannot run here (with
+the reason on stderr).
 """
 
 from __future__ import annotations
@@ -45,9 +47,13 @@ BASELINE_STRATEGIES = ("row_uniform", "table_wise", "column_wise", "tile_uniform
 #: Default table scale: Kaggle's 33.8M rows x 0.1 = 3.4M rows (206 MiB fp32, ~3.2 MiB per DPU on 64
 #: DPUs); the demo then takes ~12 s on 2 cores. --row-scale 1 (2 GiB) also fits 64 x 64 MiB.
 DEFAULT_ROW_SCALE = 0.1
+DEFAULT_DPUS = 64
+DEFAULT_STRATEGY = "row_uniform"
 
 
 def add_parser(subparsers) -> None:
+    from updlrm.partition import strategy_names
+
     p = subparsers.add_parser(
         "demo",
         help="run a Kaggle-shaped DLRM on the CPU and on emulated DPUs and compare",
@@ -59,17 +65,39 @@ def add_parser(subparsers) -> None:
         ),
     )
     p.add_argument("--batch-size", type=int, default=2048, help="samples per batch (default 2048)")
-    p.add_argument("--batches", type=int, default=3, help="batches to run (default 3)")
-    p.add_argument("--dpus", type=int, default=64, help="emulated DPUs (default 64)")
-    p.add_argument("--strategy", default="row_uniform", help="partitioning strategy (default row_uniform)")
-    p.add_argument("--dtype", choices=("fp32", "int32"), default="fp32", help="element type on the DPUs")
+    p.add_argument("--batches", type=int, default=3, help="measured batches (default 3; one small warm-up batch runs first)")
     p.add_argument(
-        "--row-scale", type=float, default=DEFAULT_ROW_SCALE, help=f"table row scale (default {DEFAULT_ROW_SCALE})"
+        "--dpus", type=int, default=None, help=f"emulated DPUs (default {DEFAULT_DPUS}; with --plan, the plan's count)"
     )
-    p.add_argument("--pooling", type=int, default=20, help="lookups per bag (default 20)")
-    p.add_argument("--alpha", type=float, default=1.05, help="Zipf exponent of the ids (default 1.05)")
+    p.add_argument(
+        "--strategy",
+        default=None,
+        help=f"partitioning strategy, one of {', '.join(strategy_names())} "
+        f"(default {DEFAULT_STRATEGY}; with --plan, the plan's)",
+    )
+    p.add_argument(
+        "--plan",
+        metavar="FILE",
+        default=None,
+        help="place the tables with a saved plan (`updlrm partition --save-plan FILE`, JSON) instead of "
+        "--dpus/--strategy; it must match the model's table shapes, i.e. the same --row-scale (default: none)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=("fp32", "int32"),
+        default="fp32",
+        help="element type of the tables on the DPUs: fp32, or int32 fixed point (default fp32)",
+    )
+    p.add_argument(
+        "--row-scale",
+        type=float,
+        default=DEFAULT_ROW_SCALE,
+        help=f"share of Criteo Kaggle's 33.8M table rows to build (default {DEFAULT_ROW_SCALE}: 3.4M rows, 206 MiB fp32)",
+    )
+    p.add_argument("--pooling", type=int, default=20, help="lookups per bag, i.e. per table and sample (default 20)")
+    p.add_argument("--alpha", type=float, default=1.05, help="Zipf exponent of the ids, 0 = uniform (default 1.05)")
     p.add_argument("--seed", type=int, default=0, help="model and batch seed (default 0)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
+    p.add_argument("--json", action="store_true", help="print the report as JSON instead of tables (default: tables)")
     p.set_defaults(func=run)
 
 
@@ -78,8 +106,10 @@ def _progress(msg: str) -> None:
 
 
 def _check_args(args) -> str | None:
+    if args.plan is not None and (args.dpus is not None or args.strategy is not None):
+        return "--plan fixes the DPU count and the strategy: drop --dpus / --strategy"
     for name in ("batch_size", "batches", "dpus"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             return f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}"
     if args.pooling < 0:
         return f"--pooling must be >= 0, got {args.pooling}"
@@ -88,6 +118,27 @@ def _check_args(args) -> str | None:
     if args.alpha < 0:
         return f"--alpha must be >= 0, got {args.alpha}"
     return None
+
+
+def _load_plan_for(path: str, cfg, row_scale: float) -> tuple[object, str | None]:
+    """The plan saved at ``path`` checked against ``cfg``'s tables: ``(plan, None)``, or
+    ``(None, message)`` naming why it cannot be used (unreadable, or made for other table shapes)."""
+    from updlrm.partition import PlanError, load_plan, validate_plan
+
+    try:
+        plan = load_plan(path)
+    except PlanError as exc:
+        return None, f"cannot use --plan: {exc}"
+    except (OSError, KeyError, TypeError, ValueError) as exc:  # a damaged file
+        return None, f"cannot use --plan: {path!r} is not a readable plan file ({type(exc).__name__}: {exc})"
+    try:
+        validate_plan(plan, cfg.tables)
+    except PlanError as exc:
+        return None, (
+            f"--plan {path} does not match the demo model ({cfg.name}, row scale {row_scale:g}): {exc}; "
+            "save a plan for the same --row-scale"
+        )
+    return plan, None
 
 
 def _summarise_counters(counters: dict) -> dict:
@@ -158,6 +209,14 @@ def run(args) -> int:
 
     torch.manual_seed(args.seed)
     cfg = configs.get("kaggle", row_scale=args.row_scale, seed=args.seed)
+    plan = None
+    if args.plan is not None:
+        plan, problem = _load_plan_for(args.plan, cfg, args.row_scale)
+        if problem:
+            print(f"updlrm demo: {problem}", file=sys.stderr)
+            return 2
+    nr_dpus = plan.topology.nr_dpus if plan is not None else (args.dpus or DEFAULT_DPUS)
+    strategy_name = plan.strategy if plan is not None else (args.strategy or DEFAULT_STRATEGY)
     _progress(
         f"model {cfg.name}: {cfg.nr_tables} tables, {cfg.total_rows:,} rows x dim {cfg.embedding_dim} "
         f"({cfg.embedding_bytes / 2**20:.1f} MiB fp32), row scale {args.row_scale:g}"
@@ -170,7 +229,7 @@ def run(args) -> int:
         for i in range(args.batches)
     ]
     profile = None
-    if args.strategy not in BASELINE_STRATEGIES:
+    if plan is None and strategy_name not in BASELINE_STRATEGIES:
         # popularity-aware strategies get an access profile measured on a held-out batch
         from updlrm.partition.profile import profile_trace
 
@@ -178,12 +237,14 @@ def run(args) -> int:
         profile = profile_trace(held_out, cfg.tables, source=f"held-out random batch ({held_out.batch_size} samples)")
         _progress(f"measured an access profile on a held-out batch of {held_out.batch_size} samples")
     cpu = Engine(model, backend="cpu")
-    _progress(f"placing the tables on {args.dpus} emulated DPUs ({args.strategy}, {args.dtype}) and loading MRAM")
+    origin = f"plan {args.plan}: " if plan is not None else ""
+    _progress(f"placing the tables on {nr_dpus} emulated DPUs ({origin}{strategy_name}, {args.dtype}) and loading MRAM")
     t0 = time.perf_counter()
     try:
-        pim = Engine(
-            model, backend="pim", nr_dpus=args.dpus, strategy=args.strategy, dtype=args.dtype, profile=profile
-        )
+        if plan is not None:  # the plan brings its own topology (DPU count, tasklets)
+            pim = Engine(model, backend="pim", strategy=plan, dtype=args.dtype)
+        else:
+            pim = Engine(model, backend="pim", nr_dpus=nr_dpus, strategy=strategy_name, dtype=args.dtype, profile=profile)
     except BackendUnavailableError as exc:
         print(f"updlrm demo: the pim backend cannot run here: {exc}", file=sys.stderr)
         return 2
@@ -282,7 +343,14 @@ def run(args) -> int:
             "lookups_per_batch": lookups,
             "seed": args.seed,
         },
-        "pim": {"dpus": args.dpus, "strategy": args.strategy, "dtype": args.dtype, "device": "emulator", "load_s": load_s},
+        "pim": {
+            "dpus": nr_dpus,
+            "strategy": strategy_name,
+            "plan_file": args.plan,
+            "dtype": args.dtype,
+            "device": "emulator",
+            "load_s": load_s,
+        },
         "phases": phases,
         "lookups_per_s": {
             "cpu_embed_measured": lookups / cpu_embed if cpu_embed > 0 else None,
@@ -318,7 +386,11 @@ def _print_report(r: dict) -> None:
         f"workload: {w['batches']} batches of B={w['batch_size']}, pooling {w['pooling']}, Zipf alpha "
         f"{w['zipf_alpha']:g} ({w['lookups_per_batch']:,} lookups per batch)"
     )
-    print(f"pim: {p['dpus']} emulated DPUs, strategy {p['strategy']}, dtype {p['dtype']} (tables loaded in {p['load_s']:.1f} s)")
+    origin = f" (from plan {p['plan_file']})" if p.get("plan_file") else ""
+    print(
+        f"pim: {p['dpus']} emulated DPUs, strategy {p['strategy']}{origin}, dtype {p['dtype']} "
+        f"(tables loaded in {p['load_s']:.1f} s)"
+    )
     print()
     print(f"{'backend':<8} {'phase':<20} {'median ms':>10}  source")
     print("-" * 78)
