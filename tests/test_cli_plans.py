@@ -82,3 +82,61 @@ def test_demo_plan_errors_exit_2(plans, tmp_path, capsys):
     for extra in (["--dpus", "8"], ["--strategy", "row_uniform"]):
         assert main(DEMO_ARGS + ["--plan", str(plans / "ok.json")] + extra) == 2
         assert "--plan fixes the DPU count and the strategy" in capsys.readouterr().err
+
+
+# -- `updlrm bench --plan` -------------------------------------------------------------------------------
+BENCH_ARGS = ["bench", "--batch-sizes", "8", "--repeats", "1", "--warmup", "0", "--pooling", "4", "--quiet", "--no-plots"]
+
+
+@pytest.fixture(scope="module")
+def tiny_plan(tmp_path_factory):
+    """column_wise on 3 DPUs with 8 tasklets: none of it is a bench default (64, row_uniform, 16)."""
+    path = tmp_path_factory.mktemp("bench_plan") / "tiny.json"
+    tiny = configs.get("tiny")
+    save_plan(make_plan(list(tiny.tables), Topology(nr_dpus=3, nr_tasklets=8), "column_wise"), path)
+    return path
+
+
+@needs_pim
+def test_bench_uses_the_saved_plan(tiny_plan, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(BENCH_ARGS + ["--backends", "cpu,pim", "--plan", str(tiny_plan), "--out", str(out)]) == 0
+    assert "pim[3 DPUs,column_wise,plan,fp32]" in capsys.readouterr().out
+    doc = json.loads((out / "bench.json").read_text())
+    cfg = doc["config"]
+    assert (cfg["plan"], cfg["nr_dpus"], cfg["strategies"], cfg["nr_tasklets"]) == (str(tiny_plan), [3], ["column_wise"], 8)
+    pim = [r for r in doc["runs"] if r["backend"] == "pim"]
+    assert len(pim) == 1 and pim[0]["status"] == "ok", pim
+    assert pim[0]["plan_file"] == str(tiny_plan) and pim[0]["nr_dpus"] == 3
+    # the timing model saw the engine's plan: its strategy and tasklets, and a DPU among the plan's 3
+    km = pim[0]["kernel_model"]
+    assert km["strategy"] == "column_wise" and km["nr_tasklets"] == 8 and 0 <= km["slowest_dpu"] < 3
+
+
+def test_bench_refuses_a_plan_for_another_model(plans, tmp_path, capsys):
+    # a plan for the 26-table demo model against bench's 4-table tiny model
+    rc = main(BENCH_ARGS + ["--backends", "pim", "--plan", str(plans / "ok.json"), "--out", str(tmp_path)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "does not match the bench model 'tiny'" in err and "26 tables but the model has 4" in err
+    assert "Traceback" not in err and not (tmp_path / "bench.json").exists()
+
+
+def test_bench_refuses_a_plan_with_other_row_counts(plans, tmp_path, capsys):
+    cfg = configs.get("kaggle", row_scale=DEMO_SCALE)
+    name, plan_rows, model_rows = _first_mismatch(plans / "other.json", cfg)
+    rc = main(BENCH_ARGS + ["--model", "kaggle", "--row-scale", str(DEMO_SCALE), "--backends", "pim",
+                            "--plan", str(plans / "other.json"), "--out", str(tmp_path)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert repr(name) in err and f"{plan_rows:,}" in err and f"{model_rows:,}" in err
+
+
+def test_bench_plan_conflicts_exit_2(tiny_plan, tmp_path, capsys):
+    for extra in (["--nr-dpus", "4"], ["--strategies", "row_uniform"], ["--nr-tasklets", "16"]):
+        assert main(BENCH_ARGS + ["--plan", str(tiny_plan), "--out", str(tmp_path)] + extra) == 2
+        assert "--plan fixes the DPU count" in capsys.readouterr().err
+    assert main(BENCH_ARGS + ["--backends", "cpu", "--plan", str(tiny_plan), "--out", str(tmp_path)]) == 2
+    assert "a plan is for the pim backend" in capsys.readouterr().err
+    assert main(BENCH_ARGS + ["--plan", str(tmp_path / "missing.json"), "--out", str(tmp_path)]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -53,7 +53,7 @@ import numpy as np
 from updlrm.errors import BackendUnavailableError
 
 __all__ = ["BenchConfig", "BenchResult", "BACKEND_NAMES", "run_bench", "write_outputs", "format_table",
-           "load_bench_config", "load_result", "machine_info"]
+           "load_bench_config", "load_result", "load_plan_for", "machine_info"]
 
 #: Backend labels of the bench (``cuda`` on the command line means both cuda variants).
 BACKEND_NAMES = ("cpu", "cuda-hybrid", "cuda-gpu", "pim")
@@ -89,6 +89,10 @@ class BenchConfig:
             build (DPU phases measured there, the model's figures shown next to them).
         profile_samples: popularity-aware strategies get an access profile from a separate random
             trace of this many samples (seed + 10,000: held out from the measured batches, same hot rows).
+        plan: path of a saved plan (``updlrm partition --save-plan``, ``updlrm.partition.save_plan``)
+            for the pim backend; it must match the model's table shapes. The run then has one pim
+            point per batch size, with the plan's DPU count, tasklets and strategy: ``nr_dpus``,
+            ``strategies`` and ``nr_tasklets`` are replaced by the plan's (the recorded config shows them).
     """
 
     model: Any = "tiny"
@@ -109,8 +113,11 @@ class BenchConfig:
     threads: int | None = None
     profile_samples: int = 8192
     device: str = "emulator"
+    plan: str | None = None
 
     def __post_init__(self) -> None:
+        if self.plan is not None:
+            self.plan = os.fspath(self.plan)
         self.backends = _expand_backends(self.backends)
         self.batch_sizes = [int(b) for b in self.batch_sizes]
         self.nr_dpus = [int(n) for n in self.nr_dpus]
@@ -269,10 +276,11 @@ def _percentiles(values: list[float]) -> dict:
 class _Runner:
     """Builds one engine per backend point and times batches on it."""
 
-    def __init__(self, model, cfg: BenchConfig, timing_model):
+    def __init__(self, model, cfg: BenchConfig, timing_model, plan=None):
         self.model = model
         self.cfg = cfg
         self.timing = timing_model
+        self.plan = plan  # a Plan checked against the model: every pim point uses it
 
     def profile_for(self, strategy: str):
         """An access profile when ``strategy`` needs one (built once, from a held-out trace)."""
@@ -298,6 +306,8 @@ class _Runner:
             return Engine(self.model, backend="cpu")
         if backend in ("cuda-hybrid", "cuda-gpu"):
             return Engine(self.model, backend="cuda", cuda_mode=backend.split("-")[1])
+        if self.plan is not None:  # the plan brings its topology (DPUs, tasklets) and placement
+            return Engine(self.model, backend="pim", strategy=self.plan, dtype=self.cfg.dtype, device=self.cfg.device)
         return Engine(self.model, backend="pim", nr_dpus=nr_dpus, strategy=strategy, dtype=self.cfg.dtype,
                       nr_tasklets=self.cfg.nr_tasklets, profile=self.profile_for(strategy), device=self.cfg.device)
 
@@ -386,24 +396,52 @@ def run_bench(cfg: BenchConfig, progress: bool | Callable[[str], None] = False) 
 
     timing = TimingModel.from_file(cfg.timing_constants) if cfg.timing_constants else TimingModel.default()
     config = _model_config(cfg)
+    plan = None
+    if cfg.plan is not None:
+        plan = load_plan_for(cfg.plan, config)
+        if "pim" not in cfg.backends:
+            raise ValueError(f"a plan is for the pim backend, but the backends are {', '.join(cfg.backends)}")
+        cfg = dataclasses.replace(cfg, nr_dpus=[plan.topology.nr_dpus], strategies=[plan.strategy],
+                                  nr_tasklets=plan.topology.nr_tasklets)
     torch.manual_seed(cfg.seed)
     threads_before = torch.get_num_threads()
     if cfg.threads is not None:
         torch.set_num_threads(int(cfg.threads))
     try:
-        result = _run_bench(cfg, progress, timing, config)
+        result = _run_bench(cfg, progress, timing, config, plan)
         result.machine["torch_threads"] = torch.get_num_threads()
         return result
     finally:
         torch.set_num_threads(threads_before)
 
 
-def _run_bench(cfg: BenchConfig, progress, timing, config) -> BenchResult:
+def load_plan_for(path: str | Path, config):
+    """The plan saved at ``path``, checked against the tables of ``config`` (a DLRMConfig).
+
+    Raises ValueError (``updlrm.partition.PlanError``) naming the file and what is wrong: missing,
+    unreadable, or made for other table shapes (which table, the plan's rows x dim and the model's).
+    """
+    from updlrm.partition import PlanError, load_plan, validate_plan
+
+    try:
+        plan = load_plan(path)
+    except PlanError:
+        raise
+    except (OSError, KeyError, TypeError, ValueError) as exc:  # a damaged plan file
+        raise PlanError(f"{str(path)!r} is not a readable plan file ({type(exc).__name__}: {exc})") from None
+    try:
+        validate_plan(plan, config.tables)
+    except PlanError as exc:
+        raise PlanError(f"plan {str(path)!r} does not match the bench model {config.name!r}: {exc}") from None
+    return plan
+
+
+def _run_bench(cfg: BenchConfig, progress, timing, config, plan=None) -> BenchResult:
     from updlrm.batch import random_batch
     from updlrm.model import DLRM
 
     model = DLRM(config).eval()
-    runner = _Runner(model, cfg, timing)
+    runner = _Runner(model, cfg, timing, plan)
 
     points: list[tuple[str, int | None, str | None]] = []
     for backend in cfg.backends:
@@ -439,6 +477,7 @@ def _run_bench(cfg: BenchConfig, progress, timing, config) -> BenchResult:
                     "dtype": cfg.dtype if backend == "pim" else "fp32"}
             if backend == "pim":
                 base["device"] = cfg.device
+                base["plan_file"] = cfg.plan
             try:
                 engine = runner.engine(backend, nr_dpus, strategy)
             except BackendUnavailableError as exc:
@@ -509,7 +548,8 @@ def _add_speedups(runs: list[dict]) -> None:
 def _label(r: dict) -> str:
     if r["backend"] == "pim":
         dev = "" if r.get("device", "emulator") == "emulator" else f",{r['device']}"
-        return f"pim[{r['nr_dpus']} DPUs,{r['strategy']},{r['dtype']}{dev}]"
+        plan = ",plan" if r.get("plan_file") else ""
+        return f"pim[{r['nr_dpus']} DPUs,{r['strategy']}{plan},{r['dtype']}{dev}]"
     return r["backend"]
 
 

@@ -13,37 +13,54 @@ def _ints(text: str) -> list[int]:
 
 
 def add_parser(subparsers) -> None:
+    from updlrm.partition import strategy_names
+
     p = subparsers.add_parser(
         "bench", help="benchmark CPU vs CPU-GPU vs PIM (modeled) latency",
         description="Run the same model and batches on each backend, sweeping batch size, DPU count and "
                     "strategy. CPU/GPU times are measured here; PIM DPU phases are modeled by the UPMEM "
-                    "timing model from the emulator's exact counters (host phases measured). Writes a table, "
-                    "bench.json, bench.csv and plots.")
-    p.add_argument("--model", default=None, help="named config (tiny, kaggle, terabyte, mlperf, synthetic); default tiny")
-    p.add_argument("--config-file", default=None, help="bench config JSON (keys of updlrm.bench.BenchConfig); "
-                   "options given here override it")
-    p.add_argument("--row-scale", type=float, default=None, help="scale the tables' rows (e.g. 1e-3)")
-    p.add_argument("--max-rows", type=int, default=None, help="cap every table's rows")
-    p.add_argument("--batch-sizes", default=None, help="comma-separated, e.g. 64,256,1024,4096")
-    p.add_argument("--pooling", type=int, default=None, help="lookups per bag (default 20)")
-    p.add_argument("--alpha", type=float, default=None, help="Zipf skew of the ids (default 1.05)")
-    p.add_argument("--backends", default=None, help="comma-separated from cpu,cuda,cuda-hybrid,cuda-gpu,pim (default all)")
-    p.add_argument("--nr-dpus", default=None, help="comma-separated DPU counts for pim (default 64)")
-    p.add_argument("--strategies", default=None, help="comma-separated partitioning strategies (default row_uniform)")
-    p.add_argument("--dtype", default=None, choices=("fp32", "int32"), help="PIM table type (default fp32)")
+                    "timing model from the emulator's exact counters (host phases measured). Prints a table "
+                    "(latencies in ms: p50/p90/p99 over the repeats) and writes bench.json, bench.csv and "
+                    "PNG plots into --out. Options given here override --config-file.")
+    p.add_argument("--model", default=None,
+                   help="named model config: tiny, kaggle, terabyte, mlperf, synthetic (default tiny)")
+    p.add_argument("--config-file", metavar="FILE", default=None,
+                   help="bench config JSON whose keys are those of updlrm.bench.BenchConfig (default: none)")
+    p.add_argument("--row-scale", type=float, default=None,
+                   help="multiply every table's rows by this factor, e.g. 1e-3 (default 1: full size)")
+    p.add_argument("--max-rows", type=int, default=None, help="cap every table's rows (default: no cap)")
+    p.add_argument("--batch-sizes", default=None,
+                   help="samples per batch, comma-separated (default 64,256,1024,4096)")
+    p.add_argument("--pooling", type=int, default=None, help="lookups per bag, i.e. per table and sample (default 20)")
+    p.add_argument("--alpha", type=float, default=None, help="Zipf exponent of the ids, 0 = uniform (default 1.05)")
+    p.add_argument("--backends", default=None,
+                   help="comma-separated from cpu, cuda (= cuda-hybrid + cuda-gpu), cuda-hybrid, cuda-gpu, pim "
+                        "(default: all; those that cannot run here are listed unavailable)")
+    p.add_argument("--nr-dpus", default=None, help="DPU counts for pim, comma-separated (default 64)")
+    p.add_argument("--strategies", default=None,
+                   help=f"partitioning strategies for pim, comma-separated from {', '.join(strategy_names())} "
+                        "(default row_uniform)")
+    p.add_argument("--plan", metavar="FILE", default=None,
+                   help="benchmark pim with a saved plan (`updlrm partition --save-plan FILE`) instead of "
+                        "--nr-dpus/--strategies/--nr-tasklets; it must match the model's table shapes "
+                        "(default: none)")
+    p.add_argument("--dtype", default=None, choices=("fp32", "int32"),
+                   help="element type of the tables on the DPUs (default fp32)")
     p.add_argument("--device", default=None, choices=("emulator", "simulator", "hw"),
                    help="pim device (default emulator: DPU phases modeled; simulator/hw need the SDK build)")
     p.add_argument("--nr-tasklets", type=int, default=None, help="tasklets per DPU (default 16)")
-    p.add_argument("--warmup", type=int, default=None, help="warm-up batches per point (default 1)")
+    p.add_argument("--warmup", type=int, default=None, help="batches run and discarded per point (default 1)")
     p.add_argument("--repeats", type=int, default=None, help="measured batches per point (default 5)")
-    p.add_argument("--seed", type=int, default=None, help="batch seed")
+    p.add_argument("--seed", type=int, default=None, help="batch seed; batch i uses seed + i (default 0)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--timing-constants", default=None, help="JSON overriding the timing model's constants")
+    p.add_argument("--timing-constants", metavar="FILE", default=None,
+                   help="JSON overriding the timing model's constants (default: the built-in constants)")
     p.add_argument("--show-constants", action="store_true",
                    help="print the timing model's constants with unit, source and status, then exit")
-    p.add_argument("--out", default="bench_out", help="output folder for bench.json, bench.csv, plots")
-    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--out", metavar="DIR", default="bench_out",
+                   help="output folder for bench.json, bench.csv and the plots (default bench_out)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (default: write them)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (default: a progress bar on stderr)")
     p.set_defaults(func=run)
 
 
@@ -67,6 +84,10 @@ def run(args) -> int:
     if args.show_constants:
         return show_constants(args.timing_constants)
 
+    if args.plan and (args.nr_dpus or args.strategies or args.nr_tasklets is not None):
+        print("updlrm bench: --plan fixes the DPU count, the strategy and the tasklets: drop --nr-dpus / "
+              "--strategies / --nr-tasklets", file=sys.stderr)
+        return 2
     try:
         overrides = {
             "model": args.model, "row_scale": args.row_scale, "max_rows": args.max_rows,
@@ -77,7 +98,7 @@ def run(args) -> int:
             "strategies": args.strategies.split(",") if args.strategies else None,
             "dtype": args.dtype, "device": args.device, "nr_tasklets": args.nr_tasklets, "warmup": args.warmup,
             "repeats": args.repeats, "seed": args.seed, "timing_constants": args.timing_constants,
-            "threads": args.threads,
+            "threads": args.threads, "plan": args.plan,
         }
         if args.config_file:
             cfg = load_bench_config(args.config_file, **overrides)
