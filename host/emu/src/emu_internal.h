@@ -108,6 +108,7 @@ struct emu_sched {
     uint32_t heap_dirty;  /* bytes of the heap buffer that may hold another DPU's data */
     uint64_t cycles, perf_base;
     int faulted;
+    int mram_alias;       /* image __mram sections overlap the MRAM window: no DMA fast path */
 };
 
 struct emu_program {

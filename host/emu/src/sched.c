@@ -33,7 +33,8 @@
 #define EMU_USE_UCONTEXT 1
 #endif
 
-static __thread struct emu_sched *tls_sched;
+/* initial-exec: one TLS read per runtime call instead of a __tls_get_addr call */
+static __thread struct emu_sched *tls_sched __attribute__((tls_model("initial-exec")));
 
 EMU_HIDDEN uint64_t emu_now_ns(void)
 {
@@ -185,11 +186,18 @@ EMU_HIDDEN int emu_mram_write(struct emu_dpu *dpu, uint32_t off, const void *src
         if (!dpu->mram_pages[page]) {
             /* Writing zeros into an untouched page changes nothing: keep it lazy. */
             int all_zero = 1;
-            for (size_t i = 0; i < chunk; i++)
-                if (p[i]) {
+            size_t i = 0;
+            for (; i + 8 <= chunk; i += 8) { /* a word at a time: pushes of padding stay cheap */
+                uint64_t v;
+                memcpy(&v, p + i, 8);
+                if (v) {
                     all_zero = 0;
                     break;
                 }
+            }
+            for (; all_zero && i < chunk; i++)
+                if (p[i])
+                    all_zero = 0;
             if (!all_zero) {
                 dpu->mram_pages[page] = (uint8_t *)calloc(1, EMU_PAGE_SIZE);
                 if (!dpu->mram_pages[page])
@@ -278,11 +286,10 @@ static int mram_offset(struct emu_sched *s, const void *p, uint32_t *off)
     return 0;
 }
 
-static void dma(int is_write, const void *mram_p, void *wram_p, unsigned n)
+/* The checked DMA: finds and reports any violation (the slow path, taken when the fast path in
+ * dma() cannot prove the access good), then does the copy. */
+static void dma_checked(struct emu_sched *s, int is_write, const void *mram_p, void *wram_p, unsigned n)
 {
-    struct emu_sched *s = tls_sched;
-    if (!s)
-        return;
     const char *op = is_write ? "mram_write" : "mram_read";
     uint32_t off = 0;
     int in_mram = mram_offset(s, mram_p, &off);
@@ -319,6 +326,53 @@ static void dma(int is_write, const void *mram_p, void *wram_p, unsigned n)
         s->cycles += EMU_DMA_WRITE_ALPHA + n / 2;
     } else {
         emu_mram_read(d, off, wram_p, n);
+        d->counters.dma_read_ops[t]++;
+        d->counters.dma_read_bytes[t] += n;
+        s->cycles += EMU_DMA_READ_ALPHA + n / 2;
+    }
+}
+
+/* A DMA between a kernel MRAM pointer and WRAM. Hot path of every kernel: the common case (an
+ * address in the MRAM window, size in [8, 2048] and a multiple of 8, both addresses 8-byte
+ * aligned, inside MRAM and inside one backing page, WRAM range inside the WRAM globals or the
+ * heap allocated so far) is proven good with a few integer compares; anything else goes through
+ * dma_checked(), which runs every check in order and reports the first violation exactly as
+ * before. Counters and the cycle model are the same on both paths. */
+static inline __attribute__((always_inline)) void dma(int is_write, const void *mram_p, void *wram_p, unsigned n)
+{
+    struct emu_sched *s = tls_sched;
+    if (__builtin_expect(!s, 0))
+        return;
+    uintptr_t a = (uintptr_t)mram_p, w = (uintptr_t)wram_p;
+    uint32_t off = (uint32_t)(a - EMU_MRAM_BASE);
+    const struct emu_image *img = s->image;
+    /* (n - 8) <= 2040 rejects n < 8 (wraps) and n > 2048; one OR tests all three alignments */
+    int fast = !s->mram_alias && a - EMU_MRAM_BASE < EMU_MRAM_SIZE && (unsigned)(n - 8u) <= 2040u &&
+               ((n | off | (uint32_t)w) & 7u) == 0 &&
+               (off & (EMU_PAGE_SIZE - 1)) + n <= EMU_PAGE_SIZE && /* also proves off + n <= MRAM size */
+               ((w >= (uintptr_t)img->wram_start && w + n <= (uintptr_t)img->wram_end) ||
+                (w >= (uintptr_t)s->heap && w + n <= (uintptr_t)s->heap + s->heap_top));
+    if (__builtin_expect(!fast, 0)) {
+        dma_checked(s, is_write, mram_p, wram_p, n);
+        return;
+    }
+    struct emu_dpu *d = s->dpu;
+    uint32_t t = s->current;
+    uint8_t *page = d->mram_pages[off >> EMU_PAGE_SHIFT];
+    uint32_t in = off & (EMU_PAGE_SIZE - 1);
+    if (is_write) {
+        if (__builtin_expect(page != NULL, 1))
+            memcpy(page + in, wram_p, n);
+        else if (emu_mram_write(d, off, wram_p, n) != 0)
+            fault_here(s, "mram_write: the host is out of memory for MRAM backing pages");
+        d->counters.dma_write_ops[t]++;
+        d->counters.dma_write_bytes[t] += n;
+        s->cycles += EMU_DMA_WRITE_ALPHA + n / 2;
+    } else {
+        if (__builtin_expect(page != NULL, 1))
+            memcpy(wram_p, page + in, n);
+        else
+            memset(wram_p, 0, n);
         d->counters.dma_read_ops[t]++;
         d->counters.dma_read_bytes[t] += n;
         s->cycles += EMU_DMA_READ_ALPHA + n / 2;
@@ -626,6 +680,12 @@ EMU_HIDDEN int emu_sched_init(struct emu_sched *s, struct emu_program *prog, str
         s->t[i].stack_lo = lo + page;
         s->t[i].stack_hi = lo + EMU_HOST_STACK_BYTES;
     }
+    /* The DMA fast path reads addresses in the MRAM window as MRAM offsets; where the image's own
+     * __mram sections would overlap that window (never seen on x86-64 Linux), keep the exact
+     * lookup order of mram_offset() by always taking the checked path. */
+    uintptr_t lo_w = EMU_MRAM_BASE, hi_w = (uintptr_t)EMU_MRAM_BASE + EMU_MRAM_SIZE;
+    s->mram_alias = ((uintptr_t)image->mram_start < hi_w && (uintptr_t)image->mram_end > lo_w) ||
+                    ((uintptr_t)image->mramz_start < hi_w && (uintptr_t)image->mramz_end > lo_w);
     s->heap = (uint8_t *)aligned_alloc(64, EMU_WRAM_SIZE);
     if (!s->heap)
         return -1;
