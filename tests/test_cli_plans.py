@@ -57,6 +57,23 @@ def test_demo_uses_the_saved_plan(plans, capsys):
     assert "plan " in out.err and "tile_uniform" in out.err
 
 
+@needs_pim
+def test_demo_runs_a_cache_aware_plan_saved_by_updlrm_partition(tmp_path, capsys):
+    """The path users take: `updlrm partition --save-plan` (cache_aware: replicated hot rows, row
+    sets in a .npz beside the JSON), then `updlrm demo --plan` at the same row scale."""
+    path = tmp_path / "ca.json"
+    assert main(["partition", "--row-scale", str(DEMO_SCALE), "--dpus", "8", "--batch-size", "32",
+                 "--profile-batches", "2", "--eval-batches", "1", "--strategies", "row_uniform,cache_aware",
+                 "--save-plan", str(path)]) == 0
+    capsys.readouterr()
+    saved = load_plan(path)
+    assert saved.strategy == "cache_aware" and saved.topology.nr_dpus == 8
+    assert main(DEMO_ARGS + ["--plan", str(path)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["pim"]["strategy"], report["pim"]["dpus"]) == ("cache_aware", 8)
+    assert report["agreement"]["ok"] is True
+
+
 def test_demo_refuses_a_plan_for_other_table_shapes(plans, capsys):
     name, plan_rows, model_rows = _first_mismatch(plans / "other.json", configs.get("kaggle", row_scale=DEMO_SCALE))
     assert main(DEMO_ARGS + ["--plan", str(plans / "other.json")]) == 2
