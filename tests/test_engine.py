@@ -397,6 +397,7 @@ def test_demo_on_emulated_dpus(capsys):
     assert main(DEMO_ARGS + ["--dtype", "int32"]) == 0
     report = __import__("json").loads(capsys.readouterr().out)
     assert report["agreement"]["ok"]
+    assert 0.0 <= report["agreement"]["saturated_share"] <= 1.0
     kernel = [r for r in report["phases"] if r["backend"] == "pim" and r["phase"] == "kernel"]
     assert {r["source"] for r in kernel} <= {"emulator-wall", "modeled"} and kernel
 
