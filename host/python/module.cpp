@@ -241,10 +241,11 @@ class Runtime {
             }
             nr_launches = nr_packed;
             double m0 = now_s();
-            std::fill(res, res + size_t(batch_size) * spec.width, 0.0f);
+            const unsigned mthreads = packer->threads_for(uint64_t(batch_size) * spec.width);
             std::vector<int64_t> &acc = acc_;  // reused between batches (no page faults)
-            acc.clear();
-            if (spec.dtype == UPDLRM_DTYPE_INT32) acc.resize(size_t(batch_size) * spec.width, 0);
+            if (spec.dtype == UPDLRM_DTYPE_INT32) acc.resize(size_t(batch_size) * spec.width);
+            else acc.clear();
+            packer->clear(res, acc.empty() ? nullptr : acc.data(), batch_size, mthreads);
             merge_s += now_s() - m0;
             std::vector<updlrm_status> status(N);
             std::vector<uint8_t> &output = output_;
@@ -296,12 +297,12 @@ class Runtime {
                         tl_lookups.push_back(status[d].lookups[t]);
                     }
                 double m1 = now_s();
-                packer->merge(L, output.data(), ostride, res, acc.empty() ? nullptr : acc.data());
+                packer->merge(L, output.data(), ostride, res, acc.empty() ? nullptr : acc.data(), batch_size, mthreads);
                 merge_s += now_s() - m1;
             }
             if (err_kind.empty() && spec.dtype == UPDLRM_DTYPE_INT32) {
                 double m2 = now_s();
-                packer->finish_int32(acc.data(), batch_size, res);
+                packer->finish_int32(acc.data(), batch_size, res, mthreads);
                 merge_s += now_s() - m2;
             }
             }

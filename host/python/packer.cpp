@@ -2,7 +2,9 @@
 #include "packer.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <thread>
 #include <utility>
 
 namespace updlrm {
@@ -10,7 +12,61 @@ namespace updlrm {
 namespace {
 inline uint64_t align8(uint64_t x) { return (x + 7u) & ~uint64_t(7); }
 inline uint64_t request_bytes(uint64_t nr_bags, uint64_t nr_ids) { return 16u * nr_bags + align8(4u * nr_ids); }
+
+// Runs fn(0) .. fn(parts-1), fn(0) on the calling thread and the others on new threads. Where a
+// thread cannot be started its part runs on the calling thread (never an exception or an abort).
+template <class F>
+void run_parts(unsigned parts, F fn) {
+    if (parts <= 1) {
+        fn(0u);
+        return;
+    }
+    std::vector<std::thread> ts;
+    std::vector<unsigned> inline_parts;
+    ts.reserve(parts - 1);
+    for (unsigned p = 1; p < parts; p++) {
+        try {
+            ts.emplace_back(fn, p);
+        } catch (...) {
+            inline_parts.push_back(p);
+        }
+    }
+    fn(0u);
+    for (unsigned p : inline_parts) fn(p);
+    for (auto &t : ts) t.join();
+}
+
+// Entries per shard of lookups [a, e) (shard of lookup i: sh_of[i]) into cnt, the shards in order
+// of first appearance into touched. Runs of one shard are counted in a register.
+inline void count_runs(const uint32_t *sh_of, uint32_t a, uint32_t e, uint32_t *cnt, std::vector<uint32_t> &touched) {
+    for (uint32_t i = a; i < e;) {
+        uint32_t sh = sh_of[i], j = i + 1;
+        while (j < e && sh_of[j] == sh) j++;
+        if (cnt[sh] == 0) touched.push_back(sh);
+        cnt[sh] += j - i;
+        i = j;
+    }
+}
+
+// Sample range [b0, b1) of part p out of `parts` (B samples).
+inline void part_range(uint32_t B, unsigned p, unsigned parts, uint32_t &b0, uint32_t &b1) {
+    b0 = static_cast<uint32_t>(uint64_t(B) * p / parts);
+    b1 = static_cast<uint32_t>(uint64_t(B) * (p + 1) / parts);
+}
 }  // namespace
+
+unsigned Packer::threads_for(uint64_t work) const {
+    // UPDLRM_HOST_THREADS=n forces n threads whatever the batch size (tests, experiments).
+    const char *env = std::getenv("UPDLRM_HOST_THREADS");
+    unsigned forced = env != nullptr ? static_cast<unsigned>(std::strtoul(env, nullptr, 10)) : 0u;
+    if (forced != 0) return std::min(forced, 16u);
+    unsigned n = threads_ != 0 ? threads_ : std::thread::hardware_concurrency();
+    if (n == 0) n = 1;
+    n = std::min(n, 4u);
+    // Starting a thread costs tens of microseconds: only worth it above ~100k elements per thread.
+    while (n > 1 && work < uint64_t(n) * 100000u) n--;
+    return n;
+}
 
 Packer::Packer(PlanSpec spec) : spec_(std::move(spec)) {
     size_t nr_shards = spec_.shard_dpu.size();
@@ -43,14 +99,7 @@ Packer::Packer(PlanSpec spec) : spec_(std::move(spec)) {
 // Counts, for lookups [a, e), the entries per shard of their chosen replicas.
 void Packer::count_range(uint32_t a, uint32_t e) {
     touched_shards_.clear();
-    if (direct_) {  // one replica of one shard per group: the shard follows from the group
-        for (uint32_t i = a; i < e; i++) {
-            uint32_t s = group_shard_[grp_[i]];
-            if (cnt_[s]++ == 0) touched_shards_.push_back(s);
-        }
-        return;
-    }
-    if (one_shard_per_replica_) {  // rep_[i] is the shard itself
+    if (one_shard_per_replica_) {  // (also direct_: rep_[i] = group_shard_[grp_[i]])  // rep_[i] is the shard itself
         for (uint32_t i = a; i < e; i++) {
             uint32_t s = rep_[i];
             if (cnt_[s]++ == 0) touched_shards_.push_back(s);
@@ -108,9 +157,7 @@ void Packer::commit(uint32_t a, uint32_t e, uint32_t sample) {
     for (uint32_t s : touched_shards_) {  // write cursors, valid once every ids vector has grown
         cursor_[s] = dpus_[spec_.shard_dpu[s]].ids.data() + first_[s];
     }
-    if (direct_) {
-        for (uint32_t i = a; i < e; i++) *cursor_[group_shard_[grp_[i]]]++ = lrow_[i];
-    } else if (one_shard_per_replica_) {
+    if (one_shard_per_replica_) {
         for (uint32_t i = a; i < e; i++) *cursor_[rep_[i]]++ = lrow_[i];
     } else {
         for (uint32_t i = a; i < e; i++) {
@@ -202,6 +249,173 @@ std::string Packer::place(uint32_t a, uint32_t e, uint32_t sample, uint32_t tabl
     return place(mid, e, sample, table, out, depth + 1);
 }
 
+std::string Packer::pack_direct(const int64_t *offsets, uint32_t batch_size, std::vector<Launch> &out, bool &done) {
+    done = false;
+    const uint32_t n = spec_.nr_dpus;
+    const uint64_t K = uint64_t(spec_.nr_tables) * batch_size;
+    const uint64_t N = static_cast<uint64_t>(offsets[K]);
+    const size_t nr_shards = spec_.shard_dpu.size();
+    const uint32_t nr_groups = static_cast<uint32_t>(spec_.group_rep_ptr.size() - 1);
+    const unsigned parts = threads_for(N);
+    // Part p handles bags [split[p], split[p+1]): about N / parts lookups each.
+    std::vector<uint64_t> split(parts + 1, K);
+    split[0] = 0;
+    for (unsigned p = 1; p < parts; p++)
+        split[p] = static_cast<uint64_t>(std::lower_bound(offsets, offsets + K, static_cast<int64_t>(N * p / parts)) - offsets);
+    struct Scratch {
+        std::vector<uint32_t> cnt, touched;
+        std::vector<uint32_t *> cursor;
+        std::vector<uint64_t> nb, ni, ob, el;  // per DPU: bags, ids, output bytes, elements of this part
+        uint64_t bad = UINT64_MAX;             // first lookup with a group out of range
+    };
+    std::vector<Scratch> sc(parts);
+    const int32_t *grp = grp_;
+    const uint32_t *gs = group_shard_.data();
+    uint32_t *sh_of = rep_.data();  // shard of each lookup, looked up once here
+    const uint32_t *lrow = lrow_;
+    // Pass 1 (parallel): check the groups, note each lookup's shard, count bags / ids / output
+    // bytes per DPU.
+    run_parts(parts, [&](unsigned p) {
+        Scratch &x = sc[p];
+        x.cnt.assign(nr_shards, 0);
+        x.cursor.assign(nr_shards, nullptr);
+        x.nb.assign(n, 0);
+        x.ni.assign(n, 0);
+        x.ob.assign(n, 0);
+        x.el.assign(n, 0);
+        // The lookups of this part, checked and mapped to shards in one streaming loop.
+        const uint64_t i0 = static_cast<uint64_t>(offsets[split[p]]), i1 = static_cast<uint64_t>(offsets[split[p + 1]]);
+        for (uint64_t i = i0; i < i1; i++) {
+            uint32_t g = static_cast<uint32_t>(grp[i]);
+            if (g >= nr_groups) {  // also a negative group
+                x.bad = i;
+                return;
+            }
+            sh_of[i] = gs[g];
+        }
+        uint32_t *cnt = x.cnt.data();
+        for (uint64_t k = split[p]; k < split[p + 1]; k++) {
+            uint32_t a = static_cast<uint32_t>(offsets[k]), e = static_cast<uint32_t>(offsets[k + 1]);
+            count_runs(sh_of, a, e, cnt, x.touched);
+            for (uint32_t sh : x.touched) {
+                uint32_t d = spec_.shard_dpu[sh];
+                x.nb[d] += 1;
+                x.ni[d] += x.cnt[sh];
+                x.ob[d] += spec_.shard_row_bytes[sh];
+                x.el[d] += uint64_t(x.cnt[sh]) * spec_.shard_ncols[sh];
+                x.cnt[sh] = 0;
+            }
+            x.touched.clear();
+        }
+    });
+    for (unsigned p = 0; p < parts; p++)  // the first bad lookup of the batch, as in lookup order
+        if (sc[p].bad != UINT64_MAX) {
+            uint64_t i = sc[p].bad;
+            return "lookup " + std::to_string(i) + " maps to row group " + std::to_string(grp[i]) + ", allowed 0.." +
+                   std::to_string(nr_groups - 1);
+        }
+    // Totals per DPU; each part's counts become its starting positions (prefix over parts).
+    std::vector<uint64_t> NB(n, 0), NI(n, 0), OB(n, 0), EL(n, 0);
+    uint64_t total_bags = 0;
+    for (unsigned p = 0; p < parts; p++) {
+        Scratch &x = sc[p];
+        for (uint32_t d = 0; d < n; d++) {
+            uint64_t b = x.nb[d], i = x.ni[d], o = x.ob[d];
+            x.nb[d] = NB[d];
+            x.ni[d] = NI[d];
+            x.ob[d] = OB[d];
+            NB[d] += b;
+            NI[d] += i;
+            OB[d] += o;
+            EL[d] += x.el[d];
+            total_bags += b;
+        }
+    }
+    // The lookups per DPU are the load the general path needs; one launch when even one bag per
+    // entry fits every DPU (as in pack()).
+    always_fits_ = true;
+    for (uint32_t d = 0; d < n; d++) {
+        load_[d] = NI[d];
+        if (request_bytes(NI[d], NI[d]) > spec_.request_capacity || NI[d] * max_row_bytes_[d] > spec_.output_capacity)
+            always_fits_ = false;
+    }
+    if (!always_fits_) return "";  // the general path places bag by bag
+    done = true;
+    if (total_bags == 0) return "";  // nothing to launch
+    if (nr_out_ == out.size()) out.emplace_back();
+    Launch &L = out[nr_out_++];
+    L.args.resize(n);
+    L.bag_sample.resize(n);
+    L.bags.resize(n);
+    size_t stride = 0, out_max = 0;
+    for (uint32_t d = 0; d < n; d++) {
+        stride = std::max<size_t>(stride, request_bytes(NB[d], NI[d]));
+        out_max = std::max<size_t>(out_max, OB[d]);
+        L.bags[d].resize(NB[d]);
+        L.bag_sample[d].resize(NB[d]);
+    }
+    L.request_stride = stride;
+    L.output_bytes = out_max;
+    if (L.request.size() < stride * n) L.request.resize(stride * n);
+    uint8_t *req = L.request.data();
+    // Pass 2 (parallel): bag descriptors and ids straight into each DPU's slice of the buffer.
+    run_parts(parts, [&](unsigned p) {
+        Scratch &x = sc[p];
+        for (uint64_t k = split[p]; k < split[p + 1]; k++) {
+            uint32_t a = static_cast<uint32_t>(offsets[k]), e = static_cast<uint32_t>(offsets[k + 1]);
+            if (a == e) continue;
+            uint32_t sample = static_cast<uint32_t>(k % batch_size);
+            count_runs(sh_of, a, e, x.cnt.data(), x.touched);
+            for (uint32_t sh : x.touched) {
+                uint32_t d = spec_.shard_dpu[sh];
+                uint8_t *dst = req + size_t(d) * stride;
+                updlrm_bag bag;
+                bag.shard = spec_.shard_local[sh];
+                bag.nr_lookups = x.cnt[sh];
+                bag.first_lookup = static_cast<uint32_t>(x.ni[d]);
+                bag.out_offset = static_cast<uint32_t>(x.ob[d]);
+                uint64_t bi = x.nb[d]++;
+                std::memcpy(dst + 16u * bi, &bag, sizeof bag);
+                L.bags[d][bi] = bag;
+                L.bag_sample[d][bi] = sample;
+                x.cursor[sh] = reinterpret_cast<uint32_t *>(dst + 16u * NB[d]) + x.ni[d];
+                x.ni[d] += x.cnt[sh];
+                x.ob[d] += spec_.shard_row_bytes[sh];
+            }
+            for (uint32_t i = a; i < e;) {  // runs of one shard (a whole bag on table-wise plans) at once
+                uint32_t sh = sh_of[i], j = i + 1;
+                while (j < e && sh_of[j] == sh) j++;
+                std::memcpy(x.cursor[sh], lrow + i, 4u * (j - i));
+                x.cursor[sh] += j - i;
+                i = j;
+            }
+            for (uint32_t sh : x.touched) x.cnt[sh] = 0;
+            x.touched.clear();
+        }
+    });
+    for (uint32_t d = 0; d < n; d++) {
+        size_t used = 16u * NB[d] + 4u * NI[d];
+        std::memset(req + size_t(d) * stride + used, 0, stride - used);  // padding up to the largest request
+        updlrm_launch_args &a = L.args[d];
+        a.abi_version = UPDLRM_ABI_VERSION;
+        a.nr_shards = spec_.nr_shards_on_dpu[d];
+        a.nr_bags = static_cast<uint32_t>(NB[d]);
+        a.nr_lookups = static_cast<uint32_t>(NI[d]);
+        a.bags_offset = spec_.request_offset;
+        a.lookups_offset = spec_.request_offset + static_cast<uint32_t>(16u * NB[d]);
+        a.out_offset = spec_.output_offset;
+        a.out_bytes = static_cast<uint32_t>(OB[d]);
+        if (counters_ != nullptr) {
+            counters_->lookups.push_back(NI[d]);
+            counters_->bags.push_back(NB[d]);
+            counters_->elements.push_back(EL[d]);
+            counters_->request_bytes.push_back(request_bytes(NB[d], NI[d]));
+            counters_->output_bytes.push_back(OB[d]);
+        }
+    }
+    return "";
+}
+
 std::string Packer::pack(const int32_t *grp, const uint32_t *lrow, const int64_t *offsets, uint32_t batch_size,
                          std::vector<Launch> &out, size_t &nr_launches, PackCounters &counters) {
     nr_out_ = 0;
@@ -213,7 +427,7 @@ std::string Packer::pack(const int32_t *grp, const uint32_t *lrow, const int64_t
     counters = PackCounters();
     counters_ = &counters;
     lrow_ = lrow;
-    if (!direct_) rep_.resize(nr_lookups);
+    rep_.resize(nr_lookups);  // direct_: the shard of each lookup, looked up once (groups can be many)
     load_.assign(n, 0);
     for (auto &st : dpus_) {
         st.bags.clear();
@@ -225,13 +439,13 @@ std::string Packer::pack(const int32_t *grp, const uint32_t *lrow, const int64_t
     nr_bags_ = 0;
 
     grp_ = grp;
-    if (direct_) {  // nothing to choose: check the groups and count entries per DPU
-        for (uint64_t i = 0; i < nr_lookups; i++) {
-            int32_t g = grp[i];
-            if (g < 0 || static_cast<uint32_t>(g) >= nr_groups)
-                return "lookup " + std::to_string(i) + " maps to row group " + std::to_string(g) + ", allowed 0.." +
-                       std::to_string(nr_groups - 1);
-            load_[spec_.shard_dpu[group_shard_[g]]]++;
+    if (direct_) {  // nothing to choose: check the groups, count entries per DPU, pack at once if it fits
+        bool done = false;
+        std::string err = pack_direct(offsets, batch_size, out, done);
+        if (!err.empty() || done) {
+            counters_ = nullptr;
+            nr_launches = nr_out_;
+            return err;
         }
     }
     // Replica choice, in lookup order: least-loaded (by lookups so far) DPU among the replicas.
@@ -266,6 +480,9 @@ std::string Packer::pack(const int32_t *grp, const uint32_t *lrow, const int64_t
         uint64_t e = load_[d];
         if (request_bytes(e, e) > spec_.request_capacity || e * max_row_bytes_[d] > spec_.output_capacity)
             always_fits_ = false;
+    }
+    for (uint32_t d = 0; d < n; d++) {
+        uint64_t e = load_[d];
         dpus_[d].bags.reserve(e);
         dpus_[d].ids.reserve(e);
         dpus_[d].sample.reserve(e);
@@ -289,36 +506,61 @@ std::string Packer::pack(const int32_t *grp, const uint32_t *lrow, const int64_t
 }
 
 void Packer::merge(const Launch &launch, const uint8_t *output, size_t output_stride, float *result,
-                   int64_t *acc) const {
+                   int64_t *acc, uint32_t batch_size, unsigned threads) const {
     const uint32_t W = spec_.width;
-    for (uint32_t d = 0; d < spec_.nr_dpus; d++) {
-        const uint8_t *base = output + size_t(d) * output_stride;
-        const std::vector<uint32_t> &samples = launch.bag_sample[d];
-        const std::vector<updlrm_bag> &bags = launch.bags[d];
-        const uint32_t *l2g = local_to_global_.data() + dpu_shard_base_[d];
-        for (size_t j = 0; j < samples.size(); j++) {
-            uint32_t s = l2g[bags[j].shard];
-            uint32_t ncols = spec_.shard_ncols[s];
-            size_t dst = size_t(samples[j]) * W + spec_.shard_col[s];
-            const uint8_t *src = base + bags[j].out_offset;
-            if (spec_.dtype == UPDLRM_DTYPE_INT32) {
-                int64_t *o = acc + dst;
-                const int32_t *p = reinterpret_cast<const int32_t *>(src);
-                for (uint32_t c = 0; c < ncols; c++) o[c] += p[c];
-            } else {
-                float *o = result + dst;
-                const float *p = reinterpret_cast<const float *>(src);
-                for (uint32_t c = 0; c < ncols; c++) o[c] += p[c];
+    const bool is_int = spec_.dtype == UPDLRM_DTYPE_INT32;
+    const unsigned parts = std::max(1u, threads);
+    run_parts(parts, [&](unsigned p) {
+        uint32_t b0, b1;
+        part_range(batch_size, p, parts, b0, b1);
+        for (uint32_t d = 0; d < spec_.nr_dpus; d++) {
+            const uint8_t *base = output + size_t(d) * output_stride;
+            const std::vector<uint32_t> &samples = launch.bag_sample[d];
+            const std::vector<updlrm_bag> &bags = launch.bags[d];
+            const uint32_t *l2g = local_to_global_.data() + dpu_shard_base_[d];
+            for (size_t j = 0; j < samples.size(); j++) {
+                uint32_t b = samples[j];
+                if (b < b0 || b >= b1) continue;  // another thread's samples
+                uint32_t s = l2g[bags[j].shard];
+                uint32_t ncols = spec_.shard_ncols[s];
+                size_t dst = size_t(b) * W + spec_.shard_col[s];
+                const uint8_t *src = base + bags[j].out_offset;
+                if (is_int) {
+                    int64_t *o = acc + dst;
+                    const int32_t *q = reinterpret_cast<const int32_t *>(src);
+                    for (uint32_t c = 0; c < ncols; c++) o[c] += q[c];
+                } else {
+                    float *o = result + dst;
+                    const float *q = reinterpret_cast<const float *>(src);
+                    for (uint32_t c = 0; c < ncols; c++) o[c] += q[c];
+                }
             }
         }
-    }
+    });
 }
 
-void Packer::finish_int32(const int64_t *acc, uint32_t batch_size, float *result) const {
+void Packer::finish_int32(const int64_t *acc, uint32_t batch_size, float *result, unsigned threads) const {
     const uint32_t W = spec_.width;
-    for (uint32_t b = 0; b < batch_size; b++)
-        for (uint32_t c = 0; c < W; c++)
-            result[size_t(b) * W + c] = static_cast<float>(static_cast<double>(acc[size_t(b) * W + c]) / spec_.col_scale[c]);
+    const unsigned parts = std::max(1u, threads);
+    run_parts(parts, [&](unsigned p) {
+        uint32_t b0, b1;
+        part_range(batch_size, p, parts, b0, b1);
+        for (uint32_t b = b0; b < b1; b++)
+            for (uint32_t c = 0; c < W; c++)
+                result[size_t(b) * W + c] =
+                    static_cast<float>(static_cast<double>(acc[size_t(b) * W + c]) / spec_.col_scale[c]);
+    });
+}
+
+void Packer::clear(float *result, int64_t *acc, uint32_t batch_size, unsigned threads) const {
+    const size_t W = spec_.width;
+    const unsigned parts = std::max(1u, threads);
+    run_parts(parts, [&](unsigned p) {
+        uint32_t b0, b1;
+        part_range(batch_size, p, parts, b0, b1);
+        std::memset(result + b0 * W, 0, (b1 - b0) * W * sizeof(float));
+        if (acc != nullptr) std::memset(acc + b0 * W, 0, (b1 - b0) * W * sizeof(int64_t));
+    });
 }
 
 }  // namespace updlrm

@@ -70,9 +70,19 @@ class Packer {
 
     // Adds one launch's partial sums (output: [nr_dpus][output_stride] bytes) into result
     // ([B, W] float32, fp32 plans) or acc ([B, W] int64, int32 plans).
-    void merge(const Launch &launch, const uint8_t *output, size_t output_stride, float *result, int64_t *acc) const;
+    // Samples are split into `threads` ranges merged in parallel; every output element still gets
+    // its partial sums in the same order (DPU order, then bag order), so results do not depend on
+    // the thread count.
+    void merge(const Launch &launch, const uint8_t *output, size_t output_stride, float *result, int64_t *acc,
+               uint32_t batch_size, unsigned threads = 1) const;
     // int32 plans: result = acc / scale per column.
-    void finish_int32(const int64_t *acc, uint32_t batch_size, float *result) const;
+    void finish_int32(const int64_t *acc, uint32_t batch_size, float *result, unsigned threads = 1) const;
+    // Zeroes result ([B, W] float32) and acc (when not null), in parallel.
+    void clear(float *result, int64_t *acc, uint32_t batch_size, unsigned threads = 1) const;
+    // Threads worth using for host work on a batch of this size (1 for small batches).
+    unsigned threads_for(uint64_t work) const;
+    // Worker threads for pack/merge (0 = std::thread::hardware_concurrency(), capped at 4).
+    void set_threads(unsigned n) { threads_ = n; }
 
   private:
     struct DpuState {
@@ -86,6 +96,12 @@ class Packer {
     void finalize(std::vector<Launch> &out);
     bool launch_empty() const { return nr_bags_ == 0; }
     void count_range(uint32_t a, uint32_t e);
+    // direct_ plans (one replica of one shard per group): checks the groups, notes each lookup's
+    // shard in rep_ and its DPU load, and when the batch fits one launch writes bag descriptors and
+    // ids straight into the padded request buffer (done = true), both passes over two bag ranges
+    // in parallel when worthwhile. Same bags in the same order as place(). done = false: the
+    // general path goes on with rep_ and load_ set.
+    std::string pack_direct(const int64_t *offsets, uint32_t batch_size, std::vector<Launch> &out, bool &done);
     std::string place(uint32_t a, uint32_t e, uint32_t sample, uint32_t table, std::vector<Launch> &out, int depth);
 
     PlanSpec spec_;
@@ -108,6 +124,7 @@ class Packer {
     std::vector<uint32_t> local_to_global_;    // descriptor (dpu, local) -> global shard id
     std::vector<uint64_t> max_row_bytes_;  // per DPU: widest stored row of its shards
     bool always_fits_ = false;
+    unsigned threads_ = 0;
     size_t nr_out_ = 0;  // launches filled in this pack()             // this batch fits one launch even at one bag per entry
 };
 
