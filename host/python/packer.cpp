@@ -331,15 +331,15 @@ std::string Packer::pack_direct(const int64_t *offsets, uint32_t batch_size, std
             total_bags += b;
         }
     }
-    // The lookups per DPU are the load the general path needs; one launch when even one bag per
-    // entry fits every DPU (as in pack()).
-    always_fits_ = true;
+    // The lookups per DPU are the load the general path needs. The exact totals decide whether
+    // the batch is one launch: when they fit every DPU's capacities, so does every prefix of the
+    // bags, and the general path would build this same single launch bag by bag.
+    bool one_launch = true;
     for (uint32_t d = 0; d < n; d++) {
         load_[d] = NI[d];
-        if (request_bytes(NI[d], NI[d]) > spec_.request_capacity || NI[d] * max_row_bytes_[d] > spec_.output_capacity)
-            always_fits_ = false;
+        if (request_bytes(NB[d], NI[d]) > spec_.request_capacity || OB[d] > spec_.output_capacity) one_launch = false;
     }
-    if (!always_fits_) return "";  // the general path places bag by bag
+    if (!one_launch) return "";  // the general path places bag by bag
     done = true;
     if (total_bags == 0) return "";  // nothing to launch
     if (nr_out_ == out.size()) out.emplace_back();
