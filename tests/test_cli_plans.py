@@ -4,7 +4,6 @@ exit code 2 and a message naming the table whose shape differs, and --plan confl
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
@@ -13,8 +12,12 @@ from updlrm import configs
 from updlrm.cli import main
 from updlrm.partition import Topology, load_plan, make_plan, save_plan
 
-PIM_PRESENT = importlib.util.find_spec("updlrm.pim") is not None
-needs_pim = pytest.mark.skipif(not PIM_PRESENT, reason="updlrm.pim (the emulated DPU runtime) is not built")
+import updlrm.pim  # noqa: F401  (part of the package: a broken import fails here, never skips)
+
+
+def needs_pim(test):
+    """Kept as a marker of the tests that run the emulated DPUs."""
+    return test
 
 #: The demo's model at this row scale has 26 tables and ~3.4k rows: fast on 2 cores.
 DEMO_SCALE = 1e-4

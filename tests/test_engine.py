@@ -224,7 +224,11 @@ def test_pim_backend_plumbing_with_stand_in(monkeypatch):
 
 # -- the real PIM path (needs updlrm.pim and the native emulator) -------------------------------------
 def _pim_or_skip():
-    return pytest.importorskip("updlrm.pim", reason="updlrm.pim (kernel+driver part) not built yet")
+    # A plain import: updlrm.pim is part of the package, so a broken import must fail these tests,
+    # not skip them (a missing native module raises BackendUnavailableError when used).
+    import updlrm.pim
+
+    return updlrm.pim
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "int32"])
