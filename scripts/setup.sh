@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything updlrm needs on a fresh machine, idempotently: a virtual environment in .venv,
-# the dependencies (torch CPU build where the machine offers it), and updlrm itself (native parts
+# the dependencies (torch from pip's configured index; set UPDLRM_TORCH_INDEX to an index URL, e.g.
+# PyTorch's CPU wheel index, to take torch from there instead), and updlrm itself (native parts
 # compiled by CMake: the UPMEM emulator, the DPU kernels for it, the host driver; plus the real
 # DPU binaries and libdpu module where the UPMEM SDK is found).
 set -euo pipefail
@@ -12,6 +13,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 PIP=(.venv/bin/python -m pip --disable-pip-version-check)
 echo "[setup] installing dependencies (first run: a few minutes)" >&2
+if [ -n "${UPDLRM_TORCH_INDEX:-}" ]; then
+  "${PIP[@]}" install -q --index-url "$UPDLRM_TORCH_INDEX" "torch>=2.3,<2.14"
+fi
 "${PIP[@]}" install -q "scikit-build-core>=0.10" "pybind11>=2.12" "torch>=2.3,<2.14" \
   "numpy>=1.24" "pandas>=2.0" "matplotlib>=3.7" "tqdm>=4.60" "fastapi>=0.110" "uvicorn>=0.29" \
   "httpx>=0.27" "pytest>=7.4" "pytest-timeout>=2.2"
