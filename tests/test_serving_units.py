@@ -429,3 +429,80 @@ def test_a_dead_batching_loop_fails_queued_requests_instead_of_hanging():
             await b.close()
 
     run(main())
+
+
+# -- engine process: crash recovery ---------------------------------------------------------------
+
+CRASH = 777.0  # a dense value on which the engine process below dies (like an emulator crash)
+
+
+def crashing_loader(settings):
+    """Runs in the spawned engine process (pickled by name): the tiny model, whose process exits
+    with code 3 on a batch holding the dense value CRASH."""
+    import os
+
+    from updlrm.serving.loader import load_model
+
+    model = load_model(settings)
+    real = model.run_batch
+
+    def run_batch(merged):
+        if (merged.dense == CRASH).any():
+            os._exit(3)
+        return real(merged)
+
+    model.run_batch = run_batch
+    return model
+
+
+def test_engine_process_is_restarted_after_a_crash_and_gives_up_past_the_bound():
+    from updlrm import configs
+    from updlrm.batch import Batch
+    from updlrm.engine import Engine
+    from updlrm.model import DLRM
+    from updlrm.serving.batcher import MergedBatch
+    from updlrm.serving.engine_process import EngineProcess
+    from updlrm.serving.loader import ServeSettings
+
+    config = configs.get("tiny")
+    rng = np.random.default_rng(3)
+    n = 5
+    lengths = rng.integers(0, 4, size=(len(config.tables), n))
+    indices = np.concatenate([rng.integers(0, t.rows, size=int(lengths[k].sum()))
+                              for k, t in enumerate(config.tables)]).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths.reshape(-1))]).astype(np.int64)
+    dense = rng.standard_normal((n, config.n_dense)).astype(np.float32)
+    with Engine(DLRM(config), backend="cpu") as ref:
+        expected = ref.predict(Batch(torch.from_numpy(dense), torch.from_numpy(indices),
+                                     torch.from_numpy(offsets))).numpy()
+    good = MergedBatch(dense=dense, indices=indices, offsets=offsets, row_starts=np.array([0, n]))
+    crash_dense = dense.copy()
+    crash_dense[2, 1] = CRASH
+    bad = MergedBatch(dense=crash_dense, indices=indices, offsets=offsets, row_starts=np.array([0, n]))
+
+    settings = ServeSettings(model="tiny", engine_max_restarts=1, engine_restart_window_s=600)
+    proc = EngineProcess(settings, load_timeout_s=120, loader=crashing_loader)
+    try:
+        np.testing.assert_allclose(proc.run_batch(good)[0], expected, rtol=1e-5, atol=1e-6)
+        first_pid = proc._child.process.pid
+        with pytest.raises(EngineError) as info:  # the crash fails only this batch ...
+            proc.run_batch(bad)
+        assert info.value.kind == "EngineProcessDied" and "exit code 3" in info.value.message
+        status, reason = proc.health()  # ... and a new process is loading
+        assert status == "loading" and "exit code 3" in reason, (status, reason)
+        assert proc.restarts == 1
+        # the next batch waits for the new process and is served by it
+        np.testing.assert_allclose(proc.run_batch(good)[0], expected, rtol=1e-5, atol=1e-6)
+        assert proc.health() == ("ready", None) and proc._child.process.pid != first_pid
+        # a second death within the window exceeds engine_max_restarts=1: failed for good, with why
+        with pytest.raises(EngineError):
+            proc.run_batch(bad)
+        status, reason = proc.health()
+        assert status == "failed" and "at most 1 restarts" in reason and "exit code 3" in reason, reason
+        assert proc.restarts == 1
+        with pytest.raises(EngineError) as info:
+            proc.run_batch(good)
+        assert info.value.kind == "EngineProcessDied" and "at most 1 restarts" in info.value.message
+    finally:
+        proc.close(timeout_s=10)
+    assert not proc._child.process.is_alive()

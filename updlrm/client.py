@@ -119,7 +119,7 @@ class Client:
                 if r.status_code == 200:
                     return
                 if r.json().get("status") == "failed":
-                    raise ServerError(r.status_code, "not_ready", f"model failed to load: {r.json().get('error')}")
+                    raise ServerError(r.status_code, "not_ready", f"server failed: {r.json().get('error')}")
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:

@@ -26,7 +26,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--torch-threads", type=int, default=1,
                    help="torch intra-op threads of the engine (0: torch default); 1 suits small batches")
     p.add_argument("--engine-process", action="store_true",
-                   help="run the engine in its own process (no GIL shared with the HTTP event loop)")
+                   help="run the engine in its own process (no GIL shared with the HTTP event loop); if it "
+                        "dies, only its batch fails and a new one is started")
+    p.add_argument("--engine-max-restarts", type=int, default=3,
+                   help="--engine-process: restarts allowed within 60 s before the server reports failed")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     p.add_argument("--port", type=int, default=8000, help="port (0: pick a free one; the chosen port is printed)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -42,7 +45,8 @@ def run(args) -> int:
         dtype=args.dtype, row_scale=args.row_scale, max_rows=args.max_rows, seed=args.seed,
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
         max_request_samples=args.max_request_samples,
-        torch_threads=args.torch_threads, host=args.host, port=args.port)
+        torch_threads=args.torch_threads, host=args.host, port=args.port,
+        engine_max_restarts=args.engine_max_restarts)
     try:
         settings.check()
         import os

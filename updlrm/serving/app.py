@@ -5,10 +5,12 @@ Routes (OpenAPI schema at ``/openapi.json``, docs at ``/docs``):
 * ``POST /v1/predict`` - one sample or a list (see :mod:`updlrm.serving.schema`); 200
   ``{"predictions": [...]}``; 422 invalid request (message names field, table, position,
   allowed range); 413 request too large; 503 + ``Retry-After`` when the queue is full, the model
-  is still loading, or the server is shutting down; 500 when the engine failed the batch.
+  is still loading (or its engine process restarting), or the server is shutting down; 500 when
+  the engine failed the batch (e.g. ``EngineProcessDied``: the batch's engine process died).
   An ``X-Request-Id`` header is echoed back.
 * ``GET /healthz`` - 200 ``{"status": "ready"}`` once the model (and DPUs) are loaded, else 503
-  with ``loading`` / ``failed`` / ``shutting_down``.
+  with ``loading`` (also while a dead engine process is replaced) / ``failed`` / ``shutting_down``
+  and an ``error`` saying why.
 * ``GET /metrics`` - Prometheus text (:mod:`updlrm.serving.metrics`).
 * ``GET /v1/model`` - tables, shapes, backend, batching limits, plan summary.
 
@@ -56,7 +58,18 @@ class ServerState:
             max_batch=settings.max_batch,
             queue_rows=lambda: self.batcher.queued_rows if self.batcher else 0,
             queue_requests=lambda: self.batcher.queued_requests if self.batcher else 0,
-            inflight_batches=lambda: self.batcher.inflight_batches if self.batcher else 0)
+            inflight_batches=lambda: self.batcher.inflight_batches if self.batcher else 0,
+            ready=lambda: 1 if self.health()[0] == "ready" else 0,
+            engine_restarts=lambda: self.model.restarts() if self.model is not None else 0)
+
+    def health(self) -> tuple[str, Optional[str]]:
+        """``(status, reason)`` of the server as ``/healthz`` reports it: the server's own state,
+        and while that is ``ready``, the engine's (``loading`` while a dead engine process is
+        replaced, ``failed`` once that is given up)."""
+        if self.status != "ready" or self.model is None:
+            return self.status, self.load_error
+        engine_status, reason = self.model.health()
+        return ("ready", None) if engine_status == "ready" else (engine_status, reason)
 
     def observe_batch(self, rec: BatchRecord) -> None:
         m = self.metrics
@@ -127,7 +140,6 @@ def create_app(settings: ServeSettings, loader: Callable[[ServeSettings], Loaded
         state.batcher.start()
         if state.status == "loading":
             state.status = "ready"
-            state.metrics.ready.set(1)
         log.info("model %s on backend %s ready in %.2f s (%d tables)", model.name, model.backend,
                  time.perf_counter() - t0, len(model.tables))
 
@@ -136,7 +148,6 @@ def create_app(settings: ServeSettings, loader: Callable[[ServeSettings], Loaded
         load_task = asyncio.get_running_loop().create_task(load())
         yield
         state.status = "shutting_down"
-        state.metrics.ready.set(0)
         with contextlib.suppress(Exception):
             await load_task
         if state.batcher is not None:
@@ -202,6 +213,12 @@ def create_app(settings: ServeSettings, loader: Callable[[ServeSettings], Loaded
             msg = {"loading": "model is still loading", "failed": f"model failed to load: {state.load_error}"}.get(
                 state.status, "server is shutting down")
             return _error_bytes(503, kind, msg, headers={"Retry-After": "1"})
+        engine_status, reason = state.model.health()
+        if engine_status != "ready":  # the engine process died: a new one loads, or restarts gave up
+            m.errors.inc(kind="not_ready")
+            if engine_status == "loading":
+                return _error_bytes(503, "not_ready", f"engine is restarting: {reason}", headers={"Retry-After": "1"})
+            return _error_bytes(503, "not_ready", f"engine failed: {reason}")
         if len(raw) > settings.max_body_bytes:
             m.errors.inc(kind="invalid_request")
             return _error_bytes(413, "invalid_request", f"body of {len(raw)} bytes exceeds the limit",
@@ -274,11 +291,9 @@ def create_app(settings: ServeSettings, loader: Callable[[ServeSettings], Loaded
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
-        """200 once the model and its DPUs are loaded; 503 while loading, after a failure, or shutting down."""
-        status, error = state.status, state.load_error
-        broken = state.model.failure() if state.model is not None else None
-        if broken and status == "ready":
-            status, error = "failed", broken
+        """200 once the model and its DPUs are loaded; 503 while loading (also while a dead engine
+        process is replaced), after a failure, or shutting down; ``error`` says why."""
+        status, error = state.health()
         body = {"status": status}
         if error:
             body["error"] = error

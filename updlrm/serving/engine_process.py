@@ -1,4 +1,4 @@
-"""The engine in a process of its own (``updlrm serve --engine-process``).
+"""The engine in a process of its own (``updlrm serve --engine-process``), restarted if it dies.
 
 In the default mode the engine runs in a thread of the server process and shares the GIL with the
 HTTP event loop: each slows the other (on the 2-core dev machine a 32-sample predict takes ~2.6 ms
@@ -15,18 +15,29 @@ so requests and answers never interleave)::
     parent -> child   ("close",)                         ->  ("closed",)
 
 The child ignores SIGINT and SIGTERM (the server decides when to stop and says "close"), and exits
-when the pipe closes (the server died). If the child dies, the batch in flight and every later one
-fail with ``EngineError("EngineProcessDied")`` and ``/healthz`` reports the server failed.
+when the pipe closes (the server died).
+
+Crash recovery: if the child dies (e.g. the emulator crashes on some input, or it is killed), only
+the batch it was running fails, with ``EngineError("EngineProcessDied", ...)`` naming the exit
+code; the death is logged, counted (:attr:`EngineProcess.restarts`, exported as
+``updlrm_engine_restarts_total``) and a new child is started in the background. While it loads,
+:meth:`EngineProcess.health` says ``loading`` (``/healthz`` 503, new requests 503 + Retry-After)
+and batches already accepted wait for it; then ``ready`` again. Restarts are bounded: more than
+``max_restarts`` deaths within ``restart_window_s`` seconds, or a restart that fails to load, make
+the engine ``failed`` for good, with the reason.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import multiprocessing as mp
+import multiprocessing.connection
 import pickle
 import signal
 import threading
-from typing import Any, Optional
+import time
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -36,12 +47,12 @@ from .loader import LoadedModel, ServeSettings, load_model
 log = logging.getLogger("updlrm.serving")
 
 
-def _child_main(conn, settings: ServeSettings) -> None:
+def _child_main(conn, settings: ServeSettings, loader: Callable[[ServeSettings], LoadedModel] = load_model) -> None:
     """Entry point of the engine process: load, then serve batches until "close" or EOF."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
-        model = load_model(settings)
+        model = loader(settings)
     except Exception as exc:  # noqa: BLE001 - reported to the server, which exits 1
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
         conn.close()
@@ -93,75 +104,218 @@ def _raise_for(kind: str, message: str):
     raise EngineError(kind, message)
 
 
-class EngineProcess:
-    """Parent side: starts the child, waits for it to load, proxies batches. Not thread-safe: call
-    :meth:`run_batch` from one thread (the server's engine thread)."""
+class _Child:
+    """One engine process: the process, the parent's end of its pipe, and what it reported."""
 
-    def __init__(self, settings: ServeSettings, load_timeout_s: float | None = None):
-        ctx = mp.get_context("spawn")
-        self._conn, child_conn = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(target=_child_main, args=(child_conn, settings), name="updlrm-engine",
-                                   daemon=True)
+    def __init__(self, ctx, settings: ServeSettings, loader: Callable[[ServeSettings], LoadedModel],
+                 generation: int):
+        self.generation = generation
+        self.conn, child_conn = ctx.Pipe(duplex=True)
+        self.process = ctx.Process(target=_child_main, args=(child_conn, settings, loader),
+                                   name=f"updlrm-engine-{generation}", daemon=True)
         self.process.start()
         child_conn.close()
-        self._lock = threading.Lock()
-        self._dead: Optional[str] = None
-        if load_timeout_s is not None and not self._conn.poll(load_timeout_s):
-            self.process.kill()
-            raise RuntimeError(f"engine process did not load the model in {load_timeout_s} s")
+        self.info: dict = {}
+
+    def wait_loaded(self, timeout_s: Optional[float]) -> None:
+        """Block until the child has loaded its model; raise RuntimeError with the reason if not."""
+        if timeout_s is not None and not self.conn.poll(timeout_s):
+            self.kill()
+            raise RuntimeError(f"engine process did not load the model in {timeout_s} s")
         try:
-            status, payload = self._conn.recv()
-        except EOFError:
+            status, payload = self.conn.recv()
+        except (EOFError, OSError):
+            self.process.join(5)
             raise RuntimeError(f"engine process exited while loading (exit code {self.process.exitcode})") from None
         if status != "ready":
             self.process.join(10)
             raise RuntimeError(payload)
-        self.info: dict = payload
+        self.info = payload
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(5)
+        self.conn.close()
+
+
+class EngineProcess:
+    """Parent side: starts the child, waits for it to load, proxies batches, restarts a dead child.
+
+    Not thread-safe for batches: call :meth:`run_batch` from one thread (the server's engine
+    thread). ``loader`` runs in the child (a module-level function: ``spawn`` pickles it by name).
+    ``max_restarts`` deaths are tolerated within any ``restart_window_s`` seconds; one more makes
+    the engine failed for good. ``load_timeout_s`` bounds each (re)load (None: no bound).
+    """
+
+    def __init__(self, settings: ServeSettings, load_timeout_s: float | None = None,
+                 loader: Callable[[ServeSettings], LoadedModel] = load_model,
+                 max_restarts: int | None = None, restart_window_s: float | None = None):
+        self._ctx = mp.get_context("spawn")
+        self._settings = settings
+        self._loader = loader
+        self._load_timeout_s = load_timeout_s
+        self.max_restarts = int(settings.engine_max_restarts if max_restarts is None else max_restarts)
+        self.restart_window_s = float(settings.engine_restart_window_s if restart_window_s is None
+                                      else restart_window_s)
+        if self.max_restarts < 0 or not self.restart_window_s > 0:
+            raise ValueError(f"max_restarts must be >= 0 and restart_window_s > 0, got {self.max_restarts}, "
+                             f"{self.restart_window_s}")
+        self._lock = threading.Lock()  # one batch (or close) at a time
+        self._cond = threading.Condition()  # guards the fields below
+        self._status = "loading"  # ready | loading (restarting) | failed | closed
+        self._reason: Optional[str] = None
+        self._deaths: collections.deque[float] = collections.deque()  # monotonic times, in the window
+        self.restarts = 0  # new children started after a death
+        self._loading: Optional[_Child] = None  # a child being (re)loaded, so close() can kill it
+        self._restarter: Optional[threading.Thread] = None
+        child = _Child(self._ctx, settings, loader, generation=0)
+        try:
+            child.wait_loaded(load_timeout_s)
+        except RuntimeError:
+            child.kill()
+            raise
+        self.info: dict = child.info
+        self._child = child
+        self._status = "ready"
+        self._watch(child)
+
+    # -- health -----------------------------------------------------------------------------------
+    def health(self) -> tuple[str, Optional[str]]:
+        """``(status, reason)``: ``("ready", None)``; ``("loading", why it restarts)`` while a new
+        child loads; ``("failed", why)`` once restarts are exhausted or a restart failed."""
+        with self._cond:
+            return self._status, self._reason
 
     @property
     def failure(self) -> Optional[str]:
-        """Why the engine process is unusable, or None while it is alive."""
-        if self._dead is None and not self.process.is_alive():
-            self._dead = f"engine process exited (exit code {self.process.exitcode})"
-        return self._dead
+        """Why the engine is unusable for good, or None (ready, or restarting)."""
+        status, reason = self.health()
+        return reason if status == "failed" else None
 
+    # -- death and restart ------------------------------------------------------------------------
+    def _watch(self, child: _Child) -> None:
+        """A daemon thread noticing the child's death even when no batch is running."""
+
+        def wait() -> None:
+            mp.connection.wait([child.process.sentinel])
+            child.process.join(1)
+            self._died(child.generation, f"engine process exited (exit code {child.process.exitcode})")
+
+        threading.Thread(target=wait, name=f"updlrm-engine-watch-{child.generation}", daemon=True).start()
+
+    def _died(self, generation: int, reason: str) -> None:
+        """Record the death of child ``generation`` (once) and start a new one if the bound allows."""
+        with self._cond:
+            if self._status != "ready" or self._child.generation != generation:
+                return  # already handled (the watcher and run_batch both report a death), or closing
+            now = time.monotonic()
+            self._deaths.append(now)
+            while self._deaths and self._deaths[0] < now - self.restart_window_s:
+                self._deaths.popleft()
+            if len(self._deaths) > self.max_restarts:
+                self._status = "failed"
+                self._reason = (f"{reason}; not restarted: {len(self._deaths)} engine process deaths within "
+                                f"{self.restart_window_s:g} s (at most {self.max_restarts} restarts allowed)")
+                log.error("engine failed for good: %s", self._reason)
+                self._cond.notify_all()
+                return
+            self.restarts += 1
+            self._status, self._reason = "loading", f"restarting the engine process after: {reason}"
+            log.error("%s; starting a new engine process (restart %d, %d death(s) in the last %g s, limit %d)",
+                      reason, self.restarts, len(self._deaths), self.restart_window_s, self.max_restarts)
+            self._restarter = threading.Thread(target=self._restart, args=(generation + 1, reason),
+                                               name="updlrm-engine-restart", daemon=True)
+            self._restarter.start()
+
+    def _restart(self, generation: int, cause: str) -> None:
+        t0 = time.perf_counter()
+        old = self._child
+        try:
+            old.kill()  # reap it and close its pipe
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+        try:
+            with self._cond:
+                if self._status != "loading":
+                    return  # closed meanwhile
+                child = self._loading = _Child(self._ctx, self._settings, self._loader, generation)
+            child.wait_loaded(self._load_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - the engine is failed, with the reason
+            with self._cond:
+                if self._status == "loading":
+                    self._status = "failed"
+                    self._reason = f"the engine process could not be restarted ({type(exc).__name__}: {exc}) " \
+                                   f"after: {cause}"
+                    log.error("engine failed for good: %s", self._reason)
+                self._loading = None
+                self._cond.notify_all()
+            return
+        with self._cond:
+            self._loading = None
+            if self._status != "loading":  # closed while loading
+                child.kill()
+                return
+            self._child, self._status, self._reason = child, "ready", None
+            self._cond.notify_all()
+        self._watch(child)
+        log.warning("engine process restarted in %.2f s; serving again", time.perf_counter() - t0)
+
+    # -- batches ----------------------------------------------------------------------------------
     def run_batch(self, merged: MergedBatch) -> tuple[np.ndarray, Any]:
+        """Run one batch in the child: probabilities float32 [B] and its stats. Waits for a
+        restarting child; raises ``EngineError("EngineProcessDied")`` if the child dies during the
+        batch (which starts a new one) or the engine has failed for good."""
         with self._lock:
-            if self.failure:
-                raise EngineError("EngineProcessDied", self.failure)
+            with self._cond:
+                while self._status == "loading":
+                    self._cond.wait()
+                if self._status != "ready":
+                    raise EngineError("EngineProcessDied", self._reason or f"engine is {self._status}")
+                child = self._child
             try:
-                self._conn.send(("run", merged.dense, merged.indices, merged.offsets))
-                reply = self._conn.recv()
+                child.conn.send(("run", merged.dense, merged.indices, merged.offsets))
+                reply = child.conn.recv()
             except (EOFError, OSError) as exc:
-                self.process.join(1)
-                self._dead = f"engine process died during a batch ({type(exc).__name__}; exit code " \
-                             f"{self.process.exitcode})"
-                raise EngineError("EngineProcessDied", self._dead) from None
+                child.process.join(1)
+                reason = (f"engine process died during a batch of {merged.batch_size} sample(s) "
+                          f"({type(exc).__name__}; exit code {child.process.exitcode})")
+                self._died(child.generation, reason)
+                raise EngineError("EngineProcessDied", reason) from None
         if reply[0] == "ok":
             return reply[1], reply[2]
         _raise_for(reply[1], reply[2])
 
     def close(self, timeout_s: float = 60.0) -> None:
+        """Stop the child (after its current batch); a child still loading is killed."""
         with self._lock:
-            if self.process.is_alive():
+            with self._cond:
+                status, self._status = self._status, "closed"
+                loading, restarter, child = self._loading, self._restarter, self._child
+                self._cond.notify_all()
+            if loading is not None:
+                loading.kill()
+            if restarter is not None:
+                restarter.join(timeout_s)
+            if status == "ready" and child.process.is_alive():
                 try:
-                    self._conn.send(("close",))
-                    if self._conn.poll(timeout_s):
-                        self._conn.recv()
+                    child.conn.send(("close",))
+                    if child.conn.poll(timeout_s):
+                        child.conn.recv()
                 except (EOFError, OSError):
                     pass
-                self.process.join(timeout_s)
-                if self.process.is_alive():
+                child.process.join(timeout_s)
+                if child.process.is_alive():
                     log.error("engine process did not exit after close; killing it")
-                    self.process.kill()
-                    self.process.join(5)
-            self._conn.close()
+            child.kill()
 
 
-def load_model_in_process(settings: ServeSettings) -> LoadedModel:
-    """Like :func:`updlrm.serving.loader.load_model`, with the engine in its own process."""
-    proc = EngineProcess(settings)
+def load_model_in_process(settings: ServeSettings,
+                          loader: Callable[[ServeSettings], LoadedModel] = load_model) -> LoadedModel:
+    """Like :func:`updlrm.serving.loader.load_model`, with the engine in its own process (which
+    runs ``loader``, a module-level function) and restarted when it dies."""
+    proc = EngineProcess(settings, loader=loader)
     info = proc.info
     return LoadedModel(name=info["name"], backend=info["backend"], n_dense=info["n_dense"], tables=info["tables"],
                        run_batch=proc.run_batch, close=proc.close, plan_summary=info["plan_summary"],
-                       engine=proc, failure=lambda: proc.failure)
+                       engine=proc, health=proc.health, restarts=lambda: proc.restarts)

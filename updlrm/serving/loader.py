@@ -46,6 +46,10 @@ class ServeSettings:
     #: little from intra-op parallelism, and spinning OpenMP workers compete with the HTTP event
     #: loop for cores: on this 2-core machine 1 thread made a B=1 predict 14x faster under load.
     torch_threads: int = 1
+    #: --engine-process only: a dead engine process is restarted unless more than
+    #: ``engine_max_restarts`` deaths fall within ``engine_restart_window_s`` seconds
+    engine_max_restarts: int = 3
+    engine_restart_window_s: float = 60.0
     extra_engine_args: dict = field(default_factory=dict)
 
     def check(self) -> None:
@@ -62,6 +66,10 @@ class ServeSettings:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
         if self.torch_threads < 0:
             raise ValueError(f"torch_threads must be >= 0, got {self.torch_threads}")
+        if self.engine_max_restarts < 0:
+            raise ValueError(f"engine_max_restarts must be >= 0, got {self.engine_max_restarts}")
+        if not self.engine_restart_window_s > 0:
+            raise ValueError(f"engine_restart_window_s must be > 0, got {self.engine_restart_window_s}")
         if self.max_queue < self.max_request_samples:
             raise ValueError(f"max_queue ({self.max_queue}) must be >= max_request_samples "
                              f"({self.max_request_samples}), or a full-size request could never be queued")
@@ -79,8 +87,11 @@ class LoadedModel:
     close: Callable[[], None] = lambda: None
     plan_summary: Optional[dict] = None
     engine: Any = None
-    #: why the engine became unusable (e.g. its process died), or None while it is fine
-    failure: Callable[[], Optional[str]] = lambda: None
+    #: the engine's own health: ("ready", None), ("loading", why) while it restarts (its process
+    #: died and a new one loads), ("failed", why) when it is unusable for good
+    health: Callable[[], tuple] = lambda: ("ready", None)
+    #: how many times the engine was restarted after dying
+    restarts: Callable[[], int] = lambda: 0
 
 
 def plan_summary(plan) -> Optional[dict]:

@@ -58,11 +58,17 @@ class _Metric:
 
 
 class Counter(_Metric):
+    """A counter; with ``read`` (no labels) its value is read from a callback at scrape time."""
+
     kind = "counter"
 
-    def __init__(self, name: str, help_text: str, labelnames: Sequence[str] = ()):
+    def __init__(self, name: str, help_text: str, labelnames: Sequence[str] = (),
+                 read: Callable[[], float] | None = None):
         super().__init__(name, help_text, labelnames)
+        if read is not None and labelnames:
+            raise ValueError(f"counter {name}: a read callback takes no labels")
         self._values: dict[tuple, float] = {} if labelnames else {(): 0.0}
+        self._read = read
 
     def inc(self, amount: float = 1.0, **labels) -> None:
         if amount < 0:
@@ -76,6 +82,8 @@ class Counter(_Metric):
             return self._values.get(self._key(labels), 0.0)
 
     def render(self) -> list[str]:
+        if self._read is not None:
+            return self.header() + [f"{self.name} {_fmt(float(self._read()))}"]
         with self._lock:
             items = sorted(self._values.items())
         return self.header() + [f"{self.name}{_labels(self.labelnames, k)} {_fmt(v)}" for k, v in items]
@@ -170,7 +178,8 @@ class ServerMetrics:
     """Every metric the inference server exports (names prefixed ``updlrm_``)."""
 
     def __init__(self, max_batch: int, queue_rows: Callable[[], float], queue_requests: Callable[[], float],
-                 inflight_batches: Callable[[], float]):
+                 inflight_batches: Callable[[], float], ready: Callable[[], float] = lambda: 0.0,
+                 engine_restarts: Callable[[], float] = lambda: 0.0):
         r = self.registry = Registry()
         self.requests = r.add(Counter("updlrm_requests_total", "Predict requests answered, by HTTP status code.",
                                       ("code",)))
@@ -193,7 +202,11 @@ class ServerMetrics:
                                                 read=queue_requests))
         self.inflight = r.add(Gauge("updlrm_inflight_batches", "Batches being run by the engine.",
                                     read=inflight_batches))
-        self.ready = r.add(Gauge("updlrm_ready", "1 once the model (and DPUs) are loaded."))
+        self.ready = r.add(Gauge("updlrm_ready", "1 while the model (and DPUs) are loaded and serving; 0 while "
+                                 "loading, restarting the engine, failed or shutting down.", read=ready))
+        self.engine_restarts = r.add(Counter("updlrm_engine_restarts_total",
+                                             "Engine processes started again after one died (--engine-process).",
+                                             read=engine_restarts))
         self.request_latency = r.add(Histogram("updlrm_request_latency_seconds",
                                                "Predict request latency inside the server (parse to answer).",
                                                LATENCY_BUCKETS_S))
