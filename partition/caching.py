@@ -17,13 +17,20 @@ regular traffic balanced together.
    and dealt by LPT (see :mod:`partition.popularity`), with cached rows weighing nothing (their
    lookups go to the cache) and each DPU starting from its expected cached traffic - so cached
    and regular accesses are balanced together. By default the dealing goes table by table
-   (:func:`partition.popularity.table_ordered_ranges`): the packer chooses replicas online in
-   table-major order, so each table's own cached lookups must be able to level the noise of
-   that table's regular lookups; a single global LPT balances only the final sum and measured
-   1.24 imbalance instead of ~1.0 on the issue-4 benchmark with that packer order.
+   (:func:`partition.popularity.table_ordered_ranges`: each table cut into ~nr_dpus ranges of
+   equal expected load, every DPU getting a slice of every table). The PIM packer now counts
+   the whole batch's base load before it chooses any replica (Router order "base_first"), so
+   the old reason for this order (a packer choosing online, table after table) is gone; it is
+   kept because it still measured better than one global LPT under the new packer: equal at the
+   issue-4 setting (full Kaggle, Zipf 1.05, 2,048 DPUs: imbalance 1.000 both) and clearly better
+   at low skew on the 7 big Kaggle tables (Zipf 0.6: 1.07 vs 1.23; Zipf 0.9 without
+   min_cached_share: 1.007 vs 1.186; benchmarks/partition_ablation.json), probably because its
+   finer, per-table pieces leave less expected imbalance for the cache to absorb. Global LPT
+   plans faster (~3 s vs ~5 s at the issue-4 setting).
 
-Per batch the packer sends each lookup of a cached row to the least-loaded of its replicas
-(:mod:`partition.routing` does the same in numpy for the estimator).
+Per batch the packer counts every base lookup first, then sends each lookup of a cached row to
+the least-loaded of its replicas (:class:`partition.routing.Router` reproduces the same per-DPU
+counts in numpy for the estimator).
 """
 
 from __future__ import annotations
@@ -54,8 +61,9 @@ class CacheAware(Strategy):
     :data:`TUNE_GRID` is placed and evaluated on two batches drawn from the profile itself
     (:meth:`AccessProfile.sample_batch`, never the held-out trace); the lowest estimated latency
     wins (candidates recorded in ``plan.meta["tuning"]``). Several times slower to plan.
-    table_order: deal base ranges table by table (balanced after every table, for a packer that
-    chooses replicas online in table-major order; default) instead of one global LPT.
+    table_order: deal base ranges table by table (default; measured better balanced than one
+    global LPT at low skew under the packer's base-first replica choice, see module doc) instead
+    of one global LPT (faster planning).
     """
 
     name = "cache_aware"

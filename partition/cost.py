@@ -236,10 +236,11 @@ class CostEstimator:
     latency: a :class:`LatencyModel` (default :func:`default_latency_model`), or a plain function
     ``f(lookups [D], mram_read_bytes [D], topology) -> kernel us [D]`` (e.g. lookups x row bytes),
     wrapped with SimpleLatency's transfer terms. order: replica-choice order of the router
-    (:class:`partition.routing.Router`): "table" (the packer's) or "base_first".
+    (:class:`partition.routing.Router`): "base_first" (the PIM packer's rule, default) or "table"
+    (the packer before commit d5d8e66, for ablations).
     """
 
-    def __init__(self, latency: Any = None, order: str = "table"):
+    def __init__(self, latency: Any = None, order: str = "base_first"):
         self.order = order
         if latency is None:
             latency = default_latency_model()

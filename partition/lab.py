@@ -113,16 +113,23 @@ def compare(tables: Sequence[TableSpec], topology: Topology, workload: Workload,
     return rows
 
 
-COLUMNS = [("strategy", "{}", "strategy"), ("imbalance", "{:.3f}", "imbalance"), ("imbalance_max", "{:.3f}", "imb max"),
-           ("latency_us", "{:,.0f}", "latency us"), ("kernel_us", "{:,.0f}", "kernel us"),
-           ("cpu_to_dpu_us", "{:,.0f}", "cpu->dpu us"), ("dpu_to_cpu_us", "{:,.0f}", "dpu->cpu us"),
-           ("speedup_vs_row_uniform", "{:.2f}x", "vs row_uniform"), ("replica_hit_rate", "{:.1%}", "replica hits"),
-           ("request_bytes_padded", "{:,.0f}", "req B (padded)"), ("output_bytes_padded", "{:,.0f}", "out B (padded)"),
+COLUMNS = [("strategy", "{}", "strategy"), ("imbalance", "{:.3f}", "imbalance*"), ("imbalance_max", "{:.3f}", "imb worst batch"),
+           ("latency_us", "{:,.0f}", "latency us*"), ("kernel_us", "{:,.0f}", "kernel us*"),
+           ("cpu_to_dpu_us", "{:,.0f}", "cpu->dpu us*"), ("dpu_to_cpu_us", "{:,.0f}", "dpu->cpu us*"),
+           ("speedup_vs_row_uniform", "{:.2f}x", "vs row_uniform*"), ("replica_hit_rate", "{:.1%}", "replica hits*"),
+           ("request_bytes_padded", "{:,.0f}", "req B (padded)*"), ("output_bytes_padded", "{:,.0f}", "out B (padded)*"),
            ("mram_bytes_max", "{:,}", "MRAM max B"), ("nr_shards", "{:,}", "shards")]
+#: COLUMNS keys that are means over the evaluation batches (marked ``*`` in the header).
+MEAN_COLUMNS = ("imbalance", "latency_us", "kernel_us", "cpu_to_dpu_us", "dpu_to_cpu_us", "speedup_vs_row_uniform",
+                "replica_hit_rate", "request_bytes_padded", "output_bytes_padded")
 
 
 def format_reports(rows: Sequence[dict]) -> str:
-    """A fixed-width table of :func:`compare` rows, then the traces and the latency model used."""
+    """A fixed-width table of :func:`compare` rows, then the traces and the latency model used.
+
+    Columns marked ``*`` are means over the evaluation batches (a footer line says how many);
+    ``imb worst batch`` is the largest per-batch imbalance; MRAM and shards describe the plan.
+    """
     head = [c[2] for c in COLUMNS]
     body = [[fmt.format(r[k]) if r.get(k) is not None else "-" for k, fmt, _ in COLUMNS] for r in rows if not r.get("error")]
     widths = [max([len(h)] + [len(b[i]) for b in body]) for i, h in enumerate(head)]
@@ -136,6 +143,10 @@ def format_reports(rows: Sequence[dict]) -> str:
     ok = [r for r in rows if not r.get("error")]
     if ok:
         r = ok[0]
+        nb = sorted({int(x["batches"]) for x in ok})
+        nbs = " or ".join(str(x) for x in nb)
+        lines.append(f"* mean over {nbs} batch{'es' if nb != [1] else ''} of the evaluation trace "
+                     f"('imb worst batch': the largest per-batch imbalance)")
         lines.append(f"profiled on: {r['profile_source']} (fingerprint {r['profile_fingerprint']})")
         lines.append(f"evaluated on: {r['eval_source']} (fingerprint {r['eval_fingerprint']}), {r['batches']} batch(es) of {r['batch_size']:,}")
         lines.append(f"latency model: {r['latency_model']}; imbalance = max/mean lookups per DPU; padded bytes = largest DPU x {r['nr_dpus']:,} DPUs")

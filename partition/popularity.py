@@ -68,12 +68,13 @@ def balanced_ranges(tables, topology, budget: Budget, loads: list[np.ndarray], g
 
 def table_ordered_ranges(tables, topology, budget: Budget, loads: list[np.ndarray], start_loads: np.ndarray = None,
                          start_bytes: np.ndarray = None, extra_loads: list[np.ndarray] = None):
-    """Like :func:`balanced_ranges`, but table by table in the packer's (table-major) order: each
-    table is cut into about nr_dpus ranges of equal expected load (and bounded bytes) and dealt by
-    LPT onto the DPUs with the least *cumulative* expected load so far. So the expected load is
-    balanced after every table, not only at the end - what a packer that picks replicas online,
-    table after table, needs to be able to level each table's noise with that table's cached
-    lookups. ``extra_loads[t]`` [nr_dpus]: expected load table t adds elsewhere (its cache share),
+    """Like :func:`balanced_ranges`, but table by table: each table is cut into about nr_dpus
+    ranges of equal expected load (and bounded bytes) and dealt by LPT onto the DPUs with the
+    least *cumulative* expected load so far, so the expected load is balanced after every table,
+    not only at the end, and every DPU holds a slice of every table. (Written for the packer
+    before commit d5d8e66, which chose replicas online table after table; still the better
+    dealing for cache_aware under the current base-first packer, see :mod:`partition.caching`.)
+    ``extra_loads[t]`` [nr_dpus]: expected load table t adds elsewhere (its cache share),
     counted after its ranges. Returns (groups, shards, dpu_load).
     """
     n = topology.nr_dpus

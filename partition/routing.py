@@ -1,15 +1,12 @@
 """Where each lookup of a batch goes under a plan: the evaluation-side twin of the PIM packer.
 
 Rule (docs/CONTRACTS.md): a lookup of row r of table t goes to the ``cache`` group holding r if
-any, choosing among its replicas the least-loaded DPU, else to the ``base`` group holding r; each
-column slice of the chosen replica gets one entry (one row-slice read on that shard's DPU).
-
-The packer makes the replica choice per lookup, least-loaded first. Here it is done per cache
-group by *water-filling*: the group's lookups of this batch are handed to its replicas so that
-the replicas' DPU loads (entries so far) rise to a common level - exactly what per-lookup
-least-loaded choice produces when one group's lookups arrive together. Groups are filled
-largest first, after all single-replica (base) traffic is counted. Everything is vectorized;
-the only Python loops run over tables and over multi-replica groups, never over lookups.
+any, else to the ``base`` group holding r; each column slice of the chosen replica gets one entry
+(one row-slice read on that shard's DPU). Among a cache group's replicas the packer
+(host/python/packer.cpp) chooses "base first": all single-replica lookups of the batch are
+counted first, then each cached lookup, in lookup order, goes to the replica whose busiest DPU
+has the fewest entries so far (lowest replica number on ties). :class:`Router` reproduces that
+choice exactly (same per-DPU entry counts), vectorized over runs of one group's lookups.
 
 :class:`RowLocator` (the row -> group / local row map) is also what a packer needs.
 """
@@ -123,16 +120,29 @@ class Routed:
 class Router:
     """Routes batches under one plan (precomputes the plan's arrays once).
 
-    order: when replica choices see which loads. ``"table"`` (default) follows the packer, which
-    meets lookups in table-major order: table by table, the table's single-replica lookups are
-    counted, then its cached lookups are water-filled (within a table the packer interleaves
-    them; this is the table-granular twin). ``"base_first"``: all single-replica traffic first,
-    then every cached lookup - the best a two-pass packer could do.
+    order: when replica choices see which loads.
+
+    * ``"base_first"`` (default) is the PIM packer's rule (host/python/packer.cpp since commit
+      d5d8e66): every lookup of a single-replica (base) group is counted first, on every DPU of
+      its column slices; then the lookups of replicated (cache) groups, one at a time in lookup
+      order (table-major, bag by bag), each go to the replica whose busiest column-slice DPU has
+      the fewest entries so far, the lowest replica number on ties. Per-DPU entry counts equal
+      the packer's exactly (tests/test_partition_strategies.py checks them on the emulator).
+    * ``"table"``: the packer before d5d8e66, which met lookups table by table: per table, its
+      single-replica lookups are counted, then its cached lookups are chosen as above (the old
+      packer interleaved the two inside a table; this is its table-granular model). Kept to
+      measure what the two-pass packer gained (benchmarks/partition_strategies.py --ablation).
+
+    Implementation: cached lookups are cut into runs of consecutive lookups of the same group;
+    a run whose replicas sit on pairwise distinct DPUs is placed at once by :func:`water_fill`
+    on the replicas' busiest-slice loads (identical to choosing lookup by lookup, order of the
+    chosen replicas included); only runs of a group whose replicas share a DPU are chosen
+    lookup by lookup. The Python loops run over tables and runs, not over lookups.
     """
 
-    ORDERS = ("table", "base_first")
+    ORDERS = ("base_first", "table")
 
-    def __init__(self, plan: Plan, order: str = "table"):
+    def __init__(self, plan: Plan, order: str = "base_first"):
         if order not in self.ORDERS:
             raise PlanError(f"router order must be one of {self.ORDERS}, got {order!r}")
         self.order = order
@@ -141,21 +151,34 @@ class Router:
         a = shard_arrays(plan)
         self.shards = a
         ng = len(plan.groups)
-        # slots: one per (group, replica); each slot lists its shards (column slices), CSR
+        # slots: one per (group, replica) in (group, replica) order - the packer's replica order;
+        # each slot lists its shards (column slices) by col_lo, CSR
         key = a["group"] * (a["replica"].max() + 1 if len(a["replica"]) else 1) + a["replica"]
-        order = np.lexsort((a["col_lo"], key))
-        k_sorted = key[order]
+        so = np.lexsort((a["col_lo"], key))
+        k_sorted = key[so]
         uniq, first, count = np.unique(k_sorted, return_index=True, return_counts=True)
-        self.slot_shards = order  # shards grouped by slot
+        self.slot_shards = so  # shards grouped by slot
         self.slot_start = first
         self.slot_count = count
-        slot_group = a["group"][order[first]]
+        slot_group = a["group"][so[first]]
         self.replicas = np.bincount(slot_group, minlength=ng)
         self.group_slot0 = np.zeros(ng, dtype=np.int64)
         np.cumsum(self.replicas[:-1], out=self.group_slot0[1:])
-        # DPU that represents a slot for load balancing: its first column slice's DPU
-        self.slot_dpu = a["dpu"][order[first]]
         self.multi_groups = np.flatnonzero(self.replicas > 1)
+        # per multi-replica group: DPUs of its slices (slot order), slice starts, whether its
+        # replicas' DPUs are pairwise distinct (then a run is one water-fill)
+        self._gdpu: dict[int, np.ndarray] = {}
+        self._gcut: dict[int, Optional[np.ndarray]] = {}
+        self._gdisjoint: dict[int, bool] = {}
+        for gi in self.multi_groups.tolist():
+            s0, r = int(self.group_slot0[gi]), int(self.replicas[gi])
+            lo = int(self.slot_start[s0])
+            hi = int(self.slot_start[s0 + r - 1] + self.slot_count[s0 + r - 1])
+            d = a["dpu"][so[lo:hi]].astype(np.int64)
+            self._gdpu[gi] = d
+            cnt = self.slot_count[s0:s0 + r]
+            self._gcut[gi] = None if cnt.max() == 1 else (self.slot_start[s0:s0 + r] - lo)
+            self._gdisjoint[gi] = np.unique(d).size == d.size
 
     def route(self, indices: np.ndarray, offsets: np.ndarray, batch_size: int) -> Routed:
         """Entries of one batch (table-major indices [nnz], offsets [T*B+1]); inputs trusted."""
@@ -178,7 +201,7 @@ class Router:
         load = np.zeros(n, dtype=np.int64)
         if self.order == "base_first":
             phases = [(0, len(indices))]
-        else:  # table by table, as the packer meets lookups in table-major order
+        else:  # table by table, as the old packer met lookups in table-major order
             phases = [(int(offsets[t * B]), int(offsets[(t + 1) * B])) for t in range(T)]
         for a, b in phases:
             if b <= a:
@@ -187,29 +210,56 @@ class Router:
             load += self._entry_load(slot[a:b][~seg_c], n)
             if seg_c.any():
                 pos = np.flatnonzero(seg_c) + a
-                slot[pos] = self._fill(group[pos], load)
+                slot[pos] = self._choose(group[pos], load)
         shard_idx, lookup_idx = self._expand(slot)
         dpu = self.shards["dpu"][shard_idx]
         return Routed(shard_idx, dpu, bag[lookup_idx], cached, np.bincount(dpu, minlength=n))
 
-    def _fill(self, cg: np.ndarray, load: np.ndarray) -> np.ndarray:
-        """Choose replicas for lookups of multi-replica groups ``cg`` [m] by water-filling each
-        group (largest first) onto ``load`` (updated in place). Returns the chosen slot per lookup."""
-        order = np.argsort(cg, kind="stable")
-        cg_sorted = cg[order]
-        gids, gstart, gcount = np.unique(cg_sorted, return_index=True, return_counts=True)
-        chosen = np.empty(len(cg), dtype=np.int64)
-        for j in np.argsort(-gcount, kind="stable").tolist():
-            gi, c = int(gids[j]), int(gcount[j])
-            s0, r = int(self.group_slot0[gi]), int(self.replicas[gi])
-            take = water_fill(load[self.slot_dpu[s0:s0 + r]], c)
-            chosen[gstart[j]:gstart[j] + c] = s0 + np.repeat(np.arange(r, dtype=np.int64), take)
-            # every column slice of the chosen replicas takes entries
-            np.add.at(load, self.shards["dpu"][self._expand(s0 + np.arange(r))[0]],
-                      np.repeat(take, self.slot_count[s0:s0 + r]))
-        out = np.empty(len(cg), dtype=np.int64)
-        out[order] = chosen
+    def _choose(self, cg: np.ndarray, load: np.ndarray) -> np.ndarray:
+        """Replicas for lookups of multi-replica groups ``cg`` [m] (in lookup order), each to the
+        replica whose busiest slice DPU has the least ``load`` so far (lowest replica on ties);
+        ``load`` [D] is updated in place. Returns the chosen slot per lookup, int64 [m]."""
+        m = len(cg)
+        out = np.empty(m, dtype=np.int64)
+        if m == 0:
+            return out
+        cuts = np.flatnonzero(cg[1:] != cg[:-1]) + 1
+        starts = np.concatenate(([0], cuts)).tolist()
+        ends = np.concatenate((cuts, [m])).tolist()
+        gids = cg[starts].tolist()
+        for s, e, gi in zip(starts, ends, gids):
+            out[s:e] = self.group_slot0[gi] + self._run(gi, e - s, load)
         return out
+
+    def _bins(self, gi: int, load: np.ndarray) -> np.ndarray:
+        """Load of each replica of group gi: its busiest slice DPU's entries, int64 [R]."""
+        v = load[self._gdpu[gi]]
+        cut = self._gcut[gi]
+        return v if cut is None else np.maximum.reduceat(v, cut)
+
+    def _run(self, gi: int, c: int, load: np.ndarray) -> np.ndarray:
+        """Replica numbers of ``c`` consecutive lookups of group gi, chosen one at a time by the
+        packer's rule; adds their entries to ``load``. int64 [c]."""
+        d = self._gdpu[gi]
+        s0, r = int(self.group_slot0[gi]), int(self.replicas[gi])
+        per_slot = self.slot_count[s0:s0 + r]
+        if self._gdisjoint[gi]:
+            bins = self._bins(gi, load)
+            take = water_fill(bins, c)
+            rep = np.repeat(np.arange(r, dtype=np.int64), take)
+            # the k-th lookup given to replica j was placed when j's load was bins[j] + k; lookup by
+            # lookup, choices go in increasing (load, replica) order
+            k = np.arange(c, dtype=np.int64) - np.repeat(np.cumsum(take) - take, take)
+            seq = rep[np.lexsort((rep, bins[rep] + k))]
+            load[d] += np.repeat(take, per_slot)  # distinct DPUs: plain fancy add is exact
+            return seq
+        seq = np.empty(c, dtype=np.int64)
+        bounds = np.concatenate(([0], np.cumsum(per_slot)))
+        for i in range(c):  # replicas share a DPU: each choice moves the others' loads
+            j = int(np.argmin(self._bins(gi, load)))
+            np.add.at(load, d[bounds[j]:bounds[j + 1]], 1)
+            seq[i] = j
+        return seq
 
     def _expand(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Shards of each slot, flattened: (shard ids [E], index into ``slots`` of each [E])."""

@@ -28,6 +28,7 @@ from updlrm.partition.cost import CostEstimator, SimpleLatency, expected_load
 from updlrm.partition.lab import compare, format_reports, zipf_workload
 from updlrm.partition.profile import as_trace, profile_trace
 from updlrm.partition.routing import Router, water_fill
+from updlrm.partition.types import Plan, RowGroup, Shard
 
 TABLES = [TableSpec("big", 2000, 16), TableSpec("three", 3, 8), TableSpec("mid", 300, 3), TableSpec("wide", 64, 600)]
 ALL = ["table_wise", "row_uniform", "column_wise", "tile_uniform", "popularity_balanced", "cache_aware"]
@@ -116,15 +117,16 @@ def test_water_fill_equals_greedy():
         assert got.sum() == count and np.array_equal(loads + got, ref)
 
 
-def route_reference(plan, indices, offsets, B, order="table"):
-    """Per-DPU entries with a Python loop. Per phase (each table for order="table", the whole
-    batch for "base_first"): single-replica lookups first, then cached ones group by group
-    (largest count first), each to the least-loaded replica (lowest replica on ties); every
-    column slice of the chosen replica is one entry."""
+def route_reference(plan, indices, offsets, B, order="base_first"):
+    """Per-DPU entries with a Python loop, transcribing the packer's rule (host/python/packer.cpp).
+    Per phase (the whole batch for order="base_first", each table for "table"): every
+    single-replica lookup is counted first; then each cached lookup, in lookup order, goes to the
+    replica whose busiest column-slice DPU has the fewest entries (strictly fewer than every
+    lower-numbered replica); every column slice of the chosen replica is one entry."""
     n = plan.topology.nr_dpus
     loads = np.zeros(n, dtype=np.int64)
     slots = {}
-    for s in plan.shards:
+    for s in sorted(plan.shards, key=lambda s: s.col_lo):
         slots.setdefault((s.group, s.replica), []).append(s.dpu)
     reps = {}
     for (g, r) in slots:
@@ -147,15 +149,14 @@ def route_reference(plan, indices, offsets, B, order="table"):
                         loads[d] += 1
                 else:
                     cached.append(g)
-        counts = {}
         for g in cached:
-            counts[g] = counts.get(g, 0) + 1
-        for g in sorted(counts, key=lambda g: -counts[g]):
-            for _ in range(counts[g]):
-                first = [slots[(g, r)][0] for r in range(reps[g])]
-                r = int(np.argmin([loads[d] for d in first]))
-                for d in slots[(g, r)]:
-                    loads[d] += 1
+            best, best_load = 0, None
+            for r in range(reps[g]):
+                lr = max(loads[d] for d in slots[(g, r)])
+                if best_load is None or lr < best_load:
+                    best, best_load = r, lr
+            for d in slots[(g, best)]:
+                loads[d] += 1
     return loads
 
 
@@ -166,10 +167,7 @@ def test_router_matches_python_reference(workload, strategy, order):
     idx, off, B = next(workload.eval_trace.batches(64))
     routed = Router(plan, order).route(idx, off, B)
     ref = route_reference(plan, idx, off, B, order)
-    if strategy == "cache_aware":  # group order of equal counts may differ: same load multiset
-        assert sorted(routed.lookups_per_dpu.tolist()) == sorted(ref.tolist())
-    else:
-        assert np.array_equal(routed.lookups_per_dpu, ref)
+    assert np.array_equal(routed.lookups_per_dpu, ref)
 
 
 def test_estimator_counters_match_python_reference(workload):
@@ -201,6 +199,39 @@ def test_estimator_counters_match_python_reference(workload):
     assert c.phases_us["dpu_to_cpu"] == pytest.approx((lat.from_dpu_fixed_s + out.max() * n / lat.from_dpu_bytes_per_s) * 1e6)
 
 
+def sliced_replica_plan():
+    """Hand-made plan exercising every replica-choice path of the Router: a cache group whose
+    replicas share a DPU (chosen lookup by lookup), one whose 2-slice replicas sit on distinct
+    DPUs (water-filled on the busiest slice), single-slice replicas, and a 2-slice base range."""
+    tables = [TableSpec("a", 100, 16), TableSpec("b", 60, 16)]
+    groups = [RowGroup(0, 0, 50), RowGroup(0, 50, 100), RowGroup(1, 0, 60),
+              RowGroup(0, rows=np.array([0, 1, 2]), kind="cache"), RowGroup(0, rows=np.array([55, 56]), kind="cache"),
+              RowGroup(1, rows=np.array([0]), kind="cache")]
+    # (table, group, replica, dpu, col_lo, col_hi)
+    sh = [(0, 0, 0, 0, 0, 16), (0, 1, 0, 4, 0, 8), (0, 1, 0, 5, 8, 16), (1, 2, 0, 2, 0, 16),
+          (0, 3, 0, 0, 0, 8), (0, 3, 0, 1, 8, 16), (0, 3, 1, 1, 0, 8), (0, 3, 1, 2, 8, 16),
+          (0, 3, 2, 3, 0, 8), (0, 3, 2, 4, 8, 16),
+          (0, 4, 0, 2, 0, 8), (0, 4, 0, 3, 8, 16), (0, 4, 1, 4, 0, 8), (0, 4, 1, 5, 8, 16),
+          (1, 5, 0, 0, 0, 16), (1, 5, 1, 3, 0, 16), (1, 5, 2, 5, 0, 16)]
+    shards = [Shard(*x) for x in sh]
+    return Plan(tables, Topology(nr_dpus=6), groups, shards)
+
+
+@pytest.mark.parametrize("order", ["base_first", "table"])
+def test_router_matches_reference_on_sliced_and_overlapping_replicas(order):
+    plan = sliced_replica_plan()
+    rng = np.random.default_rng(5)
+    B = 40
+    hot_a = rng.choice(np.array([0, 1, 2, 55, 56, 9, 70]), size=B * 6, p=[.25, .15, .1, .2, .1, .1, .1])
+    hot_b = np.where(rng.random(B * 6) < 0.6, 0, rng.integers(0, 60, size=B * 6))
+    idx = np.concatenate([hot_a, hot_b]).astype(np.int64)
+    off = np.arange(2 * B + 1, dtype=np.int64) * 6
+    routed = Router(plan, order).route(idx, off, B)
+    ref = route_reference(plan, idx, off, B, order)
+    assert np.array_equal(routed.lookups_per_dpu, ref), (routed.lookups_per_dpu.tolist(), ref.tolist())
+    assert routed.lookups_per_dpu.sum() == len(routed.dpu)
+
+
 def test_one_hot_row_spreads_over_replicas():
     tables = [TableSpec("hot", 1000, 16), TableSpec("other", 5000, 16)]
     rng = np.random.default_rng(1)
@@ -218,17 +249,19 @@ def test_one_hot_row_spreads_over_replicas():
     assert len(caches) == 1
     rep_dpus = [s.dpu for s in plan.shards if s.group == caches[0]]
     assert len(rep_dpus) >= 8 and len(set(rep_dpus)) == len(rep_dpus)
-    routed = Router(plan).route(b[0], b[1], b[2])
+    routed = Router(plan).route(b[0], b[1], b[2])  # the packer's base-first rule
     hot = routed.cached  # lookups of row 7 (the only cached traffic here)
     assert hot[: 128 * 10].all() and hot.sum() == 1280
     per_dpu = np.bincount(routed.dpu[: 1280], minlength=32)
-    # row 7's lookups land only on its replicas, and the least-loaded rule levels total load
-    assert set(np.flatnonzero(per_dpu)) <= set(rep_dpus)
-    # table 0 comes first in the batch: its 1,280 lookups are dealt evenly over the replicas
-    assert per_dpu[rep_dpus].sum() == 1280 and per_dpu[rep_dpus].max() - per_dpu[rep_dpus].min() <= 1
-    # a two-pass packer (other tables first) levels the replicas' total loads instead
-    totals = Router(plan, "base_first").route(b[0], b[1], b[2]).lookups_per_dpu
+    # row 7's lookups land only on its replicas, every replica serving some
+    assert set(np.flatnonzero(per_dpu)) <= set(rep_dpus) and per_dpu[rep_dpus].sum() == 1280
+    assert per_dpu[rep_dpus].min() > 0
+    # other tables' (base) lookups are counted first, so the replicas' *total* loads end level
+    totals = routed.lookups_per_dpu
     assert totals[rep_dpus].max() - totals[rep_dpus].min() <= 1
+    # the old table-by-table packer (table 0 comes first) dealt row 7's lookups evenly instead
+    old = np.bincount(Router(plan, "table").route(b[0], b[1], b[2]).dpu[: 1280], minlength=32)
+    assert old[rep_dpus].sum() == 1280 and old[rep_dpus].max() - old[rep_dpus].min() <= 1
     # without the cache (popularity_balanced), one DPU takes all of row 7
     pb = make_plan(tables, Topology(nr_dpus=32), "popularity_balanced", profile=prof)
     r2 = Router(pb).route(b[0], b[1], b[2])
@@ -257,6 +290,9 @@ def test_report_names_profile_and_eval_traces(workload):
         CostEstimator(SimpleLatency()).evaluate(plan, workload.profile_trace, 64, profile=workload.profile)
     text = format_reports(compare(TABLES, Topology(nr_dpus=8), workload, 64, ["row_uniform"], CostEstimator(SimpleLatency())))
     assert "profiled on: trace A" in text and "evaluated on: trace B" in text
+    assert "imbalance*" in text and "imb worst batch" in text
+    nb = CostEstimator(SimpleLatency()).evaluate(make_plan(TABLES, Topology(nr_dpus=8), "row_uniform"), b, 64).batches
+    assert f"* mean over {nb} batch" in text
 
 
 def test_profile_needed_and_shortfall_errors(workload):
@@ -405,9 +441,20 @@ def test_emulator_replica_choice_never_changes_results():
         o = torch.from_numpy(off[t * B:(t + 1) * B] - off[t * B])
         ref = torch.nn.functional.embedding_bag(i, torch.from_numpy(ws[t]), o, mode="sum").numpy()
         np.testing.assert_allclose(out[t], ref, rtol=1e-5, atol=1e-4)
-    hot_lookups = int((idx[: 64 * 10] == 7).sum())
-    assert counts[reps].min() > 0  # every replica served some of row 7
-    assert counts.max() < hot_lookups  # no single DPU took the hot row's lookups
+    # the packer's per-DPU entries are exactly the Router's (same deterministic rule)
+    routed = Router(plan).route(idx, off, B)
+    assert np.array_equal(counts, routed.lookups_per_dpu), (counts.tolist(), routed.lookups_per_dpu.tolist())
+    # row 7's lookups: spread over its replicas so that those DPUs end level (water-filled on top of
+    # their base load: busiest and least busy replica DPU within one entry), each serving some
+    hot = np.zeros(len(idx), dtype=bool)
+    hot[: 64 * 10] = idx[: 64 * 10] == 7
+    hot_lookups = int(hot.sum())
+    assert routed.dpu.size == idx.size  # one column slice per replica: entries are lookups, in order
+    per_dpu = np.bincount(routed.dpu[hot], minlength=16)
+    assert per_dpu.sum() == hot_lookups and set(np.flatnonzero(per_dpu).tolist()) <= set(reps)
+    assert per_dpu[reps].min() > 0, per_dpu[reps]
+    assert counts[reps].max() - counts[reps].min() <= 1, counts[reps]
+    assert counts.max() < hot_lookups / 2  # no DPU took a large part of the hot row's lookups
 
 
 @pytest.mark.parametrize("strategy", ALL)
