@@ -396,6 +396,9 @@ def test_overload_gives_quick_503_with_retry_after_and_server_recovers(engine):
                 time.sleep(0.02)
             assert health.status_code == 503 and health.json()["status"] == "loading", health.text
             assert "exit code -9" in health.json()["error"]
+            during = httpx.post(srv.url + "/v1/predict", json=samples[0])  # a new process loads for ~2 s
+            assert during.status_code == 503 and during.json()["error"]["kind"] == "not_ready", during.text
+            assert "restarting" in during.json()["error"]["message"] and int(during.headers["retry-after"]) >= 1
             c.wait_ready(timeout_s=START_TIMEOUT_S)
             close(c.predict(samples[8:16]), expected[8:16])  # served by the new engine process
             text = c.metrics()

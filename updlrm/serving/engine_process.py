@@ -169,6 +169,7 @@ class EngineProcess:
         self.restarts = 0  # new children started after a death
         self._loading: Optional[_Child] = None  # a child being (re)loaded, so close() can kill it
         self._restarter: Optional[threading.Thread] = None
+        self._stale: list[_Child] = []  # dead children whose pipes the engine thread closes
         child = _Child(self._ctx, settings, loader, generation=0)
         try:
             child.wait_loaded(load_timeout_s)
@@ -210,6 +211,7 @@ class EngineProcess:
             if self._status != "ready" or self._child.generation != generation:
                 return  # already handled (the watcher and run_batch both report a death), or closing
             now = time.monotonic()
+            self._stale.append(self._child)
             self._deaths.append(now)
             while self._deaths and self._deaths[0] < now - self.restart_window_s:
                 self._deaths.popleft()
@@ -231,15 +233,18 @@ class EngineProcess:
     def _restart(self, generation: int, cause: str) -> None:
         t0 = time.perf_counter()
         old = self._child
+        if old.process.is_alive():  # (it died; only reap it here)
+            old.process.kill()
+        old.process.join(5)
+        # its pipe is closed by the engine thread (run_batch / close), the only thread that uses it:
+        # closed here, its descriptor could be reused while that thread is about to read it
         try:
-            old.kill()  # reap it and close its pipe
-        except Exception:  # noqa: BLE001 - best effort
-            pass
-        try:
+            child = _Child(self._ctx, self._settings, self._loader, generation)
             with self._cond:
-                if self._status != "loading":
-                    return  # closed meanwhile
-                child = self._loading = _Child(self._ctx, self._settings, self._loader, generation)
+                if self._status != "loading":  # closed meanwhile
+                    child.kill()
+                    return
+                self._loading = child
             child.wait_loaded(self._load_timeout_s)
         except Exception as exc:  # noqa: BLE001 - the engine is failed, with the reason
             with self._cond:
@@ -273,6 +278,9 @@ class EngineProcess:
                 if self._status != "ready":
                     raise EngineError("EngineProcessDied", self._reason or f"engine is {self._status}")
                 child = self._child
+                stale, self._stale = self._stale, []
+            for dead in stale:
+                dead.conn.close()
             try:
                 child.conn.send(("run", merged.dense, merged.indices, merged.offsets))
                 reply = child.conn.recv()
@@ -292,6 +300,7 @@ class EngineProcess:
             with self._cond:
                 status, self._status = self._status, "closed"
                 loading, restarter, child = self._loading, self._restarter, self._child
+                stale, self._stale = self._stale, []
                 self._cond.notify_all()
             if loading is not None:
                 loading.kill()
@@ -307,7 +316,8 @@ class EngineProcess:
                 child.process.join(timeout_s)
                 if child.process.is_alive():
                     log.error("engine process did not exit after close; killing it")
-            child.kill()
+            for dead in stale + [child]:
+                dead.kill()
 
 
 def load_model_in_process(settings: ServeSettings,
