@@ -15,7 +15,8 @@ API docs (OpenAPI) at ``/docs`` and ``/openapi.json``. From Python: :mod:`updlrm
 Parts: :mod:`.schema` (request/response models, validation at the boundary), :mod:`.batcher`
 (merge requests into engine batches, split answers, bounded queue), :mod:`.metrics`
 (Prometheus text), :mod:`.app` (routes and lifecycle), :mod:`.loader` (settings, model +
-engine loading), :mod:`.engine_process` (the engine in a child process, ``--engine-process``),
+engine loading), :mod:`.engine_process` (the engine in a child process, ``--engine-process``;
+replaced when it dies, bounded by ``--engine-max-restarts``),
 :mod:`.server` (process: bind, serve, graceful SIGTERM), :mod:`.loadtest` (closed-loop load
 generator behind ``updlrm loadtest``).
 """
