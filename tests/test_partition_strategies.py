@@ -399,7 +399,8 @@ def test_emulator_results_equal_embedding_bag(workload, strategy):
     idx, off, B = next(workload.eval_trace.batches(64))
     with PimEmbedding(ws, plan) as pim:
         out = pim.lookup_list(idx, off, B)
-        counts = np.asarray(pim.last_stats.counters["lookups"])
+        pim_counters = {k: np.asarray(v) for k, v in pim.last_stats.counters.items()}
+        counts = pim_counters["lookups"]
     for t in range(len(TABLES)):
         i = torch.from_numpy(idx[off[t * B]:off[(t + 1) * B]])
         o = torch.from_numpy(off[t * B:(t + 1) * B] - off[t * B])
@@ -435,7 +436,8 @@ def test_emulator_replica_choice_never_changes_results():
     idx, off, B = trace(64, 9)
     with PimEmbedding(ws, plan) as pim:
         out = pim.lookup_list(idx, off, B)
-        counts = np.asarray(pim.last_stats.counters["lookups"])
+        pim_counters = {k: np.asarray(v) for k, v in pim.last_stats.counters.items()}
+        counts = pim_counters["lookups"]
     for t in range(2):
         i = torch.from_numpy(idx[off[t * B]:off[(t + 1) * B]])
         o = torch.from_numpy(off[t * B:(t + 1) * B] - off[t * B])
@@ -444,6 +446,12 @@ def test_emulator_replica_choice_never_changes_results():
     # the packer's per-DPU entries are exactly the Router's (same deterministic rule)
     routed = Router(plan).route(idx, off, B)
     assert np.array_equal(counts, routed.lookups_per_dpu), (counts.tolist(), routed.lookups_per_dpu.tolist())
+    # ... and so are the estimator's partial sums (bags) and request / result bytes per DPU: which
+    # lookup of a bag went to which replica matches too, not only the counts
+    est = CostEstimator()
+    load = est.dpu_load(plan, est.router(plan).route(idx, off, B), B)
+    for key, mine in (("bags", load.bags), ("output_bytes", load.output_bytes), ("request_bytes", load.request_bytes)):
+        assert np.array_equal(pim_counters[key], mine), (key, pim_counters[key].tolist(), mine.tolist())
     # row 7's lookups: spread over its replicas so that those DPUs end level (water-filled on top of
     # their base load: busiest and least busy replica DPU within one entry), each serving some
     hot = np.zeros(len(idx), dtype=bool)
