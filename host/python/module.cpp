@@ -22,8 +22,8 @@
 #include "driver.h"
 #include "packer.h"
 
+#include <dpu.h>  // DPU_MRAM_HEAP_POINTER_NAME (the SDK's and the emulator's dpu.h both define it)
 #ifdef UPDLRM_EMULATOR
-#include <dpu.h>
 #include <dpu_emu.h>
 #endif
 
@@ -101,15 +101,17 @@ class Runtime {
     double open_seconds() const { return open_seconds_; }
 
     // data: one uint8 array per DPU (MRAM heap + 0 onwards, length a multiple of 8);
-    // descs: uint8 [nr_dpus, stride * 32] shard descriptors. Returns the seconds it took.
-    double write_shards(const py::list &data, py::array_t<uint8_t, py::array::c_style> descs) {
+    // shards: per-shard arrays [S] "dpu", "local" (descriptor index on that DPU), "mram_offset",
+    // "nr_rows", "nr_cols", "row_bytes", "table", plus "dtype" (UPDLRM_DTYPE_*). The descriptors
+    // (struct updlrm_shard) are filled here, so their layout comes from updlrm_abi.h alone.
+    // Returns the seconds the writes took.
+    double write_shards(const py::list &data, const py::dict &shards) {
         check_open();
         if (data.size() != nr_dpus_)
             throw py::value_error("write_shards: " + std::to_string(data.size()) + " data buffers for " +
                                   std::to_string(nr_dpus_) + " DPUs");
-        if (descs.ndim() != 2 || static_cast<uint32_t>(descs.shape(0)) != nr_dpus_ || descs.shape(1) % 32 != 0 ||
-            descs.shape(1) == 0)
-            throw py::value_error("write_shards: descs must be uint8 [nr_dpus, k * 32] with k >= 1");
+        std::vector<updlrm_shard> descs;
+        uint32_t stride = shard_descriptors(shards, descs);
         std::vector<py::array_t<uint8_t, py::array::c_style>> keep;
         std::vector<const void *> ptrs(nr_dpus_);
         std::vector<uint64_t> sizes(nr_dpus_);
@@ -123,13 +125,12 @@ class Runtime {
         char msg[512] = {0};
         double seconds = 0;
         int code;
-        uint32_t stride = static_cast<uint32_t>(descs.shape(1) / 32);
-        const auto *dp = reinterpret_cast<const updlrm_shard *>(descs.data());
         {
             py::gil_scoped_release release;
             std::lock_guard<std::mutex> lock(mu_);
             code = drv_ == nullptr ? -1
-                                   : updlrm_driver_write_shards(drv_, ptrs.data(), sizes.data(), dp, stride, &seconds, msg, sizeof(msg));
+                                   : updlrm_driver_write_shards(drv_, ptrs.data(), sizes.data(), descs.data(), stride,
+                                                                &seconds, msg, sizeof(msg));
         }
         if (code == -1) throw std::runtime_error("the DPU runtime is closed");
         if (code != UPDLRM_DRV_OK) throw std::runtime_error(std::string("writing shards: ") + msg);
@@ -354,6 +355,53 @@ class Runtime {
     }
 
   private:
+    // Fills descs ([nr_dpus][stride], zeroed) from the per-shard arrays of write_shards; returns
+    // stride = the most shards on one DPU (at least 1). ValueError names the bad shard.
+    uint32_t shard_descriptors(const py::dict &d, std::vector<updlrm_shard> &descs) const {
+        auto dpu = to_vec<uint32_t>(d, "dpu");
+        auto local = to_vec<uint32_t>(d, "local");
+        auto off = to_vec<uint32_t>(d, "mram_offset");
+        auto rows = to_vec<uint32_t>(d, "nr_rows");
+        auto cols = to_vec<uint32_t>(d, "nr_cols");
+        auto rb = to_vec<uint32_t>(d, "row_bytes");
+        auto table = to_vec<uint32_t>(d, "table");
+        if (!d.contains("dtype")) throw py::value_error("shard spec lacks 'dtype'");
+        uint32_t dtype = d["dtype"].cast<uint32_t>();
+        if (dtype != UPDLRM_DTYPE_FP32 && dtype != UPDLRM_DTYPE_INT32)
+            throw py::value_error("write_shards: dtype " + std::to_string(dtype) + " is not UPDLRM_DTYPE_FP32 (" +
+                                  std::to_string(UPDLRM_DTYPE_FP32) + ") or UPDLRM_DTYPE_INT32 (" +
+                                  std::to_string(UPDLRM_DTYPE_INT32) + ")");
+        size_t ns = dpu.size();
+        for (const auto *v : {&local, &off, &rows, &cols, &rb, &table})
+            if (v->size() != ns) throw py::value_error("write_shards: per-shard arrays differ in length");
+        uint32_t stride = 1;
+        for (size_t i = 0; i < ns; i++) {
+            if (dpu[i] >= nr_dpus_)
+                throw py::value_error("write_shards: shard " + std::to_string(i) + " on DPU " + std::to_string(dpu[i]) +
+                                      ", allowed 0.." + std::to_string(nr_dpus_ - 1));
+            if (local[i] >= UPDLRM_MAX_SHARDS)
+                throw py::value_error("write_shards: shard " + std::to_string(i) + " has descriptor index " +
+                                      std::to_string(local[i]) + ", allowed 0.." + std::to_string(UPDLRM_MAX_SHARDS - 1));
+            if (local[i] + 1 > stride) stride = local[i] + 1;
+        }
+        descs.assign(size_t(nr_dpus_) * stride, updlrm_shard{});
+        std::vector<uint8_t> used(descs.size(), 0);
+        for (size_t i = 0; i < ns; i++) {
+            size_t k = size_t(dpu[i]) * stride + local[i];
+            if (used[k]++)
+                throw py::value_error("write_shards: shard " + std::to_string(i) + " repeats descriptor " +
+                                      std::to_string(local[i]) + " of DPU " + std::to_string(dpu[i]));
+            updlrm_shard &s = descs[k];
+            s.mram_offset = off[i];
+            s.nr_rows = rows[i];
+            s.nr_cols = cols[i];
+            s.row_bytes = rb[i];
+            s.dtype = dtype;
+            s.table = table[i];
+        }
+        return stride;
+    }
+
     void check_open() const {
         if (drv_ == nullptr) throw std::runtime_error("the DPU runtime is closed");
     }
@@ -383,13 +431,23 @@ PYBIND11_MODULE(UPDLRM_MODULE_NAME, m) {
     m.attr("MAX_TASKLETS") = UPDLRM_MAX_TASKLETS;
     m.attr("MAX_SHARDS") = UPDLRM_MAX_SHARDS;
     m.attr("MRAM_BYTES") = UPDLRM_MRAM_BYTES;
+    // Sizes and codes of dpu_kernels/include/updlrm_abi.h, so that Python never retypes them.
+    m.attr("LAUNCH_ARGS_BYTES") = sizeof(struct updlrm_launch_args);
+    m.attr("STATUS_BYTES") = sizeof(struct updlrm_status);
+    m.attr("SHARD_BYTES") = sizeof(struct updlrm_shard);
+    m.attr("BAG_BYTES") = sizeof(struct updlrm_bag);
+    m.attr("DTYPE_FP32") = UPDLRM_DTYPE_FP32;
+    m.attr("DTYPE_INT32") = UPDLRM_DTYPE_INT32;
+    m.attr("ELEM_BYTES") = UPDLRM_ELEM_BYTES;
+    m.attr("MRAM_ALIGN") = UPDLRM_MRAM_ALIGN;
+    m.attr("MRAM_HEAP_SYMBOL") = DPU_MRAM_HEAP_POINTER_NAME;  // the MRAM heap's symbol for copies
     py::class_<Runtime>(m, "Runtime")
         .def(py::init<const std::string &, uint32_t, const std::string &>(), py::arg("kernel_path"), py::arg("nr_dpus"),
              py::arg("profile") = "")
         .def_property_readonly("nr_dpus", &Runtime::nr_dpus)
         .def_property_readonly("open_seconds", &Runtime::open_seconds)
         .def_property_readonly("closed", &Runtime::closed)
-        .def("write_shards", &Runtime::write_shards, py::arg("data"), py::arg("descs"))
+        .def("write_shards", &Runtime::write_shards, py::arg("data"), py::arg("shards"))
         .def("set_plan", &Runtime::set_plan, py::arg("spec"))
         .def("lookup", &Runtime::lookup, py::arg("grp"), py::arg("lrow"), py::arg("offsets"), py::arg("batch_size"),
              py::arg("out"))

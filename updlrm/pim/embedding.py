@@ -43,8 +43,6 @@ from .layout import RowMapper, fixed_point_scales, plan_layout, shard_images
 DTYPES = ("fp32", "int32")
 #: Where the transfer/kernel phases come from, per device (updlrm.stats.SOURCES).
 DEVICE_SOURCE = {"emulator": "emulator-wall", "simulator": "simulator", "hw": "hardware"}
-ARGS_BYTES = 32  # struct updlrm_launch_args
-STATUS_BYTES = 24 + 12 * 24  # struct updlrm_status
 
 
 def _as_weight(w, t: int) -> np.ndarray:
@@ -102,7 +100,9 @@ class PimEmbedding:
         self.max_bag_lookups = int(max_bag_lookups)
         self.nr_tasklets = int(plan.topology.nr_tasklets)
         self.dims = [int(w.shape[1]) for w in ws]
-        self._layout = plan_layout(plan)
+        mod = native.native_module(device)
+        self._abi = native.abi(mod)  # sizes and codes of updlrm_abi.h as the module was built
+        self._layout = plan_layout(plan, self._abi)
         self._limit = float((2**31 - 1) // self.max_bag_lookups)
         self._wmax = np.array([float(np.max(np.abs(w))) if w.size else 0.0 for w in ws])
         if dtype == "int32":
@@ -114,18 +114,17 @@ class PimEmbedding:
         self._mapper = RowMapper(plan)
         self.last_stats: BatchStats | None = None
 
-        mod = native.native_module(device)
         path = kernel_path if kernel_path is not None else native.kernel_path(device, self.nr_tasklets, mod)
         t0 = time.perf_counter()
-        images, descs = shard_images(ws, plan, self._layout, dtype, self.scales, self._limit)
+        images = shard_images(ws, plan, self._layout, dtype, self.scales, self._limit)
         build_s = time.perf_counter() - t0
         try:
             self._rt = mod.Runtime(path, plan.topology.nr_dpus, native.PROFILES[device])
         except RuntimeError as exc:
             raise NativeError(str(exc)) from exc
         try:
-            write_s = self._rt.write_shards(images, descs)
-            self._rt.set_plan(self._layout.native_spec(dtype, col_scale))
+            write_s = self._rt.write_shards(images, self._layout.shard_spec(dtype, self._abi))
+            self._rt.set_plan(self._layout.native_spec(dtype, col_scale, self._abi))
         except Exception as exc:
             self._rt.close()
             raise NativeError(f"loading the tables into DPU MRAM: {exc}") from exc
@@ -236,6 +235,7 @@ class PimEmbedding:
         c["output_bytes"] = r["output_bytes"].sum(axis=0)
         ran = r["tasklet_lookups"].shape[0]
         c["lookups_per_tasklet"] = r["tasklet_lookups"].sum(axis=0)
+        ARGS_BYTES, STATUS_BYTES = self._abi.launch_args_bytes, self._abi.status_bytes
         c["pushed_bytes"] = ARGS_BYTES * ran + r["request_bytes"][:ran].sum(axis=0)
         c["pulled_bytes"] = STATUS_BYTES * ran + r["output_bytes"][:ran].sum(axis=0)
         c["push_lengths"] = np.array([x for p in push for x in (ARGS_BYTES, int(p)) if x > 0], dtype=np.int64)

@@ -12,7 +12,8 @@
   offset).
 * :func:`shard_images` gathers every shard's rows and columns from the weights (vectorized, one
   fancy-index per shard), converts to int32 fixed point when asked, pads rows to 8 bytes and
-  returns one MRAM image per DPU plus the [nr_dpus, k * 32] descriptor block (struct updlrm_shard).
+  returns one MRAM image per DPU plus the per-shard descriptor fields (``Runtime.write_shards``
+  fills struct updlrm_shard from them in C++, so the layout lives in updlrm_abi.h alone).
 * :class:`RowMapper` maps each lookup of a batch to (row group, local row): ``cache`` groups
   first, then the ``base`` group (row ranges by one searchsorted over all tables at once; row-set
   groups through a dense per-table map). No Python loop over lookups.
@@ -27,12 +28,7 @@ import numpy as np
 from updlrm.partition import Plan
 from updlrm.partition.types import ELEM_BYTES, MRAM_ALIGN
 
-#: UPDLRM_DTYPE_* of dpu_kernels/include/updlrm_abi.h
-DTYPE_CODES = {"fp32": 0, "int32": 1}
-#: Bytes of struct updlrm_shard (8 x uint32).
-SHARD_DESC_BYTES = 32
-MAX_SHARDS_PER_DPU = 4096  # UPDLRM_MAX_SHARDS
-MRAM_BYTES = 64 << 20
+from . import native
 
 
 def _align8(x: int) -> int:
@@ -64,13 +60,14 @@ class PlanLayout:
     output_offset: int
     output_capacity: int
 
-    def native_spec(self, dtype: str, col_scale: np.ndarray) -> dict:
+    def native_spec(self, dtype: str, col_scale: np.ndarray, abi: "native.Abi | None" = None) -> dict:
         """The dict ``Runtime.set_plan`` takes."""
+        abi = abi if abi is not None else native.abi()
         u32 = lambda a: np.ascontiguousarray(a, dtype=np.uint32)  # noqa: E731
         return {
             "nr_tables": int(self.dims.size),
             "width": int(self.width),
-            "dtype": DTYPE_CODES[dtype],
+            "dtype": abi.dtype_codes[dtype],
             "shard_dpu": u32(self.shard_dpu),
             "shard_local": u32(self.shard_local),
             "shard_col": u32(self.shard_col),
@@ -89,9 +86,27 @@ class PlanLayout:
         }
 
 
-def plan_layout(plan: Plan) -> PlanLayout:
+    def shard_spec(self, dtype: str, abi: "native.Abi | None" = None) -> dict:
+        """The per-shard descriptor fields ``Runtime.write_shards`` takes (uint32 [S] arrays)."""
+        abi = abi if abi is not None else native.abi()
+        u32 = lambda a: np.ascontiguousarray(a, dtype=np.uint32)  # noqa: E731
+        return {
+            "dpu": u32(self.shard_dpu),
+            "local": u32(self.shard_local),
+            "mram_offset": u32(self.shard_mram_offset),
+            "nr_rows": u32(self.shard_nr_rows),
+            "nr_cols": u32(self.shard_ncols),
+            "row_bytes": u32(self.shard_row_bytes),
+            "table": u32(self.shard_table),
+            "dtype": abi.dtype_codes[dtype],
+        }
+
+
+def plan_layout(plan: Plan, abi: "native.Abi | None" = None) -> PlanLayout:
     """Flatten ``plan`` (already validated) for the native packer. Raises ValueError on a plan whose
-    shards have no MRAM offsets, a DPU with more than 4,096 shards, or buffers beyond 64 MiB."""
+    shards have no MRAM offsets, a DPU with more shards than the kernel's UPDLRM_MAX_SHARDS, or
+    buffers beyond the MRAM heap / UPDLRM_MRAM_BYTES. ``abi``: default :func:`native.abi`."""
+    abi = abi if abi is not None else native.abi()
     tables = plan.tables
     dims = np.array([t.dim for t in tables], dtype=np.int64)
     col_offsets = np.concatenate([[0], np.cumsum(dims)[:-1]]).astype(np.int64)
@@ -115,9 +130,9 @@ def plan_layout(plan: Plan) -> PlanLayout:
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     local = np.empty(S, dtype=np.int64)
     local[order] = np.arange(S) - starts[dpu[order]]
-    if counts.size and counts.max() > MAX_SHARDS_PER_DPU:
+    if counts.size and counts.max() > abi.max_shards:
         d = int(np.argmax(counts))
-        raise ValueError(f"DPU {d} holds {int(counts[d])} shards, the kernel allows {MAX_SHARDS_PER_DPU}")
+        raise ValueError(f"DPU {d} holds {int(counts[d])} shards, the kernel allows {abi.max_shards}")
 
     # Replicas: (group, replica) pairs in order; each replica's shards sorted by col_lo.
     key = np.lexsort((col_lo, replica, group))
@@ -140,7 +155,7 @@ def plan_layout(plan: Plan) -> PlanLayout:
     output_capacity = int(plan.output_bytes) // MRAM_ALIGN * MRAM_ALIGN
     output_offset = request_offset + request_capacity
     heap = int(plan.topology.mram_heap_bytes)
-    if output_offset + output_capacity > min(heap, MRAM_BYTES):
+    if output_offset + output_capacity > min(heap, abi.mram_bytes):
         raise ValueError(
             f"shards end at {tables_end} B and request+output need {request_capacity + output_capacity} B more: "
             f"{output_offset + output_capacity} B exceed the {heap} B MRAM heap"
@@ -196,18 +211,15 @@ def quantize(block: np.ndarray, scale: float, limit: float) -> np.ndarray:
 
 def shard_images(
     weights: list[np.ndarray], plan: Plan, layout: PlanLayout, dtype: str, scales: np.ndarray | None, limit: float
-) -> tuple[list[np.ndarray], np.ndarray]:
-    """MRAM image of every DPU (uint8, heap + 0 onwards, length a multiple of 8) and the
-    descriptor block (uint8 [nr_dpus, k * 32], k = most shards on one DPU, at least 1)."""
+) -> list[np.ndarray]:
+    """MRAM image of every DPU (uint8, heap + 0 onwards, length a multiple of 8). The shard
+    descriptors come from :meth:`PlanLayout.shard_spec`."""
     n = layout.nr_dpus
     S = layout.shard_dpu.size
     ends = np.zeros(n, dtype=np.int64)
     if S:
         np.maximum.at(ends, layout.shard_dpu, layout.shard_mram_offset + layout.shard_nr_rows * layout.shard_row_bytes)
     images = [np.zeros(int(e), dtype=np.uint8) for e in ends]
-    k = max(1, int(layout.nr_shards_on_dpu.max()) if n else 1)
-    descs = np.zeros((n, k, 8), dtype=np.uint32)
-    code = DTYPE_CODES[dtype]
     for s, shard in enumerate(plan.shards):
         t = shard.table
         g = plan.groups[shard.group]
@@ -221,13 +233,15 @@ def shard_images(
         else:
             block = np.asarray(block, dtype=np.float32)
         nr, nc = block.shape
+        if nr != int(layout.shard_nr_rows[s]) or nc != int(layout.shard_ncols[s]):
+            raise ValueError(f"shard {s}: block {nr}x{nc} differs from the layout's "
+                             f"{int(layout.shard_nr_rows[s])}x{int(layout.shard_ncols[s])}")
         rb = int(layout.shard_row_bytes[s])
         d = int(layout.shard_dpu[s])
         off = int(layout.shard_mram_offset[s])
         dst = images[d][off : off + nr * rb].reshape(nr, rb)
         dst[:, : nc * ELEM_BYTES] = np.ascontiguousarray(block).view(np.uint8).reshape(nr, nc * ELEM_BYTES)
-        descs[d, int(layout.shard_local[s])] = (off, nr, nc, rb, code, t, 0, 0)
-    return images, descs.reshape(n, k * 8).view(np.uint8).reshape(n, k * SHARD_DESC_BYTES)
+    return images
 
 
 #: Tables up to this many rows map ids through a dense [rows] map (8 bytes per row).

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from pathlib import Path
 
 from updlrm.errors import BackendUnavailableError
@@ -41,6 +42,45 @@ def native_module(device: str):
         ) from exc
 
 
+@dataclass(frozen=True)
+class Abi:
+    """Sizes, codes and limits of dpu_kernels/include/updlrm_abi.h as the native module was compiled
+    with them (``sizeof`` and macros read in C++): Python never retypes the header."""
+
+    version: int
+    launch_args_bytes: int  # sizeof(struct updlrm_launch_args)
+    status_bytes: int  # sizeof(struct updlrm_status)
+    shard_bytes: int  # sizeof(struct updlrm_shard)
+    dtype_codes: dict  # {"fp32": UPDLRM_DTYPE_FP32, "int32": UPDLRM_DTYPE_INT32}
+    max_shards: int  # UPDLRM_MAX_SHARDS, shard descriptors per DPU
+    max_tasklets: int  # UPDLRM_MAX_TASKLETS
+    mram_bytes: int  # UPDLRM_MRAM_BYTES, MRAM bank per DPU
+    heap_symbol: str  # DPU_MRAM_HEAP_POINTER_NAME, the MRAM heap's symbol for host copies
+
+
+_abi_cache: dict[str, Abi] = {}
+
+
+def abi(module=None) -> Abi:
+    """The ABI constants of ``module`` (default: the emulator module, whose header is the same one
+    the SDK module is built with)."""
+    module = module if module is not None else native_module("emulator")
+    key = getattr(module, "__name__", str(id(module)))
+    if key not in _abi_cache:
+        _abi_cache[key] = Abi(
+            version=int(module.ABI_VERSION),
+            launch_args_bytes=int(module.LAUNCH_ARGS_BYTES),
+            status_bytes=int(module.STATUS_BYTES),
+            shard_bytes=int(module.SHARD_BYTES),
+            dtype_codes={"fp32": int(module.DTYPE_FP32), "int32": int(module.DTYPE_INT32)},
+            max_shards=int(module.MAX_SHARDS),
+            max_tasklets=int(module.MAX_TASKLETS),
+            mram_bytes=int(module.MRAM_BYTES),
+            heap_symbol=str(module.MRAM_HEAP_SYMBOL),
+        )
+    return _abi_cache[key]
+
+
 def kernels_dir(module) -> Path:
     """Folder holding the built kernels next to ``module``."""
     return Path(module.__file__).resolve().parent / "kernels"
@@ -48,9 +88,10 @@ def kernels_dir(module) -> Path:
 
 def kernel_path(device: str, nr_tasklets: int, module=None) -> str:
     """Path of the lookup kernel built with ``nr_tasklets`` tasklets for ``device``."""
-    if not 1 <= int(nr_tasklets) <= 24:
-        raise ValueError(f"nr_tasklets must be 1..24 (UPMEM v1A has 24 hardware threads), got {nr_tasklets}")
     module = module if module is not None else native_module(device)
+    top = abi(module).max_tasklets
+    if not 1 <= int(nr_tasklets) <= top:
+        raise ValueError(f"nr_tasklets must be 1..{top} (UPMEM v1A has {top} hardware threads), got {nr_tasklets}")
     folder = kernels_dir(module)
     ext = ".emu.so" if device == "emulator" else ".dpu"
     candidates = [folder / f"{KERNEL_NAME}_t{nr_tasklets}{ext}"]
