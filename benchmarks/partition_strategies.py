@@ -8,7 +8,10 @@ Also measured: how long planning and evaluation take (median over --repeats), bo
 models (updlrm.timing_model and the simple lookups x row bytes model), and - to justify
 popularity_balanced's weighted row ranges - a plug-in alternative defined in this file,
 ``popularity_rows``, which deals rows one by one in frequency order ("snake" order, the
-vectorized form of LPT for equal-size rows) as explicit row sets.
+vectorized form of LPT for equal-size rows) as explicit row sets; and cache_aware's base-range
+dealing (``table_order`` on/off) under the PIM packer's replica choice (Router order
+"base_first", the estimator's default) and under the packer's pre-d5d8e66 table-by-table order
+(Router order "table"). Latencies are modeled (cost estimator), not measured on DPUs.
 
     .venv/bin/python benchmarks/partition_strategies.py            # writes benchmarks/partition_results.{json,md,png}
     .venv/bin/python benchmarks/partition_strategies.py --quick    # 1/100 rows, 256 DPUs (smoke run)
@@ -101,6 +104,21 @@ def main(argv=None) -> int:
         results[name] = rows
         print(f"\n== latency model: {rows[0].get('latency_model', name)}")
         print(format_reports(rows))
+    # design choices at this setting: base-range dealing (table_order) under the packer's
+    # base-first replica choice, and both under the packer's old table-by-table order
+    choices = []
+    for router in ("base_first", "table"):
+        for label, opts in (("cache_aware", {}), ("cache_aware(table_order=False)", {"table_order": False})):
+            r = compare(tables, topo, wl, cfg["batch_size"], ["cache_aware"], CostEstimator(order=router),
+                        {"cache_aware": opts})[0]
+            r["strategy"] = f"{label} [router {router}]"
+            r["router_order"] = router
+            if not r.get("error"):
+                r["speedup_vs_row_uniform"] = results["timing_model"][0]["latency_us"] / r["latency_us"]
+            choices.append(r)
+    results["choices"] = choices
+    print("\n== cache_aware base-range dealing x packer replica order (timing model)")
+    print(format_reports(choices))
     # timing of planning and evaluation: median over repeats
     est = CostEstimator()
     timing = {}
@@ -148,7 +166,8 @@ def ablation(path) -> int:
     tables = [t for t in kaggle_tables(1.0) if t.rows >= 100_000]
     topo = Topology(nr_dpus=2048)
     variants = {"cache_aware": {}, "cache_aware(min_cached_share=0)": {"min_cached_share": 0.0},
-                "cache_aware(table_order=False)": {"table_order": False}}
+                "cache_aware(table_order=False)": {"table_order": False},
+                "cache_aware(table_order=False, min_cached_share=0)": {"table_order": False, "min_cached_share": 0.0}}
     out = {"config": {"tables": [t.name for t in tables], "nr_dpus": 2048, "batch_size": 2048, "pooling": 20,
                       "profile_batches": 8, "eval_batches": 2}, "machine": machine_info(), "results": {}}
     for alpha in (0.6, 0.9):
