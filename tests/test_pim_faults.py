@@ -200,3 +200,35 @@ def test_concurrent_lookups_from_threads_are_serialized_and_correct():
             outs = list(ex.map(lambda b: pim.lookup(b[0], b[1], 16), batches * 3))
     for (idx, offs), got in zip(batches * 3, outs):
         np.testing.assert_allclose(got[:, 0], _ref(w, idx, offs), rtol=1e-5, atol=1e-5)
+
+
+def test_failed_batch_keeps_last_stats_of_the_good_one():
+    """A faulting batch raises with its own stats on the exception; last_stats stays the previous
+    good batch's (the object and its counters)."""
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((64, 8)).astype(np.float32)
+    with PimEmbedding([w], _plan(64, 8, 2)) as pim:
+        idx = rng.integers(0, 64, size=40).astype(np.int64)
+        offs = np.array([0, 10, 25, 40], dtype=np.int64)
+        pim.lookup(idx, offs, 3)
+        good = pim.last_stats
+        assert int(np.sum(good.counters["lookups"])) == 40
+        real_map = pim._mapper.map
+
+        def bad_map(*a):
+            grp, lrow = real_map(*a)
+            lrow = lrow.copy()
+            lrow[3] = 1000  # past every shard's rows: a kernel error status
+            return grp, lrow
+
+        pim._mapper.map = bad_map
+        bad_idx, bad_offs = idx[:12], np.array([0, 5, 12], dtype=np.int64)
+        with pytest.raises(DpuFaultError) as info:
+            pim.lookup(bad_idx, bad_offs, 2)
+        assert pim.last_stats is good
+        assert int(np.sum(pim.last_stats.counters["lookups"])) == 40
+        failed = info.value.stats
+        assert failed is not good and int(np.sum(failed.counters["lookups"])) == 12
+        pim._mapper.map = real_map
+        pim.lookup(bad_idx, bad_offs, 2)
+        assert pim.last_stats is not good and int(np.sum(pim.last_stats.counters["lookups"])) == 12

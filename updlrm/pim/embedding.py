@@ -2,7 +2,7 @@
 
     pim = PimEmbedding(weights, plan, dtype="fp32", device="emulator")
     pooled = pim.lookup(indices, offsets, batch_size)   # float32 [B, T, D]
-    pim.last_stats                                      # BatchStats of the latest batch (any thread)
+    pim.last_stats                                      # BatchStats of the latest good batch (any thread)
     pim.close()
 
 A batch flows: :class:`~updlrm.pim.layout.RowMapper` maps every lookup to (row group, local row)
@@ -11,7 +11,8 @@ DPU's request and cuts the batch into launches when the plan's per-DPU ``request
 ``output_bytes`` are too small; the host driver pushes, launches and gathers; the merger adds the
 partial sums into [B, W] (W = sum of table dims). The GIL is released for pack, launch and merge;
 batches from several threads run one at a time on the DPU set (a mutex in the native runtime), and
-``last_stats`` belongs to whichever batch finished last.
+``last_stats`` belongs to whichever batch finished last without error; a failed batch leaves it
+unchanged and carries its own stats on the exception (``exc.stats``).
 
 Element types:
 
@@ -165,10 +166,10 @@ class PimEmbedding:
         out = np.empty((B, self._layout.width), dtype=np.float32)
         r = self._rt.lookup(grp, lrow, offs, B, out)
         self._record(stats, r, map_s, B)
-        self.last_stats = stats
         err = r.get("error")
         if err is not None:
-            self._raise(err)
+            self._raise(err, stats)  # last_stats keeps the previous good batch's
+        self.last_stats = stats
         return out
 
     def lookup(self, indices, offsets, batch_size: int):
@@ -260,17 +261,21 @@ class PimEmbedding:
                 for i in range(L)
             ]
 
-    def _raise(self, err: dict) -> None:
+    def _raise(self, err: dict, stats: BatchStats) -> None:
+        """Raise the error of a failed batch; its (partial) stats ride on the exception as ``.stats``."""
         kind = err["kind"]
         if kind in ("fault", "kernel"):
             dpu, tasklet = int(err["dpu"]), int(err["tasklet"])
-            raise DpuFaultError(
+            exc: Exception = DpuFaultError(
                 f"DPU {dpu} tasklet {tasklet}: {err['reason']}" if kind == "fault" else err["message"],
                 dpu=dpu, tasklet=tasklet, reason=str(err["reason"]),
             )
-        if kind == "pack":
-            raise PlanError(err["message"])
-        raise NativeError(err["message"])
+        elif kind == "pack":
+            exc = PlanError(err["message"])
+        else:
+            exc = NativeError(err["message"])
+        exc.stats = stats
+        raise exc
 
     # ---- lifetime ------------------------------------------------------------------------------
     def close(self) -> None:
