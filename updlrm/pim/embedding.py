@@ -261,7 +261,7 @@ class PimEmbedding:
                 for i in range(L)
             ]
 
-    def _raise(self, err: dict, stats: BatchStats) -> None:
+    def _raise(self, err: dict, stats: BatchStats | None = None) -> None:
         """Raise the error of a failed batch; its (partial) stats ride on the exception as ``.stats``."""
         kind = err["kind"]
         if kind in ("fault", "kernel"):
