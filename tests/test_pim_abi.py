@@ -116,3 +116,49 @@ def test_write_shards_rejects_bad_descriptors(mod):
         assert rt.write_shards(data, _spec(mod)) >= 0
     finally:
         rt.close()
+
+
+def test_emu_heap_symbol_is_the_headers(mod):
+    import updlrm.emu as emu
+
+    assert "MRAM_HEAP_SYMBOL" in emu.__all__
+    assert emu.MRAM_HEAP_SYMBOL == mod.MRAM_HEAP_SYMBOL
+    from updlrm.emu import MRAM_HEAP_SYMBOL
+
+    heap = re.search(r'#define\s+DPU_MRAM_HEAP_POINTER_NAME\s+"([^"]+)"', EMU_DPU_H).group(1)
+    assert MRAM_HEAP_SYMBOL == heap
+    with pytest.raises(AttributeError):
+        emu.NO_SUCH_NAME  # noqa: B018
+
+
+HEAP_KERNEL = r"""
+#include <defs.h>
+#include <mram.h>
+#include <stdint.h>
+#include <stdio.h>
+static uint64_t buf[2] __dma_aligned;
+int main(void) {
+    if (me() == 0) {
+        mram_read((__mram_ptr void const *)DPU_MRAM_HEAP_POINTER, buf, 16);
+        printf("heap=%llx,%llx\n", (unsigned long long)buf[0], (unsigned long long)buf[1]);
+    }
+    return 0;
+}
+"""
+
+
+def test_emu_run_heap_file_lands_at_the_heap(tmp_path, capsys):
+    """`updlrm emu run --heap FILE` copies FILE to DPU_MRAM_HEAP_POINTER (padded to 8 bytes)."""
+    import json
+
+    from updlrm.cli import main
+
+    src = tmp_path / "heap_kernel.c"
+    src.write_text(HEAP_KERNEL)
+    heap = tmp_path / "heap.bin"
+    heap.write_bytes(np.array([0x1122334455667788], "<u8").tobytes() + b"\xab\xcd\xef")  # 11 bytes
+    rc = main(["emu", "run", str(src), "--dpus", "2", "--tasklets", "2", "--heap", str(heap), "--json"])
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out)
+    logs = result["launches"][0]["logs"]
+    assert logs["0"] == logs["1"] == "heap=1122334455667788,efcdab\n"

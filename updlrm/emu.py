@@ -5,13 +5,13 @@ is compiled with the host C compiler against the emulator's runtime headers
 (``compile_kernel``), then run on N emulated DPUs (``EmuDpuSet``) through the emulator's
 libdpu-compatible C library (``libupdlrm_emu.so``, loaded with ctypes)::
 
-    from updlrm.emu import compile_kernel, EmuDpuSet
+    from updlrm.emu import MRAM_HEAP_SYMBOL, compile_kernel, EmuDpuSet
     so = compile_kernel("my_kernel.c", nr_tasklets=16)
     with EmuDpuSet(64, so) as dpus:
         dpus.copy_to("params", np.array([3, 4], np.uint32))          # same bytes to every DPU
-        dpus.push_to("__sys_used_mram_end", per_dpu)                  # [64, n] uint8-viewable
+        dpus.push_to(MRAM_HEAP_SYMBOL, per_dpu)                       # [64, n] uint8-viewable
         dpus.launch()                                                 # DpuFaultError on a fault
-        out = dpus.push_from("__sys_used_mram_end", 64, offset=4096)  # [64, 64] uint8
+        out = dpus.push_from(MRAM_HEAP_SYMBOL, 64, offset=4096)       # [64, 64] uint8
         print(dpus.log(0), dpus.counters()["dma_read_bytes"].sum())
 
 Where the native files are: the build installs them into ``updlrm/_native`` (CMake's
@@ -20,6 +20,10 @@ checkout while ``_native`` lands in site-packages, and the editable redirect fin
 the namespace package ``updlrm._native``: ``importlib.util.find_spec("updlrm._native")`` gives its
 real folder in both the editable and the regular install (checked with scikit-build-core 0.10+).
 ``UPDLRM_NATIVE_DIR`` overrides the lookup.
+
+``MRAM_HEAP_SYMBOL`` is the symbol of the MRAM heap (``DPU_MRAM_HEAP_POINTER_NAME`` of the
+emulator's ``dpu.h``, the SDK's name), read on first use from the native module built with that
+header (``updlrm._native._emu``), so Python never types the string.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ __all__ = [
     "emu_include_dir",
     "COUNTERS_DTYPE",
     "MAX_TASKLETS",
+    "MRAM_HEAP_SYMBOL",
 ]
 
 MAX_TASKLETS = 24  # UPMEM v1A hardware threads (v1B: 16)
@@ -71,6 +76,23 @@ COUNTERS_DTYPE = np.dtype(
         ("faulted", "<i4"),
     ]
 )
+
+
+def __getattr__(name: str):
+    """``MRAM_HEAP_SYMBOL``: DPU_MRAM_HEAP_POINTER_NAME from the native module (loaded lazily, so
+    that importing updlrm.emu works before the native parts are built)."""
+    if name == "MRAM_HEAP_SYMBOL":
+        try:
+            from updlrm._native import _emu
+        except ImportError as exc:
+            raise BackendUnavailableError(
+                f"updlrm.emu.MRAM_HEAP_SYMBOL comes from the native module updlrm._native._emu, which failed to "
+                f"import ({exc}); build the native parts with scripts/dev_build.sh"
+            ) from exc
+        value = str(_emu.MRAM_HEAP_SYMBOL)
+        globals()[name] = value  # later lookups skip __getattr__
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class KernelCompileError(UpdlrmError, RuntimeError):
@@ -297,7 +319,7 @@ class EmuDpuSet:
     """``nr_dpus`` emulated DPUs running one kernel (an ``.emu.so`` from ``compile_kernel``).
 
     Symbols are the kernel's global names: WRAM variables (``__host`` or any global), MRAM
-    variables (``__mram``/``__mram_noinit``) and ``"__sys_used_mram_end"`` (the MRAM heap, i.e.
+    variables (``__mram``/``__mram_noinit``) and :data:`MRAM_HEAP_SYMBOL` (the MRAM heap, i.e.
     ``DPU_MRAM_HEAP_POINTER``). Offsets and lengths are bytes; MRAM ones must be multiples of 8,
     WRAM ones multiples of 4 (as on the real SDK). Errors raise ``NativeError`` (naming the symbol,
     offset and size) and DPU faults ``DpuFaultError`` (naming the DPU, the tasklet and the access).

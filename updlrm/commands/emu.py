@@ -62,6 +62,7 @@ def _summary(counters: dict, launch_wall_s: float) -> dict:
 def _run(args: argparse.Namespace) -> int:
     import time
 
+    from updlrm import emu
     from updlrm.emu import EmuDpuSet, compile_kernel
 
     if args.dpus < 1 or args.launches < 1:
@@ -80,7 +81,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.heap is not None:
             data = np.frombuffer(args.heap.read_bytes(), np.uint8)
             data = np.concatenate([data, np.zeros((-len(data)) % 8, np.uint8)])
-            dpus.copy_to("__sys_used_mram_end", data)
+            dpus.copy_to(emu.MRAM_HEAP_SYMBOL, data)  # DPU_MRAM_HEAP_POINTER_NAME
         for k in range(args.launches):
             t0 = time.perf_counter()
             entry: dict = {"launch": k}
