@@ -177,3 +177,137 @@ def test_result_round_trips_through_json(bench_run, tmp_path):
     bad.write_text("{}")
     with pytest.raises(ValueError, match="not a bench.json"):
         load_result(bad)
+
+
+# ---- device != "emulator": DPU phases measured on the SDK simulator / hardware ----------------------
+
+
+class _FakeClock:
+    """Stands in for ``time.perf_counter`` in updlrm.bench: moves only when a fake engine says so."""
+
+    def __init__(self):
+        self.now = 100.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+class _SdkLikeEngine:
+    """A PIM engine as the SDK build would present it, without the SDK: the emulator engine runs the
+    batch (real pack/merge/MLP phases and real counters), then the DPU phases it reported are
+    relabelled the way updlrm.pim.embedding labels a simulator / hw run, with fixed fake seconds,
+    and the host wall clock advances by a fixed ``wall_s``."""
+
+    def __init__(self, inner, source: str, dpu_seconds: dict, clock: _FakeClock, wall_s: float):
+        self.inner, self.source, self.dpu_seconds, self.clock, self.wall_s = inner, source, dpu_seconds, clock, wall_s
+        self.plan = inner.plan
+        self.backend = object()  # no synchronize()
+        self.last_stats = None
+        self.seen_counters = []
+
+    def predict(self, batch):
+        from updlrm.stats import BatchStats, Phase
+
+        out = self.inner.predict(batch)
+        s = self.inner.last_stats
+        phases = [Phase(p.name, self.dpu_seconds[p.name], self.source) if p.source == "emulator-wall" else p
+                  for p in s.phases]
+        assert {p.name for p in s.phases if p.source == "emulator-wall"} == set(self.dpu_seconds)
+        self.last_stats = BatchStats(phases, dict(s.counters))
+        self.seen_counters.append(dict(s.counters))
+        self.clock.now += self.wall_s
+        return out
+
+    def close(self):
+        self.inner.close()
+
+
+@pytest.mark.parametrize("device,source", [("hw", "hardware"), ("simulator", "simulator")])
+def test_sdk_device_phases_are_measured_and_the_model_is_only_alongside(device, source, monkeypatch):
+    import numpy as np
+
+    import updlrm.bench as bench
+    from updlrm.batch import random_batch
+    from updlrm.engine import Engine
+    from updlrm.model import DLRM
+    from updlrm.timing_model import TimingModel
+
+    cfg = BenchConfig(model="tiny", batch_sizes=[32], backends=["pim"], nr_dpus=[4], strategies=["row_uniform"],
+                      repeats=3, warmup=1, device=device, threads=1)
+    model = DLRM(bench._model_config(cfg)).eval()
+    clock = _FakeClock()
+    monkeypatch.setattr(bench, "time", clock)
+    dpu_seconds = {"cpu_to_dpu": 1.5e-3, "kernel": 4.0e-3, "dpu_to_cpu": 0.75e-3}
+    wall_s = 0.025
+    inner = Engine(model, backend="pim", nr_dpus=4, strategy="row_uniform", dtype=cfg.dtype, nr_tasklets=cfg.nr_tasklets)
+    engine = _SdkLikeEngine(inner, source, dpu_seconds, clock, wall_s)
+    timing = TimingModel.default()
+    runner = bench._Runner(model, cfg, timing)
+    batches = [random_batch(model.config, 32, pooling=cfg.pooling, alpha=cfg.alpha, seed=i) for i in range(4)]
+    try:
+        rec = runner.time_point(engine, "pim", batches)
+    finally:
+        engine.close()
+
+    # latency = the host wall clock as measured: nothing taken out, no modeled phase put in
+    assert rec["latency_s"]["p50"] == pytest.approx(wall_s)
+    assert rec["host_wall_s"]["p50"] == pytest.approx(wall_s)
+    assert rec["latency_source"] == f"measured ({device})"
+    # the DPU phases are the device's, with its label; host phases stay measured
+    for name, sec in dpu_seconds.items():
+        assert rec["phases"][name] == {"p50_s": pytest.approx(sec), "min_s": pytest.approx(sec), "source": source}
+    for name in ("pack", "merge", "mlp"):
+        assert rec["phases"][name]["source"] == "measured"
+    assert not any(p["source"] in ("modeled", "emulator-wall") for p in rec["phases"].values())
+    # the model for the same counters sits alongside (median over the 3 timed batches), not counted
+    assert "emulator_wall_s" not in rec
+    timed = engine.seen_counters[cfg.warmup:]
+    assert len(timed) == cfg.repeats
+    modeled = [timing.model_counters(inner.plan.topology, c, inner.plan) for c in timed]
+    assert set(rec["model_alongside_s"]) == set(MODELED_PHASES)
+    for name in MODELED_PHASES:
+        want = float(np.median([m.get(name).seconds for m in modeled]))
+        assert rec["model_alongside_s"][name] == pytest.approx(want)
+        assert want > 0
+    # the model's kernel differs from the fake measurement, so a mix-up of the two would show
+    assert rec["model_alongside_s"]["kernel"] != pytest.approx(dpu_seconds["kernel"])
+    bounds = [m.bound.seconds for m in modeled]
+    assert rec["bound_s"] == pytest.approx(float(np.median(bounds)))
+    # measured DPU side over the physical bound (host phases are not in the bound)
+    assert rec["modeled_over_bound"] == pytest.approx(float(np.median([sum(dpu_seconds.values()) / b for b in bounds])))
+    assert rec["kernel_model"] and "per_launch" not in rec["kernel_model"]
+
+
+def test_sdk_device_run_reports_embedding_layer_from_measured_phases(monkeypatch, tmp_path):
+    """Through run_bench (engine creation faked): the embedding layer of a hw run is pack + the
+    device's DPU phases + merge, the run is labelled hw, and the outputs carry model_alongside_s."""
+    import updlrm.bench as bench
+    from updlrm.engine import Engine
+
+    clock = _FakeClock()
+    monkeypatch.setattr(bench, "time", clock)
+    dpu_seconds = {"cpu_to_dpu": 2e-3, "kernel": 5e-3, "dpu_to_cpu": 1e-3}
+    real_engine = bench._Runner.engine
+
+    def engine(self, backend, nr_dpus=None, strategy=None):
+        if backend != "pim":
+            return real_engine(self, backend, nr_dpus, strategy)
+        inner = Engine(self.model, backend="pim", nr_dpus=nr_dpus, strategy=strategy, dtype=self.cfg.dtype,
+                       nr_tasklets=self.cfg.nr_tasklets)
+        return _SdkLikeEngine(inner, "hardware", dpu_seconds, clock, 0.03)
+
+    monkeypatch.setattr(bench._Runner, "engine", engine)
+    cfg = BenchConfig(model="tiny", batch_sizes=[16], backends=["pim"], nr_dpus=[4], strategies=["row_uniform"],
+                      repeats=2, warmup=0, device="hw", dtype="int32", threads=1)
+    result = bench.run_bench(cfg)
+    (r,) = result.runs
+    assert r["status"] == "ok" and r["device"] == "hw", r.get("reason")
+    host = r["phases"]["pack"]["p50_s"] + r["phases"]["merge"]["p50_s"]
+    assert r["embedding_s"] == pytest.approx(host + sum(dpu_seconds.values()))
+    assert "launch" not in r["phases"]  # the device reports launch inside kernel; only the model splits it
+    table = bench.format_table(result)
+    assert "pim[4 DPUs,row_uniform,int32,hw]" in table and "measured on the hw" in table
+    assert "modeled DPU phases" not in table  # no emulator run in this result
+    paths = bench.write_outputs(result, tmp_path, plots=False)
+    saved = json.loads(paths["json"].read_text())["runs"][0]
+    assert saved["model_alongside_s"] == pytest.approx(r["model_alongside_s"])
