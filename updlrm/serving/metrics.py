@@ -57,25 +57,17 @@ class _Metric:
         return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
 
 
-class Counter(_Metric):
-    """A counter; with ``read`` (no labels) its value is read from a callback at scrape time."""
-
-    kind = "counter"
+class _ValueMetric(_Metric):
+    """A metric holding one number per label set; with ``read`` (no labels) the number is read from
+    a callback at scrape time instead."""
 
     def __init__(self, name: str, help_text: str, labelnames: Sequence[str] = (),
                  read: Callable[[], float] | None = None):
         super().__init__(name, help_text, labelnames)
         if read is not None and labelnames:
-            raise ValueError(f"counter {name}: a read callback takes no labels")
+            raise ValueError(f"{self.kind} {name}: a read callback takes no labels")
         self._values: dict[tuple, float] = {} if labelnames else {(): 0.0}
         self._read = read
-
-    def inc(self, amount: float = 1.0, **labels) -> None:
-        if amount < 0:
-            raise ValueError(f"counter {self.name} cannot decrease (inc by {amount})")
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + amount
 
     def value(self, **labels) -> float:
         with self._lock:
@@ -89,26 +81,28 @@ class Counter(_Metric):
         return self.header() + [f"{self.name}{_labels(self.labelnames, k)} {_fmt(v)}" for k, v in items]
 
 
-class Gauge(_Metric):
-    kind = "gauge"
+class Counter(_ValueMetric):
+    """A counter; with ``read`` (no labels) its value is read from a callback at scrape time."""
 
-    def __init__(self, name: str, help_text: str, labelnames: Sequence[str] = (),
-                 read: Callable[[], float] | None = None):
-        super().__init__(name, help_text, labelnames)
-        self._values: dict[tuple, float] = {} if labelnames else {(): 0.0}
-        self._read = read
+    kind = "counter"
+
+    def inc(self, amount: float = 1.0, **labels) -> None:
+        if amount < 0:
+            raise ValueError(f"counter {self.name} cannot decrease (inc by {amount})")
+        key = self._key(labels)
+        with self._lock:
+            self._values[key] = self._values.get(key, 0.0) + amount
+
+
+class Gauge(_ValueMetric):
+    """A gauge; with ``read`` (no labels) its value is read from a callback at scrape time."""
+
+    kind = "gauge"
 
     def set(self, value: float, **labels) -> None:
         key = self._key(labels)
         with self._lock:
             self._values[key] = float(value)
-
-    def render(self) -> list[str]:
-        if self._read is not None:
-            return self.header() + [f"{self.name} {_fmt(float(self._read()))}"]
-        with self._lock:
-            items = sorted(self._values.items())
-        return self.header() + [f"{self.name}{_labels(self.labelnames, k)} {_fmt(v)}" for k, v in items]
 
 
 class Histogram(_Metric):
