@@ -212,11 +212,7 @@ void Packer::finalize(std::vector<Launch> &out) {
         }
         L.bag_sample[d].swap(st.sample);
         L.bags[d].swap(st.bags);
-        st.bags.clear();
-        st.ids.clear();
-        st.sample.clear();
-        st.out_bytes = 0;
-        st.elements = 0;
+        st.reset();
     }
     nr_bags_ = 0;
 }
@@ -429,13 +425,7 @@ std::string Packer::pack(const int32_t *grp, const uint32_t *lrow, const int64_t
     lrow_ = lrow;
     rep_.resize(nr_lookups);  // direct_: the shard of each lookup, looked up once (groups can be many)
     load_.assign(n, 0);
-    for (auto &st : dpus_) {
-        st.bags.clear();
-        st.ids.clear();
-        st.sample.clear();
-        st.out_bytes = 0;
-        st.elements = 0;
-    }
+    for (auto &st : dpus_) st.reset();
     nr_bags_ = 0;
 
     grp_ = grp;

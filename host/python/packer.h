@@ -90,6 +90,14 @@ class Packer {
         std::vector<uint32_t> ids, sample;
         uint64_t out_bytes = 0;
         uint64_t elements = 0;
+        // Empty for the next launch (capacity kept, so batches reuse their buffers).
+        void reset() {
+            bags.clear();
+            ids.clear();
+            sample.clear();
+            out_bytes = 0;
+            elements = 0;
+        }
     };
     bool fits();
     void commit(uint32_t a, uint32_t e, uint32_t sample);
