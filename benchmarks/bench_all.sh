@@ -5,6 +5,7 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 OUT=benchmarks/bench_results
 mkdir -p "$OUT"
+{ echo "start $(date -u +%FT%TZ) load $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)"; } > "$OUT/run_info.txt"
 $PY benchmarks/bench_timing_validation.py --json "$OUT/timing_validation.json" | tee "$OUT/timing_validation.txt"
 for c in kaggle_small_tables kaggle_mid_tables kaggle_mid_fp32 dpu_count_sweep; do
   mkdir -p "$OUT/$c"
@@ -12,3 +13,4 @@ for c in kaggle_small_tables kaggle_mid_tables kaggle_mid_fp32 dpu_count_sweep; 
 done
 $PY benchmarks/bench_fullscale_model.py --json "$OUT/fullscale_kaggle.json" | tee "$OUT/fullscale_kaggle.txt"
 $PY benchmarks/bench_summarize.py "$OUT"/*/bench.json | tee "$OUT/summary.md"
+echo "end   $(date -u +%FT%TZ) load $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)" >> "$OUT/run_info.txt"

@@ -107,6 +107,8 @@ def test_machine_and_constants_recorded(bench_run):
     _, _, data = bench_run
     m = data["machine"]
     assert m["cpu_count"] >= 1 and m["torch"] and m["torch_threads"] == 1
+    load = m["load_average_1_5_15_min"]
+    assert load is None or (len(load) == 3 and all(x >= 0 for x in load))
     names = {c["name"] for c in data["timing_constants"]}
     assert "dma_read_alpha_cycles" in names
     assert all(c.get("source") for c in data["timing_constants"])

@@ -209,7 +209,8 @@ def _model_config(cfg: BenchConfig):
 
 
 def machine_info() -> dict:
-    """Where the benchmark ran: CPU, cores, memory, Python/torch/numpy versions, GPU, git commit."""
+    """Where the benchmark ran: CPU, cores, memory, load average, Python/torch/numpy versions, GPU,
+    git commit."""
     import torch
 
     info = {
@@ -222,7 +223,14 @@ def machine_info() -> dict:
         "torch": torch.__version__,
         "numpy": np.__version__,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        # the PIM host packer/merger's thread count when forced (else its default, 2)
+        "updlrm_host_threads": os.environ.get("UPDLRM_HOST_THREADS"),
     }
+    try:
+        # taken when the run ends: the 5- and 15-minute figures cover the run on a shared machine
+        info["load_average_1_5_15_min"] = [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        info["load_average_1_5_15_min"] = None
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
