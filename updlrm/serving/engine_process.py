@@ -104,6 +104,20 @@ def _raise_for(kind: str, message: str):
     raise EngineError(kind, message)
 
 
+
+def _exit_code(process, timeout_s: float = 5.0):
+    """The exit code of a dead (or dying) child process, or None if it is not known in time.
+
+    A closed pipe or a ready sentinel comes before the child is reaped, and two threads (the batch
+    runner and the death watcher) may both try to reap it: the one that loses sees no child and
+    reads None until the winner has stored the code. So wait for the code itself.
+    """
+    process.join(timeout_s)
+    deadline = time.monotonic() + timeout_s
+    while process.exitcode is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return process.exitcode
+
 class _Child:
     """One engine process: the process, the parent's end of its pipe, and what it reported."""
 
@@ -200,8 +214,7 @@ class EngineProcess:
 
         def wait() -> None:
             mp.connection.wait([child.process.sentinel])
-            child.process.join(1)
-            self._died(child.generation, f"engine process exited (exit code {child.process.exitcode})")
+            self._died(child.generation, f"engine process exited (exit code {_exit_code(child.process)})")
 
         threading.Thread(target=wait, name=f"updlrm-engine-watch-{child.generation}", daemon=True).start()
 
@@ -285,9 +298,8 @@ class EngineProcess:
                 child.conn.send(("run", merged.dense, merged.indices, merged.offsets))
                 reply = child.conn.recv()
             except (EOFError, OSError) as exc:
-                child.process.join(1)
                 reason = (f"engine process died during a batch of {merged.batch_size} sample(s) "
-                          f"({type(exc).__name__}; exit code {child.process.exitcode})")
+                          f"({type(exc).__name__}; exit code {_exit_code(child.process)})")
                 self._died(child.generation, reason)
                 raise EngineError("EngineProcessDied", reason) from None
         if reply[0] == "ok":
