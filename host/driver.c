@@ -16,6 +16,8 @@
 struct updlrm_driver {
     struct dpu_set_t set;
     uint32_t nr_dpus;
+    int running;      /* an asynchronous launch has not been waited for */
+    double launch_t0; /* when it started */
 };
 
 static double now_s(void)
@@ -261,82 +263,109 @@ static const char *kernel_code_name(uint32_t code)
     }
 }
 
-int updlrm_driver_launch(struct updlrm_driver *drv, const struct updlrm_launch_args *args, const uint8_t *request,
-                         size_t request_stride, uint32_t request_offset, size_t request_bytes, uint8_t *output,
-                         size_t output_stride, uint32_t output_offset, size_t output_bytes,
-                         struct updlrm_status *status, struct updlrm_launch_times *times, struct updlrm_fault *fault,
-                         char *msg, size_t msg_len)
+/* One push of `len` bytes per DPU at `symbol` + offset, DPU i's bytes at base + i * stride (the
+ * libdpu prepare-per-DPU-then-push pattern; every push of the driver goes through here). */
+static int xfer_all(struct updlrm_driver *drv, dpu_xfer_t dir, const char *symbol, uint32_t offset, const void *base,
+                    size_t stride, size_t len, const char *what, char *msg, size_t msg_len)
 {
     struct dpu_set_t dpu;
     uint32_t i;
     dpu_error_t err;
-    double t0, t1, t2, t3;
+    char where[160];
+    DPU_FOREACH(drv->set, dpu, i)
+    {
+        err = dpu_prepare_xfer(dpu, (void *)((const uint8_t *)base + (size_t)i * stride));
+        if (err != DPU_OK) {
+            snprintf(where, sizeof(where), "dpu_prepare_xfer (%s)", what);
+            return fail_dpu(err, msg, msg_len, where);
+        }
+    }
+    err = dpu_push_xfer(drv->set, dir, symbol, offset, len, DPU_XFER_DEFAULT);
+    if (err != DPU_OK) {
+        snprintf(where, sizeof(where), "dpu_push_xfer (%s)", what);
+        return fail_dpu(err, msg, msg_len, where);
+    }
+    return UPDLRM_DRV_OK;
+}
 
-    if (drv == NULL || args == NULL || status == NULL || times == NULL || fault == NULL)
-        return fail(UPDLRM_DRV_ERR_ARG, msg, msg_len, "updlrm_driver_launch: NULL argument");
-    memset(times, 0, sizeof(*times));
+int updlrm_driver_push(struct updlrm_driver *drv, const struct updlrm_launch_args *args, const uint8_t *request,
+                       size_t request_stride, uint32_t request_offset, size_t request_bytes,
+                       struct updlrm_launch_times *times, char *msg, size_t msg_len)
+{
+    int code;
+    double t0;
+    if (drv == NULL || args == NULL || times == NULL)
+        return fail(UPDLRM_DRV_ERR_ARG, msg, msg_len, "updlrm_driver_push: NULL argument");
+    if (drv->running)
+        return fail(UPDLRM_DRV_ERR_ARG, msg, msg_len, "updlrm_driver_push: a launch is still running (call updlrm_driver_wait)");
+    if (request_bytes % 8 != 0 || request_offset % 8 != 0)
+        return fail(UPDLRM_DRV_ERR_ARG, msg, msg_len,
+                    "updlrm_driver_push: request %zu B at %u: both must be multiples of 8", request_bytes, request_offset);
+    if (request_bytes > 0 && (request == NULL || request_stride < request_bytes))
+        return fail(UPDLRM_DRV_ERR_ARG, msg, msg_len, "updlrm_driver_push: request stride smaller than the transfer");
+    t0 = now_s();
+    /* CPU -> DPU: launch args (WRAM) and the request (MRAM), one push per symbol. */
+    code = xfer_all(drv, DPU_XFER_TO_DPU, UPDLRM_SYM_ARGS, 0, args, sizeof(struct updlrm_launch_args),
+                    sizeof(struct updlrm_launch_args), UPDLRM_SYM_ARGS, msg, msg_len);
+    if (code == UPDLRM_DRV_OK && request_bytes > 0)
+        code = xfer_all(drv, DPU_XFER_TO_DPU, DPU_MRAM_HEAP_POINTER_NAME, request_offset, request, request_stride,
+                        request_bytes, "request", msg, msg_len);
+    times->cpu_to_dpu_s += now_s() - t0;
+    times->request_push_bytes = request_bytes;
+    return code;
+}
+
+int updlrm_driver_launch_async(struct updlrm_driver *drv, struct updlrm_fault *fault, char *msg, size_t msg_len)
+{
+    dpu_error_t err;
+    if (drv == NULL || fault == NULL)
+        return fail(UPDLRM_DRV_ERR_ARG, msg, msg_len, "updlrm_driver_launch_async: NULL argument");
+    if (drv->running)
+        return fail(UPDLRM_DRV_ERR_ARG, msg, msg_len, "updlrm_driver_launch_async: a launch is already running");
     memset(fault, 0, sizeof(*fault));
     fault->dpu = -1;
     fault->tasklet = -1;
-    if (request_bytes % 8 != 0 || output_bytes % 8 != 0 || request_offset % 8 != 0 || output_offset % 8 != 0)
-        return fail(UPDLRM_DRV_ERR_ARG, msg, msg_len,
-                    "updlrm_driver_launch: request %zu B at %u, output %zu B at %u: all must be multiples of 8",
-                    request_bytes, request_offset, output_bytes, output_offset);
-    if ((request_bytes > 0 && (request == NULL || request_stride < request_bytes))
-        || (output_bytes > 0 && (output == NULL || output_stride < output_bytes)))
-        return fail(UPDLRM_DRV_ERR_ARG, msg, msg_len, "updlrm_driver_launch: buffer stride smaller than the transfer");
-
-    /* CPU -> DPU: launch args (WRAM) and the request (MRAM), one push per symbol. */
-    t0 = now_s();
-    DPU_FOREACH(drv->set, dpu, i)
-    {
-        err = dpu_prepare_xfer(dpu, (void *)&args[i]);
-        if (err != DPU_OK)
-            return fail_dpu(err, msg, msg_len, "dpu_prepare_xfer (launch args)");
-    }
-    err = dpu_push_xfer(drv->set, DPU_XFER_TO_DPU, UPDLRM_SYM_ARGS, 0, sizeof(struct updlrm_launch_args),
-                        DPU_XFER_DEFAULT);
-    if (err != DPU_OK)
-        return fail_dpu(err, msg, msg_len, "dpu_push_xfer (" UPDLRM_SYM_ARGS ")");
-    if (request_bytes > 0) {
-        DPU_FOREACH(drv->set, dpu, i)
-        {
-            err = dpu_prepare_xfer(dpu, (void *)(request + (size_t)i * request_stride));
-            if (err != DPU_OK)
-                return fail_dpu(err, msg, msg_len, "dpu_prepare_xfer (request)");
-        }
-        err = dpu_push_xfer(drv->set, DPU_XFER_TO_DPU, DPU_MRAM_HEAP_POINTER_NAME, request_offset, request_bytes,
-                            DPU_XFER_DEFAULT);
-        if (err != DPU_OK)
-            return fail_dpu(err, msg, msg_len, "dpu_push_xfer (request)");
-    }
-    t1 = now_s();
-    times->cpu_to_dpu_s = t1 - t0;
-    times->request_push_bytes = request_bytes;
-
-    /* Kernel. */
-    err = dpu_launch(drv->set, DPU_SYNCHRONOUS);
-    t2 = now_s();
-    times->kernel_s = t2 - t1;
+    drv->launch_t0 = now_s();
+    err = dpu_launch(drv->set, DPU_ASYNCHRONOUS);
     if (err != DPU_OK) {
         describe_fault(drv, err, fault);
         return fail(UPDLRM_DRV_ERR_FAULT, msg, msg_len, "DPU %d tasklet %d faulted: %s", fault->dpu, fault->tasklet,
                     fault->reason);
     }
+    drv->running = 1;
+    return UPDLRM_DRV_OK;
+}
 
-    /* Status of every DPU. */
-    DPU_FOREACH(drv->set, dpu, i)
-    {
-        err = dpu_prepare_xfer(dpu, &status[i]);
-        if (err != DPU_OK)
-            return fail_dpu(err, msg, msg_len, "dpu_prepare_xfer (status)");
+int updlrm_driver_wait(struct updlrm_driver *drv, struct updlrm_status *status, struct updlrm_launch_times *times,
+                       struct updlrm_fault *fault, char *msg, size_t msg_len)
+{
+    dpu_error_t err;
+    uint32_t i;
+    int code;
+    double t2, t3;
+    if (drv == NULL || status == NULL || times == NULL || fault == NULL)
+        return fail(UPDLRM_DRV_ERR_ARG, msg, msg_len, "updlrm_driver_wait: NULL argument");
+    if (!drv->running)
+        return fail(UPDLRM_DRV_ERR_ARG, msg, msg_len, "updlrm_driver_wait: no launch is running");
+    memset(fault, 0, sizeof(*fault));
+    fault->dpu = -1;
+    fault->tasklet = -1;
+    err = dpu_sync(drv->set);
+    drv->running = 0;
+    t2 = now_s();
+    times->kernel_s += t2 - drv->launch_t0;
+    if (err != DPU_OK) {
+        describe_fault(drv, err, fault);
+        return fail(UPDLRM_DRV_ERR_FAULT, msg, msg_len, "DPU %d tasklet %d faulted: %s", fault->dpu, fault->tasklet,
+                    fault->reason);
     }
-    err = dpu_push_xfer(drv->set, DPU_XFER_FROM_DPU, UPDLRM_SYM_STATUS, 0, sizeof(struct updlrm_status),
-                        DPU_XFER_DEFAULT);
-    if (err != DPU_OK)
-        return fail_dpu(err, msg, msg_len, "dpu_push_xfer (" UPDLRM_SYM_STATUS ")");
+    /* Status of every DPU. */
+    code = xfer_all(drv, DPU_XFER_FROM_DPU, UPDLRM_SYM_STATUS, 0, status, sizeof(struct updlrm_status),
+                    sizeof(struct updlrm_status), UPDLRM_SYM_STATUS, msg, msg_len);
     t3 = now_s();
-    times->status_s = t3 - t2;
+    times->status_s += t3 - t2;
+    if (code != UPDLRM_DRV_OK)
+        return code;
     for (i = 0; i < drv->nr_dpus; i++) {
         const struct updlrm_status *st = &status[i];
         if (st->abi_version != UPDLRM_ABI_VERSION) {
@@ -363,29 +392,62 @@ int updlrm_driver_launch(struct updlrm_driver *drv, const struct updlrm_launch_a
                         fault->reason);
         }
     }
-
-    /* DPU -> CPU: the partial sums, one push padded to the largest output. */
-    if (output_bytes > 0) {
-        DPU_FOREACH(drv->set, dpu, i)
-        {
-            err = dpu_prepare_xfer(dpu, output + (size_t)i * output_stride);
-            if (err != DPU_OK)
-                return fail_dpu(err, msg, msg_len, "dpu_prepare_xfer (output)");
-        }
-        err = dpu_push_xfer(drv->set, DPU_XFER_FROM_DPU, DPU_MRAM_HEAP_POINTER_NAME, output_offset, output_bytes,
-                            DPU_XFER_DEFAULT);
-        if (err != DPU_OK)
-            return fail_dpu(err, msg, msg_len, "dpu_push_xfer (output)");
-    }
-    times->dpu_to_cpu_s = now_s() - t3;
-    times->output_pull_bytes = output_bytes;
     return UPDLRM_DRV_OK;
+}
+
+int updlrm_driver_pull(struct updlrm_driver *drv, uint8_t *output, size_t output_stride, uint32_t output_offset,
+                       size_t output_bytes, struct updlrm_launch_times *times, char *msg, size_t msg_len)
+{
+    int code = UPDLRM_DRV_OK;
+    double t0;
+    if (drv == NULL || times == NULL)
+        return fail(UPDLRM_DRV_ERR_ARG, msg, msg_len, "updlrm_driver_pull: NULL argument");
+    if (drv->running)
+        return fail(UPDLRM_DRV_ERR_ARG, msg, msg_len, "updlrm_driver_pull: a launch is still running (call updlrm_driver_wait)");
+    if (output_bytes % 8 != 0 || output_offset % 8 != 0)
+        return fail(UPDLRM_DRV_ERR_ARG, msg, msg_len,
+                    "updlrm_driver_pull: output %zu B at %u: both must be multiples of 8", output_bytes, output_offset);
+    if (output_bytes > 0 && (output == NULL || output_stride < output_bytes))
+        return fail(UPDLRM_DRV_ERR_ARG, msg, msg_len, "updlrm_driver_pull: output stride smaller than the transfer");
+    t0 = now_s();
+    /* DPU -> CPU: the partial sums, one push padded to the largest output. */
+    if (output_bytes > 0)
+        code = xfer_all(drv, DPU_XFER_FROM_DPU, DPU_MRAM_HEAP_POINTER_NAME, output_offset, output, output_stride,
+                        output_bytes, "output", msg, msg_len);
+    times->dpu_to_cpu_s += now_s() - t0;
+    times->output_pull_bytes = output_bytes;
+    return code;
+}
+
+int updlrm_driver_launch(struct updlrm_driver *drv, const struct updlrm_launch_args *args, const uint8_t *request,
+                         size_t request_stride, uint32_t request_offset, size_t request_bytes, uint8_t *output,
+                         size_t output_stride, uint32_t output_offset, size_t output_bytes,
+                         struct updlrm_status *status, struct updlrm_launch_times *times, struct updlrm_fault *fault,
+                         char *msg, size_t msg_len)
+{
+    int code;
+    if (times == NULL || fault == NULL)
+        return fail(UPDLRM_DRV_ERR_ARG, msg, msg_len, "updlrm_driver_launch: NULL argument");
+    memset(times, 0, sizeof(*times));
+    memset(fault, 0, sizeof(*fault));
+    fault->dpu = -1;
+    fault->tasklet = -1;
+    code = updlrm_driver_push(drv, args, request, request_stride, request_offset, request_bytes, times, msg, msg_len);
+    if (code == UPDLRM_DRV_OK)
+        code = updlrm_driver_launch_async(drv, fault, msg, msg_len);
+    if (code == UPDLRM_DRV_OK)
+        code = updlrm_driver_wait(drv, status, times, fault, msg, msg_len);
+    if (code == UPDLRM_DRV_OK)
+        code = updlrm_driver_pull(drv, output, output_stride, output_offset, output_bytes, times, msg, msg_len);
+    return code;
 }
 
 void updlrm_driver_close(struct updlrm_driver *drv)
 {
     if (drv == NULL)
         return;
+    if (drv->running)
+        (void)dpu_sync(drv->set); /* never free DPUs under a running kernel */
     dpu_free(drv->set);
     free(drv);
 }

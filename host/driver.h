@@ -44,7 +44,7 @@ struct updlrm_fault {
 /* Phase times (seconds) and bytes of one launch. */
 struct updlrm_launch_times {
     double cpu_to_dpu_s; /* launch args + request push */
-    double kernel_s;     /* dpu_launch (synchronous) */
+    double kernel_s;     /* dpu_launch until dpu_sync returned */
     double status_s;     /* updlrm_status gather */
     double dpu_to_cpu_s; /* partial-sum gather */
     uint64_t request_push_bytes; /* per DPU, padded to the largest request */
@@ -67,11 +67,25 @@ int updlrm_driver_write_shards(struct updlrm_driver *drv, const void *const *dat
                                const struct updlrm_shard *descs, uint32_t descs_stride, double *seconds, char *msg,
                                size_t msg_len);
 
-/* One launch. args[d]: launch args of DPU d. request: [nr_dpus][request_stride] bytes, of which the
- * first request_bytes (the largest request, multiple of 8) are pushed to heap + request_offset.
- * After the kernel, status[d] is read from every DPU and output_bytes (multiple of 8) are pulled
- * from heap + output_offset into output[d * output_stride]. A DPU fault gives UPDLRM_DRV_ERR_FAULT
- * and a kernel error status UPDLRM_DRV_ERR_KERNEL, both with *fault filled in; the DPUs stay usable. */
+/* A launch in four steps, so that the host can pack and merge other batches while the DPUs run
+ * (at most one launch runs at a time per driver; the times accumulate into *times):
+ *   push        args[d] -> UPDLRM_SYM_ARGS of DPU d, and request_bytes (the largest request, a
+ *               multiple of 8) of request + d * request_stride -> heap + request_offset;
+ *   launch_async dpu_launch(DPU_ASYNCHRONOUS): returns while the DPUs run;
+ *   wait        dpu_sync, then every DPU's updlrm_status: a DPU fault gives UPDLRM_DRV_ERR_FAULT,
+ *               a kernel error status UPDLRM_DRV_ERR_KERNEL, both with *fault filled in;
+ *   pull        output_bytes (multiple of 8) from heap + output_offset -> output + d * output_stride.
+ * The DPUs stay usable after any error. */
+int updlrm_driver_push(struct updlrm_driver *drv, const struct updlrm_launch_args *args, const uint8_t *request,
+                       size_t request_stride, uint32_t request_offset, size_t request_bytes,
+                       struct updlrm_launch_times *times, char *msg, size_t msg_len);
+int updlrm_driver_launch_async(struct updlrm_driver *drv, struct updlrm_fault *fault, char *msg, size_t msg_len);
+int updlrm_driver_wait(struct updlrm_driver *drv, struct updlrm_status *status, struct updlrm_launch_times *times,
+                       struct updlrm_fault *fault, char *msg, size_t msg_len);
+int updlrm_driver_pull(struct updlrm_driver *drv, uint8_t *output, size_t output_stride, uint32_t output_offset,
+                       size_t output_bytes, struct updlrm_launch_times *times, char *msg, size_t msg_len);
+
+/* push + launch_async + wait + pull, with *times and *fault reset first. */
 int updlrm_driver_launch(struct updlrm_driver *drv, const struct updlrm_launch_args *args, const uint8_t *request,
                          size_t request_stride, uint32_t request_offset, size_t request_bytes, uint8_t *output,
                          size_t output_stride, uint32_t output_offset, size_t output_bytes,

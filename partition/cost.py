@@ -236,11 +236,12 @@ class CostEstimator:
     latency: a :class:`LatencyModel` (default :func:`default_latency_model`), or a plain function
     ``f(lookups [D], mram_read_bytes [D], topology) -> kernel us [D]`` (e.g. lookups x row bytes),
     wrapped with SimpleLatency's transfer terms. order: replica-choice order of the router
-    (:class:`partition.routing.Router`): "base_first" (the PIM packer's rule, default) or "table"
+    (:class:`partition.routing.Router`): "bag_fill" (the PIM packer's rule, default), "base_first" (one
+    replica per lookup, the packer before one partial sum per bag) or "table"
     (the packer before commit d5d8e66, for ablations).
     """
 
-    def __init__(self, latency: Any = None, order: str = "base_first"):
+    def __init__(self, latency: Any = None, order: str = "bag_fill"):
         self.order = order
         if latency is None:
             latency = default_latency_model()

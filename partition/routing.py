@@ -2,11 +2,13 @@
 
 Rule (docs/CONTRACTS.md): a lookup of row r of table t goes to the ``cache`` group holding r if
 any, else to the ``base`` group holding r; each column slice of the chosen replica gets one entry
-(one row-slice read on that shard's DPU). Among a cache group's replicas the packer
-(host/python/packer.cpp) chooses "base first": all single-replica lookups of the batch are
-counted first, then each cached lookup, in lookup order, goes to the replica whose busiest DPU
-has the fewest entries so far (lowest replica number on ties). :class:`Router` reproduces that
-choice exactly (same per-DPU entry counts), vectorized over runs of one group's lookups.
+(one row-slice read on that shard's DPU). The PIM packer (host/python/packer.cpp) chooses among a
+cache group's replicas per *unit* - the lookups of one bag in one group, which then meet on one
+replica and cost one partial sum - by "bag fill": all single-replica lookups of the batch are
+counted first; then group by group (increasing group id), the group's units in bag order are
+spread over its replicas by water-filling the replicas' busiest column-slice DPU loads, each unit
+taking the replica whose share holds the unit's midpoint. :class:`Router` reproduces that choice
+exactly (same per-DPU entries and partial sums), vectorized per group.
 
 :class:`RowLocator` (the row -> group / local row map) is also what a packer needs.
 """
@@ -120,14 +122,21 @@ class Routed:
 class Router:
     """Routes batches under one plan (precomputes the plan's arrays once).
 
-    order: when replica choices see which loads.
+    order: the replica-choice rule.
 
-    * ``"base_first"`` (default) is the PIM packer's rule (host/python/packer.cpp since commit
-      d5d8e66): every lookup of a single-replica (base) group is counted first, on every DPU of
-      its column slices; then the lookups of replicated (cache) groups, one at a time in lookup
-      order (table-major, bag by bag), each go to the replica whose busiest column-slice DPU has
-      the fewest entries so far, the lowest replica number on ties. Per-DPU entry counts equal
-      the packer's exactly (tests/test_partition_strategies.py checks them on the emulator).
+    * ``"bag_fill"`` (default) is the PIM packer's rule (host/python/packer.cpp): one replica per
+      (bag, cache group) unit, so a bag's lookups of one group cost one partial sum. Every lookup
+      of a single-replica (base) group is counted first, on every DPU of its column slices; then,
+      group by group in increasing id, the group's C lookups are water-filled over its replicas'
+      busiest-slice loads (quotas q_j, as :func:`water_fill`), and the units in bag order take
+      the replica j whose quota interval [Q_{j-1}, Q_j) holds the unit's midpoint
+      ``P + c // 2`` (P: lookups of the group's earlier units, c: the unit's lookups); the chosen
+      replicas' DPUs then carry what they got. Per-DPU entries, partial sums and bytes equal the
+      packer's exactly (tests check them against the emulator's counters).
+    * ``"base_first"``: the packer before one partial sum per bag (one replica per lookup):
+      base lookups counted first, then each cached lookup in lookup order to the replica whose
+      busiest column-slice DPU has the fewest entries so far, the lowest replica on ties. A bag's
+      cached lookups then land on several replicas, each a partial sum to pull and merge.
     * ``"table"``: the packer before d5d8e66, which met lookups table by table: per table, its
       single-replica lookups are counted, then its cached lookups are chosen as above (the old
       packer interleaved the two inside a table; this is its table-granular model). Kept to
@@ -140,9 +149,9 @@ class Router:
     lookup by lookup. The Python loops run over tables and runs, not over lookups.
     """
 
-    ORDERS = ("base_first", "table")
+    ORDERS = ("bag_fill", "base_first", "table")
 
-    def __init__(self, plan: Plan, order: str = "base_first"):
+    def __init__(self, plan: Plan, order: str = "bag_fill"):
         if order not in self.ORDERS:
             raise PlanError(f"router order must be one of {self.ORDERS}, got {order!r}")
         self.order = order
@@ -199,6 +208,13 @@ class Router:
         n = self.plan.topology.nr_dpus
         slot = self.group_slot0[group]  # replica 0 until chosen
         load = np.zeros(n, dtype=np.int64)
+        if self.order == "bag_fill":
+            load += self._entry_load(slot[~cached], n)
+            if cached.any():
+                self._bag_fill(group, bag, cached, slot, load)
+            shard_idx, lookup_idx = self._expand(slot)
+            dpu = self.shards["dpu"][shard_idx]
+            return Routed(shard_idx, dpu, bag[lookup_idx], cached, np.bincount(dpu, minlength=n))
         if self.order == "base_first":
             phases = [(0, len(indices))]
         else:  # table by table, as the old packer met lookups in table-major order
@@ -214,6 +230,36 @@ class Router:
         shard_idx, lookup_idx = self._expand(slot)
         dpu = self.shards["dpu"][shard_idx]
         return Routed(shard_idx, dpu, bag[lookup_idx], cached, np.bincount(dpu, minlength=n))
+
+    def _bag_fill(self, group: np.ndarray, bag: np.ndarray, cached: np.ndarray, slot: np.ndarray,
+                  load: np.ndarray) -> None:
+        """The "bag_fill" choice for the cached lookups: sets ``slot`` of each, adds to ``load``."""
+        ci = np.flatnonzero(cached)
+        g = group[ci]
+        o = np.argsort(g, kind="stable")  # by group, bag order kept inside a group
+        ci, g = ci[o], g[o]
+        bg = bag[ci]
+        new = np.ones(ci.size, dtype=bool)
+        new[1:] = (g[1:] != g[:-1]) | (bg[1:] != bg[:-1])
+        ustart = np.flatnonzero(new)
+        ucount = np.diff(np.append(ustart, ci.size))
+        ugroup = g[ustart]
+        uid = np.cumsum(new) - 1  # unit of each cached lookup
+        urep = np.empty(ustart.size, dtype=np.int64)
+        gcut = np.flatnonzero(np.concatenate(([True], ugroup[1:] != ugroup[:-1])))
+        gend = np.append(gcut[1:], ustart.size)
+        for u0, u1 in zip(gcut.tolist(), gend.tolist()):
+            gi = int(ugroup[u0])
+            c = ucount[u0:u1]
+            bins = self._bins(gi, load)
+            q = np.cumsum(water_fill(bins, int(c.sum())))
+            mid = np.cumsum(c) - c + c // 2
+            j = np.searchsorted(q, mid, side="right")
+            urep[u0:u1] = j
+            got = np.bincount(j, weights=c, minlength=bins.size).astype(np.int64)
+            s0, r = int(self.group_slot0[gi]), int(self.replicas[gi])
+            np.add.at(load, self._gdpu[gi], np.repeat(got, self.slot_count[s0:s0 + r]))
+        slot[ci] = self.group_slot0[ugroup[uid]] + urep[uid]
 
     def _choose(self, cg: np.ndarray, load: np.ndarray) -> np.ndarray:
         """Replicas for lookups of multi-replica groups ``cg`` [m] (in lookup order), each to the

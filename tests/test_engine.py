@@ -310,21 +310,18 @@ def test_dpu_fault_through_the_engine_then_next_batch_is_served():
     with Engine(model, backend="pim", nr_dpus=4) as engine:
         engine.predict(batch)
         stats = engine.last_stats
-        mapper = engine.backend.pim._mapper  # the kernel+driver part's row mapper (internal)
-        real_map = mapper.map
+        from test_pim_faults import lying_spec
 
-        def bad_map(*a):  # send one lookup past every shard: the kernel reports an error status
-            grp, lrow = real_map(*a)
-            lrow = lrow.copy()
-            lrow[3] = 10**6
-            return grp, lrow
-
-        mapper.map = bad_map
+        pim = engine.backend.pim
+        good, bad, first = lying_spec(pim, 0, 1)  # the host maps id `first` past its shard's rows
+        pim._rt.set_plan(bad)
+        bad_batch = type(batch)(batch.dense, batch.indices.clone(), batch.offsets)
+        bad_batch.indices[int(batch.offsets[0])] = first
         try:
             with pytest.raises(DpuFaultError):
-                engine.predict(batch)
+                engine.predict(bad_batch)
         finally:
-            mapper.map = real_map
+            pim._rt.set_plan(good)
         assert engine.last_stats is stats
         probs, pooled = engine.predict_with_pooled(batch)
     assert torch.allclose(pooled.double(), reference_pooled(model, batch), atol=1e-5)

@@ -26,27 +26,39 @@ def _ref(w, idx, offs):
     return bag(torch.from_numpy(idx), torch.from_numpy(offs[:-1])).numpy()
 
 
+def lying_spec(pim, table: int, shift: int) -> tuple[dict, dict, int]:
+    """(good, bad, first) native plan specs: ``bad`` moves the boundary between ``table``'s last two
+    base ranges ``shift`` rows up, so ids first .. first+shift-1 map to local rows past the end
+    of the earlier range's shard: the kernel meets them as a host/DPU disagreement would give (an
+    error status), while the ids themselves stay valid for the table."""
+    scales = np.zeros(0) if pim.scales is None else np.repeat(pim.scales, pim._layout.dims)
+    good = pim._layout.native_spec(pim.dtype, scales)
+    bad = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in good.items()}
+    ranges = np.flatnonzero((bad["group_table"] == table) & (bad["group_kind"] == 0))
+    ranges = ranges[np.argsort(bad["group_lo"][ranges])]
+    prev, last = ranges[-2], ranges[-1]
+    first = int(bad["group_lo"][last])
+    bad["group_hi"][prev] += shift
+    bad["group_lo"][last] += shift
+    return good, bad, first
+
+
 def test_kernel_error_status_raises_and_next_batch_works():
     rng = np.random.default_rng(0)
     w = rng.standard_normal((64, 16)).astype(np.float32)
     with PimEmbedding([w], _plan(64, 16, 2)) as pim:
         idx = rng.integers(0, 64, size=40).astype(np.int64)
         offs = np.array([0, 10, 25, 40], dtype=np.int64)
-        real_map = pim._mapper.map
-
-        def bad_map(*a):
-            grp, lrow = real_map(*a)
-            lrow = lrow.copy()
-            lrow[17] = 1000  # past every shard's rows
-            return grp, lrow
-
-        pim._mapper.map = bad_map
+        good, bad, first = lying_spec(pim, 0, 20)
+        pim._rt.set_plan(bad)
+        bad_idx = idx % first  # only the first range, but for one id
+        bad_idx[17] = first + 13  # local row first+13 of the first range's shard (first rows)
         with pytest.raises(DpuFaultError) as info:
-            pim.lookup(idx, offs, 3)
+            pim.lookup(bad_idx, offs, 3)
         e = info.value
-        assert e.dpu in (0, 1) and 0 <= e.tasklet < 16
-        assert "local row" in e.reason and "1000" in e.reason
-        pim._mapper.map = real_map
+        assert e.dpu == 0 and 0 <= e.tasklet < 16
+        assert "local row" in e.reason and str(first + 13) in e.reason
+        pim._rt.set_plan(good)
         got = pim.lookup(idx, offs, 3)
         np.testing.assert_allclose(got[:, 0], _ref(w, idx, offs), rtol=1e-5, atol=1e-5)
 
@@ -213,22 +225,17 @@ def test_failed_batch_keeps_last_stats_of_the_good_one():
         pim.lookup(idx, offs, 3)
         good = pim.last_stats
         assert int(np.sum(good.counters["lookups"])) == 40
-        real_map = pim._mapper.map
-
-        def bad_map(*a):
-            grp, lrow = real_map(*a)
-            lrow = lrow.copy()
-            lrow[3] = 1000  # past every shard's rows: a kernel error status
-            return grp, lrow
-
-        pim._mapper.map = bad_map
-        bad_idx, bad_offs = idx[:12], np.array([0, 5, 12], dtype=np.int64)
+        good_spec, bad_spec, first = lying_spec(pim, 0, 20)
+        pim._rt.set_plan(bad_spec)
+        bad_idx, bad_offs = idx[:12].copy(), np.array([0, 5, 12], dtype=np.int64)
+        bad_idx[3] = first + 3  # past its shard's rows: a kernel error status
         with pytest.raises(DpuFaultError) as info:
             pim.lookup(bad_idx, bad_offs, 2)
         assert pim.last_stats is good
         assert int(np.sum(pim.last_stats.counters["lookups"])) == 40
         failed = info.value.stats
         assert failed is not good and int(np.sum(failed.counters["lookups"])) == 12
-        pim._mapper.map = real_map
+        pim._rt.set_plan(good_spec)
+        bad_idx[3] = 7
         pim.lookup(bad_idx, bad_offs, 2)
         assert pim.last_stats is not good and int(np.sum(pim.last_stats.counters["lookups"])) == 12

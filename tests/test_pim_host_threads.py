@@ -67,25 +67,24 @@ def test_threads_with_a_batch_cut_into_launches(monkeypatch):
             assert_fp32_close(got, weights, idx, offs, B)
 
 
-def test_bad_group_reported_at_the_first_bad_lookup_with_threads(monkeypatch):
+def test_bad_id_reported_at_the_first_bad_lookup_with_threads(monkeypatch):
     rng = np.random.default_rng(5)
     weights = make_weights(rng, ROWS, DIMS)
     B = 50
     idx, offs = make_batch(rng, ROWS, B, max_len=6)
+    from updlrm.errors import InvalidBatchError
+
     with PimEmbedding(weights, plan_for(ROWS, DIMS, 8, "table_wise")) as pim:
-        grp, lrow = pim._mapper.map(idx, offs, B)
-        n = grp.size
+        n = idx.size
         bad_at = [n // 3, n - 2]  # one in each half: the first must be named
-        grp[bad_at[0]] = -4
-        grp[bad_at[1]] = 10**6
+        bad = idx.copy()
+        bad[bad_at[0]] = -4
+        bad[bad_at[1]] = 10**6
         monkeypatch.setenv("UPDLRM_HOST_THREADS", "2")
-        out = np.empty((B, pim._layout.width), dtype=np.float32)
-        r = pim._rt.lookup(grp, lrow, offs, B, out)
-        err = r.get("error")
-        assert err is not None and err["kind"] == "pack"
-        assert f"lookup {bad_at[0]} maps to row group -4" in err["message"]
-        with pytest.raises(PlanError, match=f"lookup {bad_at[0]} maps to row group -4"):
-            pim._raise(err)
+        with pytest.raises(InvalidBatchError, match=f"position {bad_at[0]}: index -4 is outside 0..") as info:
+            pim.lookup_list(bad, offs, B)
+        k = int(np.searchsorted(offs, bad_at[0], side="right")) - 1
+        assert f"table {k // B}, sample {k % B}" in str(info.value)
         # the runtime still serves the next good batch
         monkeypatch.delenv("UPDLRM_HOST_THREADS")
         got = pim.lookup_list(idx, offs, B)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from updlrm.partition import Plan, RowGroup, Shard, TableSpec, Topology
-from updlrm.pim.layout import RowMapper, fixed_point_scales, plan_layout, quantize
+from updlrm.pim import native
+from updlrm.pim.layout import fixed_point_scales, plan_layout, quantize
 
 
 def _range_plan(bounds_per_table, rows_per_table, cache_rows=None):
@@ -43,8 +44,18 @@ def _reference(plan, idx, offs, B):
     return grp, loc
 
 
+def _native_rows(plan, idx, offs, B):
+    """(group, local row) of every lookup as the native PlanIndex maps them, and its description."""
+    mod = native.native_module("emulator")
+    hp = mod.HostPacker(plan_layout(plan).native_spec("fp32", np.zeros(0)), plan.topology.nr_dpus)
+    batch = hp.pack(idx, offs, B)
+    assert batch.error is None, batch.error
+    grp, loc = batch.rows()
+    return grp, loc, hp.describe()
+
+
 @pytest.mark.parametrize("case", ["uneven", "one_row_ranges", "single", "big_table", "huge_table"])
-def test_row_mapper_matches_a_naive_scan(case):
+def test_plan_index_matches_a_naive_scan(case):
     rng = np.random.default_rng(0)
     if case == "uneven":
         bounds, rows = [[0, 7, 8, 30, 100], [0, 50, 51]], [100, 51]
@@ -57,19 +68,33 @@ def test_row_mapper_matches_a_naive_scan(case):
     else:  # 3M rows with a 1-row range: too many buckets, searchsorted path
         bounds, rows = [[0, 1, 1_500_000, 3_000_000], [0, 9]], [3_000_000, 9]
     plan = _range_plan(bounds, rows, cache_rows={0: [0, rows[0] - 1, rows[0] // 2]})
-    mapper = RowMapper(plan)
     B = 6
     lens = rng.integers(0, 8, size=2 * B)
     offs = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
     idx = np.concatenate([rng.integers(0, rows[k // B], size=lens[k]) for k in range(2 * B)]).astype(np.int64)
     idx[0] = 0  # a cached row
-    grp, loc = mapper.map(idx, offs, B)
+    grp, loc, desc = _native_rows(plan, idx, offs, B)
     ref_g, ref_l = _reference(plan, idx, offs, B)
     np.testing.assert_array_equal(grp, ref_g)
     np.testing.assert_array_equal(loc, ref_l)
-    expected = {"uneven": "dense", "one_row_ranges": "dense", "single": "one", "big_table": "bucket",
-                "huge_table": "search"}[case]
-    assert mapper.rules[0][0] == expected
+    # ranges are mapped by their bounds (never a per-row map), cached rows by the hot-row table
+    assert "dense" not in desc and "3 hot rows" in desc
+    if case == "single":
+        assert desc.startswith("2 single-group tables")
+
+
+def test_plan_index_row_set_base_groups_use_a_dense_map():
+    tables = [TableSpec("a", 20, 4)]
+    evens, odds = np.arange(0, 20, 2), np.arange(1, 20, 2)
+    groups = [RowGroup(table=0, rows=evens), RowGroup(table=0, rows=odds),
+              RowGroup(table=0, rows=np.array([3, 4]), kind="cache")]
+    shards = [Shard(table=0, group=g, replica=0, dpu=g, col_lo=0, col_hi=4, mram_offset=0) for g in range(3)]
+    plan = Plan(tables=tables, topology=Topology(nr_dpus=3), groups=groups, shards=shards)
+    idx = np.array([0, 3, 4, 5, 19, 18], dtype=np.int64)
+    offs = np.array([0, 2, 6], dtype=np.int64)
+    grp, loc, desc = _native_rows(plan, idx, offs, 2)
+    assert grp.tolist() == [0, 2, 2, 1, 1, 0] and loc.tolist() == [0, 0, 1, 2, 9, 9]
+    assert "dense per-row maps" in desc and "tables 0" in desc
 
 
 def test_plan_layout_replicas_and_offsets():

@@ -4,19 +4,25 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <numeric>
 #include <thread>
 #include <utility>
 
 namespace updlrm {
 
 namespace {
+constexpr uint64_t BAG_BYTES = sizeof(struct updlrm_bag);
 inline uint64_t align8(uint64_t x) { return (x + 7u) & ~uint64_t(7); }
-inline uint64_t request_bytes(uint64_t nr_bags, uint64_t nr_ids) { return 16u * nr_bags + align8(4u * nr_ids); }
+inline uint64_t request_bytes(uint64_t nr_bags, uint64_t nr_ids) { return BAG_BYTES * nr_bags + align8(4u * nr_ids); }
 
-// Runs fn(0) .. fn(parts-1), fn(0) on the calling thread and the others on new threads. Where a
-// thread cannot be started its part runs on the calling thread (never an exception or an abort).
-template <class F>
-void run_parts(unsigned parts, F fn) {
+// Sample range [b0, b1) of part p out of `parts` (B samples).
+inline void part_range(uint32_t B, unsigned p, unsigned parts, uint32_t &b0, uint32_t &b1) {
+    b0 = static_cast<uint32_t>(uint64_t(B) * p / parts);
+    b1 = static_cast<uint32_t>(uint64_t(B) * (p + 1) / parts);
+}
+}  // namespace
+
+void run_parts(unsigned parts, const std::function<void(unsigned)> &fn) {
     if (parts <= 1) {
         fn(0u);
         return;
@@ -36,24 +42,35 @@ void run_parts(unsigned parts, F fn) {
     for (auto &t : ts) t.join();
 }
 
-// Entries per shard of lookups [a, e) (shard of lookup i: sh_of[i]) into cnt, the shards in order
-// of first appearance into touched. Runs of one shard are counted in a register.
-inline void count_runs(const uint32_t *sh_of, uint32_t a, uint32_t e, uint32_t *cnt, std::vector<uint32_t> &touched) {
-    for (uint32_t i = a; i < e;) {
-        uint32_t sh = sh_of[i], j = i + 1;
-        while (j < e && sh_of[j] == sh) j++;
-        if (cnt[sh] == 0) touched.push_back(sh);
-        cnt[sh] += j - i;
-        i = j;
+void water_fill(const uint64_t *loads, uint32_t R, uint64_t count, uint64_t *take, std::vector<uint32_t> &order) {
+    std::fill(take, take + R, 0);
+    if (count == 0 || R == 0) return;
+    order.resize(R);
+    std::iota(order.begin(), order.end(), 0u);
+    std::stable_sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) { return loads[a] < loads[b]; });
+    // Raising the k lowest bins to the k-th lowest load costs k * s[k-1] - csum[k-1]; fill the
+    // largest k whose cost fits, then share what is left evenly among them.
+    uint64_t csum = 0, k = 0, csum_k = 0;
+    for (uint32_t i = 0; i < R; i++) {
+        uint64_t s = loads[order[i]];
+        csum += s;
+        if (uint64_t(i + 1) * s - csum <= count) {
+            k = i + 1;
+            csum_k = csum;
+        } else {
+            break;
+        }
     }
+    if (k == 0) {  // cannot happen (the lowest bin costs 0), kept for safety
+        k = 1;
+        csum_k = loads[order[0]];
+    }
+    const uint64_t level = (count + csum_k) / k, rem = (count + csum_k) % k;
+    for (uint64_t i = 0; i < k; i++) take[order[i]] = level - loads[order[i]];
+    // the remainder: one more each to the lowest-index bins among the k (the greedy tie rule)
+    std::sort(order.begin(), order.begin() + k);
+    for (uint64_t i = 0; i < rem; i++) take[order[i]] += 1;
 }
-
-// Sample range [b0, b1) of part p out of `parts` (B samples).
-inline void part_range(uint32_t B, unsigned p, unsigned parts, uint32_t &b0, uint32_t &b1) {
-    b0 = static_cast<uint32_t>(uint64_t(B) * p / parts);
-    b1 = static_cast<uint32_t>(uint64_t(B) * (p + 1) / parts);
-}
-}  // namespace
 
 unsigned Packer::threads_for(uint64_t work) const {
     // UPDLRM_HOST_THREADS=n forces n threads whatever the batch size (tests, experiments).
@@ -62,512 +79,536 @@ unsigned Packer::threads_for(uint64_t work) const {
     if (forced != 0) return std::min(forced, 16u);
     unsigned n = threads_ != 0 ? threads_ : std::thread::hardware_concurrency();
     if (n == 0) n = 1;
-    n = std::min(n, 4u);
-    // Starting a thread costs tens of microseconds: only worth it above ~100k elements per thread.
-    while (n > 1 && work < uint64_t(n) * 100000u) n--;
+    n = std::min(n, 8u);
+    // Starting a thread costs tens of microseconds: only worth it above ~50k lookups per thread.
+    while (n > 1 && work < uint64_t(n) * 50000u) n--;
     return n;
 }
 
-Packer::Packer(PlanSpec spec) : spec_(std::move(spec)) {
-    size_t nr_shards = spec_.shard_dpu.size();
-    cnt_.assign(nr_shards, 0);
-    cursor_.assign(nr_shards, nullptr);
-    first_.assign(nr_shards, 0);
-    one_shard_per_replica_ = true;
-    for (size_t r = 0; r + 1 < spec_.rep_shard_ptr.size(); r++)
-        if (spec_.rep_shard_ptr[r + 1] - spec_.rep_shard_ptr[r] != 1) one_shard_per_replica_ = false;
-    direct_ = one_shard_per_replica_;
-    size_t nr_groups = spec_.group_rep_ptr.empty() ? 0 : spec_.group_rep_ptr.size() - 1;
-    group_shard_.assign(nr_groups, 0);
-    for (size_t g = 0; g < nr_groups; g++) {
-        if (spec_.group_rep_ptr[g + 1] - spec_.group_rep_ptr[g] != 1) direct_ = false;
-        else if (one_shard_per_replica_) group_shard_[g] = spec_.rep_shards[spec_.rep_shard_ptr[spec_.group_rep_ptr[g]]];
+void Packer::pass_a(BatchPlan &bp, BatchPlan::Part &p, const int64_t *indices, const int64_t *offsets) const {
+    const PlanIndex &ix = *ix_;
+    const PlanSpec &s = ix.spec();
+    const uint32_t T = ix.nr_tables(), B = bp.batch_size;
+    const int64_t N = static_cast<int64_t>(bp.nr_lookups);
+    uint32_t *grp = bp.grp.data(), *lrow = bp.lrow.data();
+    uint32_t *cnt = p.cnt.data();
+    uint64_t *nb = p.nb.data(), *ni = p.ni.data(), *ob = p.ob.data(), *el = p.el.data();
+    for (uint32_t b = p.b0; b < p.b1; b++) {
+        for (uint32_t t = 0; t < T; t++) {
+            const uint64_t k = uint64_t(t) * B + b;
+            const int64_t a = offsets[k], e = offsets[k + 1];
+            if (a < 0 || e > N || e < a) {
+                p.bad = k;
+                p.bad_kind = 2;
+                return;
+            }
+            if (a == e) continue;
+            const uint64_t rows = s.table_rows[t];
+            for (int64_t i = a; i < e; i++) {
+                const int64_t r = indices[i];
+                if (static_cast<uint64_t>(r) >= rows) {  // also a negative id
+                    p.bad = static_cast<uint64_t>(i);
+                    p.bad_kind = 1;
+                    return;
+                }
+                uint32_t g, l;
+                ix.map(t, r, g, l);
+                grp[i] = g;
+                lrow[i] = l;
+                if (cnt[g]++ == 0) p.touched.push_back(g);
+            }
+            for (uint32_t g : p.touched) {
+                const uint32_t c = cnt[g];
+                cnt[g] = 0;
+                if (ix.single(g)) {
+                    const uint32_t r = s.group_rep_ptr[g];
+                    for (uint32_t q = s.rep_shard_ptr[r]; q < s.rep_shard_ptr[r + 1]; q++) {
+                        const uint32_t sh = s.rep_shards[q], d = s.shard_dpu[sh];
+                        nb[d] += 1;
+                        ni[d] += c;
+                        ob[d] += s.shard_row_bytes[sh];
+                        el[d] += uint64_t(c) * s.shard_ncols[sh];
+                    }
+                } else {
+                    p.cache.push_back(BatchPlan::CacheUnit{g, c, 0});
+                }
+            }
+            p.touched.clear();
+        }
     }
-    new_bags_.assign(spec_.nr_dpus, 0);
-    new_ids_.assign(spec_.nr_dpus, 0);
-    new_out_.assign(spec_.nr_dpus, 0);
-    dpus_.resize(spec_.nr_dpus);
-    dpu_shard_base_.assign(spec_.nr_dpus + 1, 0);
-    for (uint32_t d = 0; d < spec_.nr_dpus; d++) dpu_shard_base_[d + 1] = dpu_shard_base_[d] + spec_.nr_shards_on_dpu[d];
-    local_to_global_.assign(dpu_shard_base_[spec_.nr_dpus], 0);
-    for (size_t s = 0; s < nr_shards; s++) local_to_global_[dpu_shard_base_[spec_.shard_dpu[s]] + spec_.shard_local[s]] = uint32_t(s);
-    max_row_bytes_.assign(spec_.nr_dpus, 0);
-    for (size_t s = 0; s < nr_shards; s++)
-        max_row_bytes_[spec_.shard_dpu[s]] = std::max(max_row_bytes_[spec_.shard_dpu[s]], uint64_t(spec_.shard_row_bytes[s]));
 }
 
-// Counts, for lookups [a, e), the entries per shard of their chosen replicas.
-void Packer::count_range(uint32_t a, uint32_t e) {
-    touched_shards_.clear();
-    if (one_shard_per_replica_) {  // (also direct_: rep_[i] = group_shard_[grp_[i]])  // rep_[i] is the shard itself
-        for (uint32_t i = a; i < e; i++) {
-            uint32_t s = rep_[i];
-            if (cnt_[s]++ == 0) touched_shards_.push_back(s);
+void Packer::choose_replicas(BatchPlan &bp) const {
+    const PlanIndex &ix = *ix_;
+    const PlanSpec &s = ix.spec();
+    const uint32_t G = ix.nr_groups();
+    if (bp.gcount.size() != G) {
+        bp.gcount.assign(G, 0);
+        bp.gfirst.assign(G, 0);
+    }
+    bp.touched_groups.clear();
+    uint64_t total = 0;
+    for (auto &p : bp.parts)
+        for (const auto &u : p.cache) {
+            if (bp.gcount[u.group]++ == 0) bp.touched_groups.push_back(u.group);
+            total++;
+        }
+    if (total == 0) return;
+    std::sort(bp.touched_groups.begin(), bp.touched_groups.end());
+    uint32_t pos = 0;
+    for (uint32_t g : bp.touched_groups) {
+        bp.gfirst[g] = pos;
+        pos += bp.gcount[g];
+    }
+    bp.unit_ref.resize(total);
+    for (uint32_t pi = 0; pi < bp.parts.size(); pi++) {  // parts in sample order: units stay in bag order
+        const auto &cache = bp.parts[pi].cache;
+        for (uint32_t j = 0; j < cache.size(); j++) bp.unit_ref[bp.gfirst[cache[j].group]++] = {pi, j};
+    }
+    std::vector<uint64_t> bins, take, assigned;
+    std::vector<uint32_t> scratch;
+    uint64_t *load = bp.load.data();
+    uint32_t end = 0;
+    for (uint32_t g : bp.touched_groups) {
+        const uint32_t n = bp.gcount[g];
+        const uint32_t first = end;
+        end += n;
+        bp.gcount[g] = 0;  // scratch back to zero for the next batch
+        const uint32_t r0 = s.group_rep_ptr[g], R = s.group_rep_ptr[g + 1] - r0;
+        bins.assign(R, 0);
+        for (uint32_t j = 0; j < R; j++)
+            for (uint32_t q = s.rep_shard_ptr[r0 + j]; q < s.rep_shard_ptr[r0 + j + 1]; q++)
+                bins[j] = std::max(bins[j], load[s.shard_dpu[s.rep_shards[q]]]);
+        uint64_t C = 0;
+        for (uint32_t u = first; u < end; u++) C += bp.parts[bp.unit_ref[u].first].cache[bp.unit_ref[u].second].count;
+        take.resize(R);
+        water_fill(bins.data(), R, C, take.data(), scratch);
+        for (uint32_t j = 1; j < R; j++) take[j] += take[j - 1];  // quota bounds Q_j
+        assigned.assign(R, 0);
+        uint64_t P = 0;
+        for (uint32_t u = first; u < end; u++) {
+            BatchPlan::CacheUnit &cu = bp.parts[bp.unit_ref[u].first].cache[bp.unit_ref[u].second];
+            const uint64_t mid = P + cu.count / 2;
+            const uint32_t j = static_cast<uint32_t>(std::upper_bound(take.begin(), take.end(), mid) - take.begin());
+            cu.rep = j;
+            assigned[j] += cu.count;
+            P += cu.count;
+        }
+        for (uint32_t j = 0; j < R; j++)
+            if (assigned[j] != 0)
+                for (uint32_t q = s.rep_shard_ptr[r0 + j]; q < s.rep_shard_ptr[r0 + j + 1]; q++)
+                    load[s.shard_dpu[s.rep_shards[q]]] += assigned[j];
+    }
+}
+
+void Packer::count_cache_units(BatchPlan::Part &p) const {
+    const PlanSpec &s = ix_->spec();
+    for (const auto &u : p.cache) {
+        const uint32_t r = s.group_rep_ptr[u.group] + u.rep;
+        for (uint32_t q = s.rep_shard_ptr[r]; q < s.rep_shard_ptr[r + 1]; q++) {
+            const uint32_t sh = s.rep_shards[q], d = s.shard_dpu[sh];
+            p.nb[d] += 1;
+            p.ni[d] += u.count;
+            p.ob[d] += s.shard_row_bytes[sh];
+            p.el[d] += uint64_t(u.count) * s.shard_ncols[sh];
+        }
+    }
+}
+
+void Packer::pass_b(BatchPlan &bp, BatchPlan::Part &p, const int64_t *offsets, uint8_t *req, size_t stride) const {
+    const PlanIndex &ix = *ix_;
+    const PlanSpec &s = ix.spec();
+    const uint32_t T = ix.nr_tables(), B = bp.batch_size;
+    const uint32_t *grp = bp.grp.data(), *lrow = bp.lrow.data();
+    const uint64_t *NB = bp.NB.data();
+    uint32_t *cnt = p.cnt.data(), *slot_first = p.slot_first.data(), *slot_n = p.slot_n.data();
+    uint64_t *nb = p.nb.data(), *ni = p.ni.data(), *ob = p.ob.data();
+    p.recs.clear();
+    size_t cu = 0;
+    for (uint32_t b = p.b0; b < p.b1; b++) {
+        for (uint32_t t = 0; t < T; t++) {
+            p.rec_ptr[size_t(b - p.b0) * T + t] = static_cast<uint32_t>(p.recs.size());
+            const uint64_t k = uint64_t(t) * B + b;
+            const int64_t a = offsets[k], e = offsets[k + 1];
+            if (a == e) continue;
+            for (int64_t i = a; i < e; i++) {
+                const uint32_t g = grp[i];
+                if (cnt[g]++ == 0) p.touched.push_back(g);
+            }
+            p.cursor.clear();
+            for (uint32_t g : p.touched) {
+                const uint32_t c = cnt[g];
+                cnt[g] = 0;
+                const uint32_t r = s.group_rep_ptr[g] + (ix.single(g) ? 0u : p.cache[cu++].rep);
+                slot_first[g] = static_cast<uint32_t>(p.cursor.size());
+                slot_n[g] = s.rep_shard_ptr[r + 1] - s.rep_shard_ptr[r];
+                for (uint32_t q = s.rep_shard_ptr[r]; q < s.rep_shard_ptr[r + 1]; q++) {
+                    const uint32_t sh = s.rep_shards[q], d = s.shard_dpu[sh];
+                    uint8_t *dst = req + size_t(d) * stride;
+                    updlrm_bag bag;
+                    bag.shard = s.shard_local[sh];
+                    bag.nr_lookups = c;
+                    bag.first_lookup = static_cast<uint32_t>(ni[d]);
+                    bag.out_offset = static_cast<uint32_t>(ob[d]);
+                    std::memcpy(dst + BAG_BYTES * nb[d], &bag, sizeof bag);
+                    nb[d]++;
+                    p.cursor.push_back(reinterpret_cast<uint32_t *>(dst + BAG_BYTES * NB[d]) + ni[d]);
+                    p.recs.push_back(BatchPlan::UnitRec{d, static_cast<uint32_t>(ob[d]), sh});
+                    ni[d] += c;
+                    ob[d] += s.shard_row_bytes[sh];
+                }
+            }
+            uint32_t **cur = p.cursor.data();
+            for (int64_t i = a; i < e; i++) {
+                const uint32_t g = grp[i], f = slot_first[g], n = slot_n[g], l = lrow[i];
+                for (uint32_t j = 0; j < n; j++) *cur[f + j]++ = l;
+            }
+            p.touched.clear();
+        }
+    }
+    p.rec_ptr[size_t(p.b1 - p.b0) * T] = static_cast<uint32_t>(p.recs.size());
+}
+
+void Packer::finish_args(BatchPlan &bp, Launch &L, const uint64_t *nb, const uint64_t *ni, const uint64_t *ob,
+                         const uint64_t *el) const {
+    const PlanSpec &s = ix_->spec();
+    const uint32_t D = ix_->nr_dpus();
+    L.args.resize(D);
+    for (uint32_t d = 0; d < D; d++) {
+        const uint64_t used = BAG_BYTES * nb[d] + 4u * ni[d];
+        std::memset(L.request.data() + size_t(d) * L.request_stride + used, 0, L.request_stride - used);
+        updlrm_launch_args &a = L.args[d];
+        a.abi_version = UPDLRM_ABI_VERSION;
+        a.nr_shards = s.nr_shards_on_dpu[d];
+        a.nr_bags = static_cast<uint32_t>(nb[d]);
+        a.nr_lookups = static_cast<uint32_t>(ni[d]);
+        a.bags_offset = s.request_offset;
+        a.lookups_offset = s.request_offset + static_cast<uint32_t>(BAG_BYTES * nb[d]);
+        a.out_offset = s.output_offset;
+        a.out_bytes = static_cast<uint32_t>(ob[d]);
+        bp.counters.lookups.push_back(ni[d]);
+        bp.counters.bags.push_back(nb[d]);
+        bp.counters.elements.push_back(el[d]);
+        bp.counters.request_bytes.push_back(request_bytes(nb[d], ni[d]));
+        bp.counters.output_bytes.push_back(ob[d]);
+    }
+}
+
+void Packer::pack(const int64_t *indices, uint64_t nr_indices, const int64_t *offsets, uint32_t batch_size,
+                  BatchPlan &bp) const {
+    const PlanIndex &ix = *ix_;
+    const PlanSpec &s = ix.spec();
+    const uint32_t T = ix.nr_tables(), D = ix.nr_dpus(), G = ix.nr_groups();
+    const uint64_t K = uint64_t(T) * batch_size;
+    bp.error_kind = BatchPlan::OK;
+    bp.error.clear();
+    bp.batch_size = batch_size;
+    bp.nr_launches = 0;
+    bp.output_stride = 0;
+    bp.counters.clear();
+    if (offsets[0] != 0 || offsets[K] != static_cast<int64_t>(nr_indices)) {
+        bp.error_kind = BatchPlan::INPUT;
+        bp.error = "offsets must run from 0 to len(indices)=" + std::to_string(nr_indices) + ", got " +
+                   std::to_string(offsets[0]) + ".." + std::to_string(offsets[K]);
+        return;
+    }
+    bp.nr_lookups = nr_indices;
+    bp.grp.resize(nr_indices);
+    bp.lrow.resize(nr_indices);
+    unsigned P = threads_for(nr_indices);
+    P = std::max(1u, std::min<unsigned>(P, batch_size));
+    bp.parts.resize(P);
+    for (unsigned pi = 0; pi < P; pi++) {
+        BatchPlan::Part &p = bp.parts[pi];
+        part_range(batch_size, pi, P, p.b0, p.b1);
+        if (p.cnt.size() != G) {  // zero between batches: every use resets what it touched
+            p.cnt.assign(G, 0);
+            p.slot_first.assign(G, 0);
+            p.slot_n.assign(G, 0);
+        }
+        p.touched.clear();
+        p.nb.assign(D, 0);
+        p.ni.assign(D, 0);
+        p.ob.assign(D, 0);
+        p.el.assign(D, 0);
+        p.cache.clear();
+        p.recs.clear();
+        p.rec_ptr.assign(size_t(p.b1 - p.b0) * T + 1, 0);
+        p.bad = UINT64_MAX;
+        p.bad_kind = 0;
+    }
+    run_parts(P, [&](unsigned pi) { pass_a(bp, bp.parts[pi], indices, offsets); });
+    for (unsigned pi = 0; pi < P; pi++) {  // the first error in sample order
+        BatchPlan::Part &p = bp.parts[pi];
+        if (p.bad_kind == 0) continue;
+        bp.error_kind = BatchPlan::INPUT;
+        if (p.bad_kind == 2) {
+            uint64_t k = p.bad;
+            bp.error = "offsets of table " + std::to_string(k / batch_size) + ", sample " + std::to_string(k % batch_size) +
+                       " run from " + std::to_string(offsets[k]) + " to " + std::to_string(offsets[k + 1]) +
+                       " (offsets must not decrease and must stay within 0.." + std::to_string(nr_indices) + ")";
+        } else {
+            uint64_t i = p.bad;
+            uint64_t k = static_cast<uint64_t>(std::upper_bound(offsets, offsets + K + 1, static_cast<int64_t>(i)) - offsets) - 1;
+            uint32_t t = static_cast<uint32_t>(k / batch_size);
+            bp.error = "table " + std::to_string(t) + ", sample " + std::to_string(k % batch_size) + ", position " +
+                       std::to_string(i) + ": index " + std::to_string(indices[i]) + " is outside 0.." +
+                       std::to_string(s.table_rows[t] - 1);
+        }
+        for (auto &q : bp.parts) {  // scratch back to zero
+            for (uint32_t g : q.touched) q.cnt[g] = 0;
+            q.touched.clear();
         }
         return;
     }
-    for (uint32_t i = a; i < e; i++) {
-        uint32_t r = rep_[i];
-        for (uint32_t k = spec_.rep_shard_ptr[r]; k < spec_.rep_shard_ptr[r + 1]; k++) {
-            uint32_t s = spec_.rep_shards[k];
-            if (cnt_[s]++ == 0) touched_shards_.push_back(s);
-        }
-    }
-}
-
-// Whether lookups [a, e) (counted by count_range) fit in the current launch on every DPU.
-bool Packer::fits() {
-    touched_dpus_.clear();
-    for (uint32_t s : touched_shards_) {
-        uint32_t d = spec_.shard_dpu[s];
-        if (new_bags_[d] == 0) touched_dpus_.push_back(d);
-        new_bags_[d] += 1;
-        new_ids_[d] += cnt_[s];
-        new_out_[d] += spec_.shard_row_bytes[s];
-    }
-    bool ok = true;
-    for (uint32_t d : touched_dpus_) {
-        const DpuState &st = dpus_[d];
-        if (request_bytes(st.bags.size() + new_bags_[d], st.ids.size() + new_ids_[d]) > spec_.request_capacity ||
-            st.out_bytes + new_out_[d] > spec_.output_capacity)
-            ok = false;
-        new_bags_[d] = new_ids_[d] = new_out_[d] = 0;
-    }
-    return ok;
-}
-
-// Appends lookups [a, e) of one sample as bags (one per touched shard) to the current launch.
-void Packer::commit(uint32_t a, uint32_t e, uint32_t sample) {
-    for (uint32_t s : touched_shards_) {
-        uint32_t d = spec_.shard_dpu[s];
-        DpuState &st = dpus_[d];
-        updlrm_bag bag;
-        bag.shard = spec_.shard_local[s];
-        bag.nr_lookups = cnt_[s];
-        bag.first_lookup = static_cast<uint32_t>(st.ids.size());
-        bag.out_offset = static_cast<uint32_t>(st.out_bytes);
-        first_[s] = bag.first_lookup;
-        st.bags.push_back(bag);
-        st.sample.push_back(sample);
-        st.ids.resize(st.ids.size() + cnt_[s]);
-        st.out_bytes += spec_.shard_row_bytes[s];
-        st.elements += uint64_t(cnt_[s]) * spec_.shard_ncols[s];
-        nr_bags_++;
-    }
-    for (uint32_t s : touched_shards_) {  // write cursors, valid once every ids vector has grown
-        cursor_[s] = dpus_[spec_.shard_dpu[s]].ids.data() + first_[s];
-    }
-    if (one_shard_per_replica_) {
-        for (uint32_t i = a; i < e; i++) *cursor_[rep_[i]]++ = lrow_[i];
-    } else {
-        for (uint32_t i = a; i < e; i++) {
-            uint32_t r = rep_[i];
-            for (uint32_t k = spec_.rep_shard_ptr[r]; k < spec_.rep_shard_ptr[r + 1]; k++)
-                *cursor_[spec_.rep_shards[k]]++ = lrow_[i];
-        }
-    }
-    for (uint32_t s : touched_shards_) cnt_[s] = 0;
-    touched_shards_.clear();
-}
-
-// Moves the current launch's per-DPU bags and ids into one padded request buffer.
-void Packer::finalize(std::vector<Launch> &out) {
-    uint32_t n = spec_.nr_dpus;
-    if (nr_out_ == out.size()) out.emplace_back();
-    Launch &L = out[nr_out_++];  // buffers reused from earlier batches (no page faults)
-    L.args.resize(n);
-    L.bag_sample.resize(n);
-    L.bags.resize(n);
-    size_t stride = 0, out_max = 0;
-    for (uint32_t d = 0; d < n; d++) {
-        stride = std::max<size_t>(stride, request_bytes(dpus_[d].bags.size(), dpus_[d].ids.size()));
-        out_max = std::max<size_t>(out_max, dpus_[d].out_bytes);
-    }
-    L.request_stride = stride;
-    L.output_bytes = out_max;
-    if (L.request.size() < stride * n) L.request.resize(stride * n);
-    for (uint32_t d = 0; d < n; d++) {
-        DpuState &st = dpus_[d];
-        uint8_t *dst = L.request.data() + size_t(d) * stride;
-        size_t bag_bytes = 16u * st.bags.size();
-        if (!st.bags.empty()) std::memcpy(dst, st.bags.data(), bag_bytes);
-        if (!st.ids.empty()) std::memcpy(dst + bag_bytes, st.ids.data(), 4u * st.ids.size());
-        size_t used = bag_bytes + 4u * st.ids.size();
-        std::memset(dst + used, 0, stride - used);  // padding up to the largest request
-        updlrm_launch_args &a = L.args[d];
-        a.abi_version = UPDLRM_ABI_VERSION;
-        a.nr_shards = spec_.nr_shards_on_dpu[d];
-        a.nr_bags = static_cast<uint32_t>(st.bags.size());
-        a.nr_lookups = static_cast<uint32_t>(st.ids.size());
-        a.bags_offset = spec_.request_offset;
-        a.lookups_offset = spec_.request_offset + static_cast<uint32_t>(bag_bytes);
-        a.out_offset = spec_.output_offset;
-        a.out_bytes = static_cast<uint32_t>(st.out_bytes);
-        if (counters_ != nullptr) {
-            counters_->lookups.push_back(st.ids.size());
-            counters_->bags.push_back(st.bags.size());
-            counters_->elements.push_back(st.elements);
-            counters_->request_bytes.push_back(request_bytes(st.bags.size(), st.ids.size()));
-            counters_->output_bytes.push_back(st.out_bytes);
-        }
-        L.bag_sample[d].swap(st.sample);
-        L.bags[d].swap(st.bags);
-        st.reset();
-    }
-    nr_bags_ = 0;
-}
-
-// Places lookups [a, e) of one bag: in the current launch if they fit, else in a new launch, else
-// (a bag too large for one launch) split in halves.
-std::string Packer::place(uint32_t a, uint32_t e, uint32_t sample, uint32_t table, std::vector<Launch> &out,
-                          int depth) {
-    count_range(a, e);
-    if (always_fits_ || fits()) {
-        commit(a, e, sample);
-        return "";
-    }
-    if (!launch_empty()) {
-        finalize(out);
-        if (fits()) {
-            commit(a, e, sample);
-            return "";
-        }
-    }
-    for (uint32_t s : touched_shards_) cnt_[s] = 0;
-    touched_shards_.clear();
-    if (e - a <= 1)
-        return "one lookup of table " + std::to_string(table) + " (sample " + std::to_string(sample) +
-               ") does not fit the plan's per-DPU request_bytes=" + std::to_string(spec_.request_capacity) +
-               " / output_bytes=" + std::to_string(spec_.output_capacity) + "; make them larger";
-    uint32_t mid = a + (e - a) / 2;
-    std::string err = place(a, mid, sample, table, out, depth + 1);
-    if (!err.empty()) return err;
-    return place(mid, e, sample, table, out, depth + 1);
-}
-
-std::string Packer::pack_direct(const int64_t *offsets, uint32_t batch_size, std::vector<Launch> &out, bool &done) {
-    done = false;
-    const uint32_t n = spec_.nr_dpus;
-    const uint64_t K = uint64_t(spec_.nr_tables) * batch_size;
-    const uint64_t N = static_cast<uint64_t>(offsets[K]);
-    const size_t nr_shards = spec_.shard_dpu.size();
-    const uint32_t nr_groups = static_cast<uint32_t>(spec_.group_rep_ptr.size() - 1);
-    const unsigned parts = threads_for(N);
-    // Part p handles bags [split[p], split[p+1]): about N / parts lookups each.
-    std::vector<uint64_t> split(parts + 1, K);
-    split[0] = 0;
-    for (unsigned p = 1; p < parts; p++)
-        split[p] = static_cast<uint64_t>(std::lower_bound(offsets, offsets + K, static_cast<int64_t>(N * p / parts)) - offsets);
-    struct Scratch {
-        std::vector<uint32_t> cnt, touched;
-        std::vector<uint32_t *> cursor;
-        std::vector<uint64_t> nb, ni, ob, el;  // per DPU: bags, ids, output bytes, elements of this part
-        uint64_t bad = UINT64_MAX;             // first lookup with a group out of range
-    };
-    std::vector<Scratch> sc(parts);
-    const int32_t *grp = grp_;
-    const uint32_t *gs = group_shard_.data();
-    uint32_t *sh_of = rep_.data();  // shard of each lookup, looked up once here
-    const uint32_t *lrow = lrow_;
-    // Pass 1 (parallel): check the groups, note each lookup's shard, count bags / ids / output
-    // bytes per DPU.
-    run_parts(parts, [&](unsigned p) {
-        Scratch &x = sc[p];
-        x.cnt.assign(nr_shards, 0);
-        x.cursor.assign(nr_shards, nullptr);
-        x.nb.assign(n, 0);
-        x.ni.assign(n, 0);
-        x.ob.assign(n, 0);
-        x.el.assign(n, 0);
-        // The lookups of this part, checked and mapped to shards in one streaming loop.
-        const uint64_t i0 = static_cast<uint64_t>(offsets[split[p]]), i1 = static_cast<uint64_t>(offsets[split[p + 1]]);
-        for (uint64_t i = i0; i < i1; i++) {
-            uint32_t g = static_cast<uint32_t>(grp[i]);
-            if (g >= nr_groups) {  // also a negative group
-                x.bad = i;
-                return;
-            }
-            sh_of[i] = gs[g];
-        }
-        uint32_t *cnt = x.cnt.data();
-        for (uint64_t k = split[p]; k < split[p + 1]; k++) {
-            uint32_t a = static_cast<uint32_t>(offsets[k]), e = static_cast<uint32_t>(offsets[k + 1]);
-            count_runs(sh_of, a, e, cnt, x.touched);
-            for (uint32_t sh : x.touched) {
-                uint32_t d = spec_.shard_dpu[sh];
-                x.nb[d] += 1;
-                x.ni[d] += x.cnt[sh];
-                x.ob[d] += spec_.shard_row_bytes[sh];
-                x.el[d] += uint64_t(x.cnt[sh]) * spec_.shard_ncols[sh];
-                x.cnt[sh] = 0;
-            }
-            x.touched.clear();
-        }
-    });
-    for (unsigned p = 0; p < parts; p++)  // the first bad lookup of the batch, as in lookup order
-        if (sc[p].bad != UINT64_MAX) {
-            uint64_t i = sc[p].bad;
-            return "lookup " + std::to_string(i) + " maps to row group " + std::to_string(grp[i]) + ", allowed 0.." +
-                   std::to_string(nr_groups - 1);
-        }
+    bp.load.assign(D, 0);
+    for (auto &p : bp.parts)
+        for (uint32_t d = 0; d < D; d++) bp.load[d] += p.ni[d];
+    choose_replicas(bp);
+    run_parts(P, [&](unsigned pi) { count_cache_units(bp.parts[pi]); });
     // Totals per DPU; each part's counts become its starting positions (prefix over parts).
-    std::vector<uint64_t> NB(n, 0), NI(n, 0), OB(n, 0), EL(n, 0);
+    bp.NB.assign(D, 0);
+    bp.NI.assign(D, 0);
+    bp.OB.assign(D, 0);
+    bp.EL.assign(D, 0);
     uint64_t total_bags = 0;
-    for (unsigned p = 0; p < parts; p++) {
-        Scratch &x = sc[p];
-        for (uint32_t d = 0; d < n; d++) {
-            uint64_t b = x.nb[d], i = x.ni[d], o = x.ob[d];
-            x.nb[d] = NB[d];
-            x.ni[d] = NI[d];
-            x.ob[d] = OB[d];
-            NB[d] += b;
-            NI[d] += i;
-            OB[d] += o;
-            EL[d] += x.el[d];
+    for (auto &p : bp.parts)
+        for (uint32_t d = 0; d < D; d++) {
+            uint64_t b = p.nb[d], i = p.ni[d], o = p.ob[d];
+            p.nb[d] = bp.NB[d];
+            p.ni[d] = bp.NI[d];
+            p.ob[d] = bp.OB[d];
+            bp.NB[d] += b;
+            bp.NI[d] += i;
+            bp.OB[d] += o;
+            bp.EL[d] += p.el[d];
             total_bags += b;
         }
-    }
-    // The lookups per DPU are the load the general path needs. The exact totals decide whether
-    // the batch is one launch: when they fit every DPU's capacities, so does every prefix of the
-    // bags, and the general path would build this same single launch bag by bag.
-    bool one_launch = true;
-    for (uint32_t d = 0; d < n; d++) {
-        load_[d] = NI[d];
-        if (request_bytes(NB[d], NI[d]) > spec_.request_capacity || OB[d] > spec_.output_capacity) one_launch = false;
-    }
-    if (!one_launch) return "";  // the general path places bag by bag
-    done = true;
-    if (total_bags == 0) return "";  // nothing to launch
-    if (nr_out_ == out.size()) out.emplace_back();
-    Launch &L = out[nr_out_++];
-    L.args.resize(n);
-    L.bag_sample.resize(n);
-    L.bags.resize(n);
     size_t stride = 0, out_max = 0;
-    for (uint32_t d = 0; d < n; d++) {
-        stride = std::max<size_t>(stride, request_bytes(NB[d], NI[d]));
-        out_max = std::max<size_t>(out_max, OB[d]);
-        L.bags[d].resize(NB[d]);
-        L.bag_sample[d].resize(NB[d]);
+    bool one_launch = true;
+    for (uint32_t d = 0; d < D; d++) {
+        const uint64_t rb = request_bytes(bp.NB[d], bp.NI[d]);
+        stride = std::max<size_t>(stride, rb);
+        out_max = std::max<size_t>(out_max, bp.OB[d]);
+        if (rb > s.request_capacity || bp.OB[d] > s.output_capacity) one_launch = false;
     }
-    L.request_stride = stride;
-    L.output_bytes = out_max;
-    if (L.request.size() < stride * n) L.request.resize(stride * n);
-    uint8_t *req = L.request.data();
-    // Pass 2 (parallel): bag descriptors and ids straight into each DPU's slice of the buffer.
-    run_parts(parts, [&](unsigned p) {
-        Scratch &x = sc[p];
-        for (uint64_t k = split[p]; k < split[p + 1]; k++) {
-            uint32_t a = static_cast<uint32_t>(offsets[k]), e = static_cast<uint32_t>(offsets[k + 1]);
-            if (a == e) continue;
-            uint32_t sample = static_cast<uint32_t>(k % batch_size);
-            count_runs(sh_of, a, e, x.cnt.data(), x.touched);
-            for (uint32_t sh : x.touched) {
-                uint32_t d = spec_.shard_dpu[sh];
-                uint8_t *dst = req + size_t(d) * stride;
+    bp.output_stride = out_max;
+    if (total_bags == 0) {  // every bag empty: nothing to launch, the merge writes zeros
+        for (auto &p : bp.parts) std::fill(p.rec_ptr.begin(), p.rec_ptr.end(), 0u);
+        return;
+    }
+    uint8_t *req;
+    if (one_launch) {
+        if (bp.launches.empty()) bp.launches.emplace_back();
+        Launch &L = bp.launches[0];
+        L.request_stride = stride;
+        L.output_bytes = out_max;
+        L.pieces.clear();
+        if (L.request.size() < stride * D) L.request.resize(stride * D);
+        req = L.request.data();
+    } else {
+        bp.full_stride = stride;
+        if (bp.full.size() < stride * D) bp.full.resize(stride * D);
+        req = bp.full.data();
+    }
+    run_parts(P, [&](unsigned pi) { pass_b(bp, bp.parts[pi], offsets, req, stride); });
+    if (one_launch) {
+        finish_args(bp, bp.launches[0], bp.NB.data(), bp.NI.data(), bp.OB.data(), bp.EL.data());
+        bp.nr_launches = 1;
+        return;
+    }
+    std::string err = cut_launches(bp);
+    if (!err.empty()) {
+        bp.error_kind = BatchPlan::PLAN;
+        bp.error = err;
+        bp.nr_launches = 0;
+    }
+}
+
+std::string Packer::cut_launches(BatchPlan &bp) const {
+    const PlanIndex &ix = *ix_;
+    const PlanSpec &s = ix.spec();
+    const uint32_t D = ix.nr_dpus();
+    const uint64_t cap_req = s.request_capacity, cap_out = s.output_capacity;
+    struct Cut {
+        uint32_t bag, off, count, chunk;
+    };
+    std::vector<std::vector<Cut>> cuts(D);
+    size_t nr_chunks = 0;
+    for (uint32_t d = 0; d < D; d++) {
+        const uint8_t *base = bp.full.data() + size_t(d) * bp.full_stride;
+        uint64_t cb = 0, ci = 0, co = 0;
+        uint32_t chunk = 0;
+        for (uint32_t j = 0; j < bp.NB[d]; j++) {
+            updlrm_bag bag;
+            std::memcpy(&bag, base + BAG_BYTES * j, sizeof bag);
+            const uint64_t rb = s.shard_row_bytes[ix.shard_of(d, bag.shard)];
+            if (rb > cap_out || cap_req < BAG_BYTES + 8)
+                return "the plan's per-DPU request_bytes=" + std::to_string(cap_req) + " / output_bytes=" +
+                       std::to_string(cap_out) + " cannot hold one lookup of a " + std::to_string(rb) + " B row; make them larger";
+            uint32_t remaining = bag.nr_lookups, off = 0;
+            const uint64_t whole = ((cap_req - BAG_BYTES) & ~uint64_t(7)) / 4;  // ids one bag may have in an empty launch
+            while (remaining > 0) {
+                uint64_t room = 0;
+                if (co + rb <= cap_out && cap_req >= BAG_BYTES * (cb + 1)) {
+                    const uint64_t avail = (cap_req - BAG_BYTES * (cb + 1)) & ~uint64_t(7);
+                    room = avail / 4 > ci ? avail / 4 - ci : 0;
+                }
+                // a bag that fits a fresh launch whole is not cut to fill this one
+                if (room == 0 || (room < remaining && remaining <= whole && cb > 0)) {
+                    chunk++;
+                    cb = ci = co = 0;
+                    continue;
+                }
+                const uint32_t x = static_cast<uint32_t>(std::min<uint64_t>(remaining, room));
+                cuts[d].push_back(Cut{j, off, x, chunk});
+                cb++;
+                ci += x;
+                co += rb;
+                remaining -= x;
+                off += x;
+            }
+        }
+        if (!cuts[d].empty()) nr_chunks = std::max<size_t>(nr_chunks, size_t(chunk) + 1);
+    }
+    if (bp.launches.size() < nr_chunks) bp.launches.resize(nr_chunks);
+    std::vector<size_t> pos(D, 0);
+    std::vector<uint64_t> nb(D), ni(D), ob(D), el(D);
+    for (size_t l = 0; l < nr_chunks; l++) {
+        Launch &L = bp.launches[l];
+        size_t stride = 0, out_max = 0;
+        std::vector<size_t> end(D);
+        for (uint32_t d = 0; d < D; d++) {
+            size_t e = pos[d];
+            nb[d] = ni[d] = ob[d] = el[d] = 0;
+            while (e < cuts[d].size() && cuts[d][e].chunk == l) {
+                const uint8_t *base = bp.full.data() + size_t(d) * bp.full_stride;
                 updlrm_bag bag;
-                bag.shard = spec_.shard_local[sh];
-                bag.nr_lookups = x.cnt[sh];
-                bag.first_lookup = static_cast<uint32_t>(x.ni[d]);
-                bag.out_offset = static_cast<uint32_t>(x.ob[d]);
-                uint64_t bi = x.nb[d]++;
-                std::memcpy(dst + 16u * bi, &bag, sizeof bag);
-                L.bags[d][bi] = bag;
-                L.bag_sample[d][bi] = sample;
-                x.cursor[sh] = reinterpret_cast<uint32_t *>(dst + 16u * NB[d]) + x.ni[d];
-                x.ni[d] += x.cnt[sh];
-                x.ob[d] += spec_.shard_row_bytes[sh];
+                std::memcpy(&bag, base + BAG_BYTES * cuts[d][e].bag, sizeof bag);
+                const uint32_t sh = ix.shard_of(d, bag.shard);
+                nb[d]++;
+                ni[d] += cuts[d][e].count;
+                ob[d] += s.shard_row_bytes[sh];
+                el[d] += uint64_t(cuts[d][e].count) * s.shard_ncols[sh];
+                e++;
             }
-            for (uint32_t i = a; i < e;) {  // runs of one shard (a whole bag on table-wise plans) at once
-                uint32_t sh = sh_of[i], j = i + 1;
-                while (j < e && sh_of[j] == sh) j++;
-                std::memcpy(x.cursor[sh], lrow + i, 4u * (j - i));
-                x.cursor[sh] += j - i;
-                i = j;
+            end[d] = e;
+            stride = std::max<size_t>(stride, request_bytes(nb[d], ni[d]));
+            out_max = std::max<size_t>(out_max, ob[d]);
+        }
+        L.request_stride = stride;
+        L.output_bytes = out_max;
+        if (L.request.size() < stride * D) L.request.resize(stride * D);
+        L.pieces.assign(D, {});
+        for (uint32_t d = 0; d < D; d++) {
+            const uint8_t *base = bp.full.data() + size_t(d) * bp.full_stride;
+            const uint32_t *ids = reinterpret_cast<const uint32_t *>(base + BAG_BYTES * bp.NB[d]);
+            uint8_t *dst = L.request.data() + size_t(d) * stride;
+            uint32_t *dst_ids = reinterpret_cast<uint32_t *>(dst + BAG_BYTES * nb[d]);
+            uint32_t bi = 0, li = 0, oo = 0;
+            for (size_t e = pos[d]; e < end[d]; e++) {
+                const Cut &c = cuts[d][e];
+                updlrm_bag bag;
+                std::memcpy(&bag, base + BAG_BYTES * c.bag, sizeof bag);
+                const uint32_t rb = s.shard_row_bytes[ix.shard_of(d, bag.shard)];
+                L.pieces[d].push_back(Launch::Piece{bag.out_offset, rb, c.off == 0});
+                std::memcpy(dst_ids + li, ids + bag.first_lookup + c.off, 4u * c.count);
+                updlrm_bag nbag{bag.shard, c.count, li, oo};
+                std::memcpy(dst + BAG_BYTES * bi, &nbag, sizeof nbag);
+                bi++;
+                li += c.count;
+                oo += rb;
             }
-            for (uint32_t sh : x.touched) x.cnt[sh] = 0;
-            x.touched.clear();
+            pos[d] = end[d];
         }
-    });
-    for (uint32_t d = 0; d < n; d++) {
-        size_t used = 16u * NB[d] + 4u * NI[d];
-        std::memset(req + size_t(d) * stride + used, 0, stride - used);  // padding up to the largest request
-        updlrm_launch_args &a = L.args[d];
-        a.abi_version = UPDLRM_ABI_VERSION;
-        a.nr_shards = spec_.nr_shards_on_dpu[d];
-        a.nr_bags = static_cast<uint32_t>(NB[d]);
-        a.nr_lookups = static_cast<uint32_t>(NI[d]);
-        a.bags_offset = spec_.request_offset;
-        a.lookups_offset = spec_.request_offset + static_cast<uint32_t>(16u * NB[d]);
-        a.out_offset = spec_.output_offset;
-        a.out_bytes = static_cast<uint32_t>(OB[d]);
-        if (counters_ != nullptr) {
-            counters_->lookups.push_back(NI[d]);
-            counters_->bags.push_back(NB[d]);
-            counters_->elements.push_back(EL[d]);
-            counters_->request_bytes.push_back(request_bytes(NB[d], NI[d]));
-            counters_->output_bytes.push_back(OB[d]);
-        }
+        finish_args(bp, L, nb.data(), ni.data(), ob.data(), el.data());
     }
+    bp.nr_launches = nr_chunks;
     return "";
 }
 
-std::string Packer::pack(const int32_t *grp, const uint32_t *lrow, const int64_t *offsets, uint32_t batch_size,
-                         std::vector<Launch> &out, size_t &nr_launches, PackCounters &counters) {
-    nr_out_ = 0;
-    nr_launches = 0;
-    const uint32_t n = spec_.nr_dpus;
-    const uint64_t nr_bags_total = uint64_t(spec_.nr_tables) * batch_size;
-    const uint64_t nr_lookups = static_cast<uint64_t>(offsets[nr_bags_total]);
-    const uint32_t nr_groups = static_cast<uint32_t>(spec_.group_rep_ptr.size() - 1);
-    counters = PackCounters();
-    counters_ = &counters;
-    lrow_ = lrow;
-    rep_.resize(nr_lookups);  // direct_: the shard of each lookup, looked up once (groups can be many)
-    load_.assign(n, 0);
-    for (auto &st : dpus_) st.reset();
-    nr_bags_ = 0;
-
-    grp_ = grp;
-    if (direct_) {  // nothing to choose: check the groups, count entries per DPU, pack at once if it fits
-        bool done = false;
-        std::string err = pack_direct(offsets, batch_size, out, done);
-        if (!err.empty() || done) {
-            counters_ = nullptr;
-            nr_launches = nr_out_;
-            return err;
+void Packer::gather_launch(BatchPlan &bp, size_t l, const uint8_t *launch_output, size_t stride) const {
+    const uint32_t D = ix_->nr_dpus();
+    const bool is_int = ix_->integer_dtype();
+    const Launch &L = bp.launches[l];
+    for (uint32_t d = 0; d < D; d++) {
+        const uint8_t *src = launch_output + size_t(d) * stride;
+        uint8_t *dst = bp.output.data() + size_t(d) * bp.output_stride;
+        uint32_t oo = 0;
+        for (const Launch::Piece &pc : L.pieces[d]) {
+            if (pc.first) {
+                std::memcpy(dst + pc.out_offset, src + oo, pc.bytes);
+            } else if (is_int) {
+                int32_t *o = reinterpret_cast<int32_t *>(dst + pc.out_offset);
+                const int32_t *q = reinterpret_cast<const int32_t *>(src + oo);
+                for (uint32_t c = 0; c < pc.bytes / 4; c++) o[c] += q[c];
+            } else {
+                float *o = reinterpret_cast<float *>(dst + pc.out_offset);
+                const float *q = reinterpret_cast<const float *>(src + oo);
+                for (uint32_t c = 0; c < pc.bytes / 4; c++) o[c] += q[c];
+            }
+            oo += pc.bytes;
         }
     }
-    // Replica choice in two passes. First every lookup of a group with a single replica (the
-    // plan's base placement) is counted on its DPUs; then the lookups of replicated (cached)
-    // groups, in lookup order, each go to the replica whose busiest DPU has the fewest lookups so
-    // far. Seeing the whole base load first balances far better than choosing while that load is
-    // still arriving table by table (Kaggle-shaped cache_aware plan, 64 DPUs: max/mean lookups per
-    // DPU 1.13 -> ~1.04, the partitioner's Router(order="base_first") model).
-    if (!direct_) {
-        bool any_multi = false;
-        for (uint64_t i = 0; i < nr_lookups; i++) {
-            int32_t g = grp[i];
-            if (g < 0 || static_cast<uint32_t>(g) >= nr_groups)
-                return "lookup " + std::to_string(i) + " maps to row group " + std::to_string(g) + ", allowed 0.." +
-                       std::to_string(nr_groups - 1);
-            uint32_t r0 = spec_.group_rep_ptr[g], r1 = spec_.group_rep_ptr[g + 1];
-            if (r1 - r0 > 1) {
-                any_multi = true;
-                continue;
-            }
-            rep_[i] = one_shard_per_replica_ ? spec_.rep_shards[spec_.rep_shard_ptr[r0]] : r0;
-            for (uint32_t k = spec_.rep_shard_ptr[r0]; k < spec_.rep_shard_ptr[r0 + 1]; k++)
-                load_[spec_.shard_dpu[spec_.rep_shards[k]]]++;
-        }
-        for (uint64_t i = 0; any_multi && i < nr_lookups; i++) {
-            uint32_t g = static_cast<uint32_t>(grp[i]);
-            uint32_t r0 = spec_.group_rep_ptr[g], r1 = spec_.group_rep_ptr[g + 1];
-            if (r1 - r0 <= 1) continue;
-            uint32_t best = r0;
-            uint64_t best_load = UINT64_MAX;
-            for (uint32_t r = r0; r < r1; r++) {
-                uint64_t l = 0;  // the busiest DPU of the replica's column slices
-                for (uint32_t k = spec_.rep_shard_ptr[r]; k < spec_.rep_shard_ptr[r + 1]; k++)
-                    l = std::max(l, load_[spec_.shard_dpu[spec_.rep_shards[k]]]);
-                if (l < best_load) {
-                    best_load = l;
-                    best = r;
+}
+
+void Packer::merge(const BatchPlan &bp, float *result) const {
+    const PlanIndex &ix = *ix_;
+    const PlanSpec &s = ix.spec();
+    const uint32_t T = ix.nr_tables(), W = ix.width();
+    const bool is_int = ix.integer_dtype();
+    const uint8_t *out = bp.output.data();
+    const size_t ostride = bp.output_stride;
+    const double *scale = s.col_scale.data();
+    run_parts(static_cast<unsigned>(bp.parts.size()), [&](unsigned pi) {
+        const BatchPlan::Part &p = bp.parts[pi];
+        std::vector<int64_t> iacc(ix.max_dim());
+        std::vector<float> facc(ix.max_dim());
+        const BatchPlan::UnitRec *recs = p.recs.data();
+        for (uint32_t b = p.b0; b < p.b1; b++) {
+            for (uint32_t t = 0; t < T; t++) {
+                const size_t rp = size_t(b - p.b0) * T + t;
+                const uint32_t r0 = p.rec_ptr[rp], r1 = p.rec_ptr[rp + 1];
+                const uint32_t dim = s.table_dim[t], col_t = ix.table_col(t);
+                float *dst = result + size_t(b) * W + col_t;
+                if (r0 == r1) {
+                    std::memset(dst, 0, sizeof(float) * dim);
+                    continue;
                 }
-            }
-            rep_[i] = one_shard_per_replica_ ? spec_.rep_shards[spec_.rep_shard_ptr[best]] : best;
-            for (uint32_t k = spec_.rep_shard_ptr[best]; k < spec_.rep_shard_ptr[best + 1]; k++)
-                load_[spec_.shard_dpu[spec_.rep_shards[k]]]++;
-        }
-    }
-
-    // When even one bag per entry fits every DPU's capacities, the whole batch is one launch and
-    // the per-bag capacity checks are skipped.
-    always_fits_ = true;
-    for (uint32_t d = 0; d < n; d++) {
-        uint64_t e = load_[d];
-        if (request_bytes(e, e) > spec_.request_capacity || e * max_row_bytes_[d] > spec_.output_capacity)
-            always_fits_ = false;
-    }
-    for (uint32_t d = 0; d < n; d++) {
-        uint64_t e = load_[d];
-        dpus_[d].bags.reserve(e);
-        dpus_[d].ids.reserve(e);
-        dpus_[d].sample.reserve(e);
-    }
-
-    // Bags, table-major: bag k is sample k % B of table k / B.
-    for (uint64_t k = 0; k < nr_bags_total; k++) {
-        uint32_t a = static_cast<uint32_t>(offsets[k]), e = static_cast<uint32_t>(offsets[k + 1]);
-        if (a == e) continue;
-        std::string err = place(a, e, static_cast<uint32_t>(k % batch_size), static_cast<uint32_t>(k / batch_size),
-                                out, 0);
-        if (!err.empty()) {
-            counters_ = nullptr;
-            return err;
-        }
-    }
-    if (!launch_empty()) finalize(out);
-    counters_ = nullptr;
-    nr_launches = nr_out_;
-    return "";
-}
-
-void Packer::merge(const Launch &launch, const uint8_t *output, size_t output_stride, float *result,
-                   int64_t *acc, uint32_t batch_size, unsigned threads) const {
-    const uint32_t W = spec_.width;
-    const bool is_int = spec_.dtype == UPDLRM_DTYPE_INT32;
-    const unsigned parts = std::max(1u, threads);
-    run_parts(parts, [&](unsigned p) {
-        uint32_t b0, b1;
-        part_range(batch_size, p, parts, b0, b1);
-        for (uint32_t d = 0; d < spec_.nr_dpus; d++) {
-            const uint8_t *base = output + size_t(d) * output_stride;
-            const std::vector<uint32_t> &samples = launch.bag_sample[d];
-            const std::vector<updlrm_bag> &bags = launch.bags[d];
-            const uint32_t *l2g = local_to_global_.data() + dpu_shard_base_[d];
-            for (size_t j = 0; j < samples.size(); j++) {
-                uint32_t b = samples[j];
-                if (b < b0 || b >= b1) continue;  // another thread's samples
-                uint32_t s = l2g[bags[j].shard];
-                uint32_t ncols = spec_.shard_ncols[s];
-                size_t dst = size_t(b) * W + spec_.shard_col[s];
-                const uint8_t *src = base + bags[j].out_offset;
+                const bool whole = r1 - r0 == 1 && s.shard_ncols[recs[r0].shard] == dim;
                 if (is_int) {
-                    int64_t *o = acc + dst;
-                    const int32_t *q = reinterpret_cast<const int32_t *>(src);
-                    for (uint32_t c = 0; c < ncols; c++) o[c] += q[c];
+                    const double *sc = scale + col_t;
+                    if (whole) {
+                        const int32_t *q = reinterpret_cast<const int32_t *>(out + size_t(recs[r0].dpu) * ostride + recs[r0].out_offset);
+                        for (uint32_t c = 0; c < dim; c++) dst[c] = static_cast<float>(static_cast<double>(q[c]) / sc[c]);
+                        continue;
+                    }
+                    int64_t *acc = iacc.data();
+                    std::memset(acc, 0, sizeof(int64_t) * dim);
+                    for (uint32_t r = r0; r < r1; r++) {
+                        const BatchPlan::UnitRec &u = recs[r];
+                        const int32_t *q = reinterpret_cast<const int32_t *>(out + size_t(u.dpu) * ostride + u.out_offset);
+                        int64_t *a = acc + (s.shard_col[u.shard] - col_t);
+                        for (uint32_t c = 0, n = s.shard_ncols[u.shard]; c < n; c++) a[c] += q[c];
+                    }
+                    for (uint32_t c = 0; c < dim; c++) dst[c] = static_cast<float>(static_cast<double>(acc[c]) / sc[c]);
                 } else {
-                    float *o = result + dst;
-                    const float *q = reinterpret_cast<const float *>(src);
-                    for (uint32_t c = 0; c < ncols; c++) o[c] += q[c];
+                    if (whole) {
+                        std::memcpy(dst, out + size_t(recs[r0].dpu) * ostride + recs[r0].out_offset, sizeof(float) * dim);
+                        continue;
+                    }
+                    float *acc = facc.data();
+                    std::memset(acc, 0, sizeof(float) * dim);
+                    for (uint32_t r = r0; r < r1; r++) {
+                        const BatchPlan::UnitRec &u = recs[r];
+                        const float *q = reinterpret_cast<const float *>(out + size_t(u.dpu) * ostride + u.out_offset);
+                        float *a = acc + (s.shard_col[u.shard] - col_t);
+                        for (uint32_t c = 0, n = s.shard_ncols[u.shard]; c < n; c++) a[c] += q[c];
+                    }
+                    std::memcpy(dst, acc, sizeof(float) * dim);
                 }
             }
         }
-    });
-}
-
-void Packer::finish_int32(const int64_t *acc, uint32_t batch_size, float *result, unsigned threads) const {
-    const uint32_t W = spec_.width;
-    const unsigned parts = std::max(1u, threads);
-    run_parts(parts, [&](unsigned p) {
-        uint32_t b0, b1;
-        part_range(batch_size, p, parts, b0, b1);
-        for (uint32_t b = b0; b < b1; b++)
-            for (uint32_t c = 0; c < W; c++)
-                result[size_t(b) * W + c] =
-                    static_cast<float>(static_cast<double>(acc[size_t(b) * W + c]) / spec_.col_scale[c]);
-    });
-}
-
-void Packer::clear(float *result, int64_t *acc, uint32_t batch_size, unsigned threads) const {
-    const size_t W = spec_.width;
-    const unsigned parts = std::max(1u, threads);
-    run_parts(parts, [&](unsigned p) {
-        uint32_t b0, b1;
-        part_range(batch_size, p, parts, b0, b1);
-        std::memset(result + b0 * W, 0, (b1 - b0) * W * sizeof(float));
-        if (acc != nullptr) std::memset(acc + b0 * W, 0, (b1 - b0) * W * sizeof(int64_t));
     });
 }
 

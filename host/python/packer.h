@@ -1,139 +1,162 @@
 // packer.h - the request packer and result merger of the PIM backend (native, no Python, no libdpu).
 //
-// The packer turns one batch of lookups, already mapped by Python to (row group, local row), into
-// per-DPU kernel requests: for every lookup it picks a replica of its group (least-loaded DPU so
-// far in this batch, counted in lookups), emits one entry per column slice of that replica, and
-// groups the entries into bags per (DPU, shard, sample) - bags without lookups are not sent. A
-// batch whose requests or outputs exceed the plan's per-DPU capacities is cut into several
-// launches (between bags, or inside one very large bag: partial sums simply add up).
+// pack() turns one batch - indices int64 [N] (row ids local to each table, table-major) and
+// offsets int64 [T*B+1] - into per-DPU kernel requests, in two passes over the lookups, each
+// split over the machine's cores by sample ranges:
 //
-// The merger adds every partial sum into the [B, W] float32 result (W = sum of table dims,
-// table t at columns [col_offset_t, col_offset_t + dim_t)): row shards add up, column slices land
-// side by side, and int32 fixed point partials are summed exactly in int64 and converted back
-// once per element (value = q / scale_t).
+//   pass A  every lookup -> (group, local row) through the PlanIndex; per bag, its lookups are
+//           grouped into *units* (bag, group); a unit of a single-replica group is counted on
+//           its DPUs at once, a unit of a replicated (cache) group is set aside;
+//   choice  the replicated units, group by group in group order and bag by bag inside a group,
+//           go to replicas by water-filling: the group's lookups are spread over its replicas so
+//           that the replicas' busiest column-slice DPUs rise to a common level above the base
+//           load, and each unit takes the replica whose share holds the unit's midpoint. A
+//           bag's lookups of one group therefore meet on one replica: one partial sum each;
+//   pass B  bag descriptors and local rows are written straight into each DPU's slice of the
+//           padded request buffer, and one merge record (DPU, output offset, shard) per partial
+//           sum is kept for the merger.
+//
+// partition/routing.py's Router(order="bag_fill") is this rule's numpy twin (tested for exact
+// per-DPU equality against the emulator's counters).
+//
+// A batch whose requests or partial sums exceed the plan's per-DPU capacities is cut into several
+// launches, DPU by DPU between bags, a bag too large for one launch into pieces (their partial
+// sums are added back before the merge), so the merger always sees one output per DPU.
+//
+// merge() writes every element of the [B, W] float32 result exactly once (W = sum of table
+// dims; table t at columns [table_col(t), table_col(t) + dim_t)): per (sample, table) it adds the
+// unit partial sums in a register-sized accumulator (int64 for integer dtypes, converted once:
+// value = q / col_scale[column]) and stores the row; nothing is zeroed beforehand.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "plan_index.h"
 #include "updlrm_abi.h"
 
 namespace updlrm {
 
-// Static description of a plan, in flat arrays (built once by updlrm/pim/).
-struct PlanSpec {
-    uint32_t nr_dpus = 0;
-    uint32_t nr_tables = 0;
-    uint32_t width = 0;  // W: columns of the concatenated result row
-    uint32_t dtype = UPDLRM_DTYPE_FP32;
-    // Per shard (global shard id s).
-    std::vector<uint32_t> shard_dpu, shard_local, shard_col, shard_ncols, shard_row_bytes, shard_table;
-    // Group g's replicas are replicas[group_rep_ptr[g] .. group_rep_ptr[g+1]); replica r's shards
-    // are rep_shards[rep_shard_ptr[r] .. rep_shard_ptr[r+1]).
-    std::vector<uint32_t> group_rep_ptr, rep_shard_ptr, rep_shards;
-    std::vector<uint32_t> nr_shards_on_dpu;  // descriptors written to each DPU
-    std::vector<double> col_scale;           // [W] int32: scale of the column's table; fp32: unused
-    // MRAM layout, bytes from the heap (same on every DPU).
-    uint32_t request_offset = 0, request_capacity = 0, output_offset = 0, output_capacity = 0;
-};
-
-// One launch's worth of requests.
-struct Launch {
-    std::vector<updlrm_launch_args> args;    // [nr_dpus]
-    std::vector<uint8_t> request;            // [nr_dpus][request_stride]
-    size_t request_stride = 0;               // = the largest request (bytes, multiple of 8)
-    size_t output_bytes = 0;                 // the largest output (bytes, multiple of 8)
-    // Merge map, per DPU in bag order: the bags (shard, output slot) and their destination sample.
-    std::vector<std::vector<updlrm_bag>> bags;
-    std::vector<std::vector<uint32_t>> bag_sample;
-};
-
-// Per launch and DPU, flattened [launch][dpu]: lookups (row reads), bags, elements accumulated
-// (lookups x shard columns), request bytes (bags + padded local rows) and output bytes.
+// Per launch and DPU, flattened [launch][dpu]: lookups (row reads), bags (partial sums),
+// elements accumulated, request bytes and output bytes.
 struct PackCounters {
     std::vector<uint64_t> lookups, bags, elements, request_bytes, output_bytes;
+    void clear() {
+        lookups.clear();
+        bags.clear();
+        elements.clear();
+        request_bytes.clear();
+        output_bytes.clear();
+    }
+};
+
+// One launch's request: args and a [nr_dpus][request_stride] buffer, of which the first
+// request_stride bytes per DPU are pushed; output_bytes is the largest output (the pull length).
+struct Launch {
+    std::vector<updlrm_launch_args> args;
+    std::vector<uint8_t> request;
+    size_t request_stride = 0;
+    size_t output_bytes = 0;
+    // Multi-launch batches only: where each partial sum of this launch belongs in the batch's
+    // output (per DPU, in bag order): byte offset there and whether it starts (copy) or continues
+    // (add) a bag cut into pieces.
+    struct Piece {
+        uint32_t out_offset, bytes;
+        bool first;
+    };
+    std::vector<std::vector<Piece>> pieces;
+};
+
+// Everything one batch needs from pack to merge. Reused between batches (buffers keep their
+// capacity); independent of every other BatchPlan, so several batches can be in flight.
+struct BatchPlan {
+    enum ErrorKind { OK = 0, INPUT = 1, PLAN = 2 };
+    ErrorKind error_kind = OK;
+    std::string error;
+    uint32_t batch_size = 0;
+    uint64_t nr_lookups = 0;
+    std::vector<Launch> launches;
+    size_t nr_launches = 0;
+    PackCounters counters;
+    // Output of the whole batch: [nr_dpus][output_stride] partial sums at the offsets of the merge
+    // records (filled by the driver's pulls; reassembled from pieces when there were several launches).
+    std::vector<uint8_t> output;
+    size_t output_stride = 0;
+    std::vector<uint8_t> launch_output;  // one launch's pull (multi-launch batches)
+
+    // ---- internal -------------------------------------------------------------------------
+    struct CacheUnit {
+        uint32_t group, count, rep;
+    };
+    struct UnitRec {
+        uint32_t dpu, out_offset, shard;
+    };
+    struct Part {
+        uint32_t b0 = 0, b1 = 0;
+        std::vector<uint32_t> cnt, touched, slot_first, slot_n;  // per group scratch
+        std::vector<uint32_t *> cursor;                          // per bag scratch
+        std::vector<uint64_t> nb, ni, ob, el;                    // per DPU, this part
+        std::vector<CacheUnit> cache;
+        std::vector<UnitRec> recs;
+        std::vector<uint32_t> rec_ptr;  // [(b1-b0)*T + 1]
+        uint64_t bad = UINT64_MAX;      // first bad lookup or bag (see bad_kind)
+        int bad_kind = 0;               // 1 id out of range, 2 offsets decrease
+    };
+    std::vector<Part> parts;
+    std::vector<uint32_t> grp, lrow;              // per lookup
+    std::vector<uint64_t> NB, NI, OB, EL;         // per DPU totals
+    std::vector<uint8_t> full;                    // multi-launch: all requests before cutting
+    size_t full_stride = 0;
+    std::vector<uint64_t> load;                   // per DPU entries (replica choice)
+    std::vector<uint32_t> gcount, gfirst, gorder; // per cache group scratch
+    std::vector<uint32_t> touched_groups;
+    std::vector<std::pair<uint32_t, uint32_t>> unit_ref;  // (part, index) of cache units by group
 };
 
 class Packer {
   public:
-    explicit Packer(PlanSpec spec);
-    const PlanSpec &spec() const { return spec_; }
+    explicit Packer(std::shared_ptr<const PlanIndex> index) : ix_(std::move(index)) {}
+    const PlanIndex &index() const { return *ix_; }
+    std::shared_ptr<const PlanIndex> index_ptr() const { return ix_; }
 
-    // grp[i], lrow[i]: group and local row of lookup i (i < offsets[T*B]); offsets: T*B+1 bag
-    // starts, table-major. Fills out[0 .. nr_launches) (reusing the buffers `out` already holds).
-    // Returns "" or an error message (a plan whose capacities cannot hold even one lookup, a group
-    // id out of range).
-    std::string pack(const int32_t *grp, const uint32_t *lrow, const int64_t *offsets, uint32_t batch_size,
-                     std::vector<Launch> &out, size_t &nr_launches, PackCounters &counters);
+    // Packs one batch into bp (see the file comment). Input errors (an id outside its table,
+    // offsets that decrease or do not end at N) set bp.error_kind = INPUT, capacities that
+    // cannot hold one lookup set PLAN; bp.error names what is wrong.
+    void pack(const int64_t *indices, uint64_t nr_indices, const int64_t *offsets, uint32_t batch_size,
+              BatchPlan &bp) const;
+    // After the launches: reassembles launch l's pulled partial sums (multi-launch batches).
+    void gather_launch(BatchPlan &bp, size_t l, const uint8_t *launch_output, size_t stride) const;
+    // Writes the pooled result [B, W] float32 from bp.output (see the file comment).
+    void merge(const BatchPlan &bp, float *result) const;
 
-    // Adds one launch's partial sums (output: [nr_dpus][output_stride] bytes) into result
-    // ([B, W] float32, fp32 plans) or acc ([B, W] int64, int32 plans).
-    // Samples are split into `threads` ranges merged in parallel; every output element still gets
-    // its partial sums in the same order (DPU order, then bag order), so results do not depend on
-    // the thread count.
-    void merge(const Launch &launch, const uint8_t *output, size_t output_stride, float *result, int64_t *acc,
-               uint32_t batch_size, unsigned threads = 1) const;
-    // int32 plans: result = acc / scale per column.
-    void finish_int32(const int64_t *acc, uint32_t batch_size, float *result, unsigned threads = 1) const;
-    // Zeroes result ([B, W] float32) and acc (when not null), in parallel.
-    void clear(float *result, int64_t *acc, uint32_t batch_size, unsigned threads = 1) const;
-    // Threads worth using for host work on a batch of this size (1 for small batches).
+    // Threads worth using for host work of `work` lookups (UPDLRM_HOST_THREADS forces a count).
     unsigned threads_for(uint64_t work) const;
-    // Worker threads for pack/merge (0 = std::thread::hardware_concurrency(), capped at 4).
     void set_threads(unsigned n) { threads_ = n; }
 
   private:
-    struct DpuState {
-        std::vector<updlrm_bag> bags;
-        std::vector<uint32_t> ids, sample;
-        uint64_t out_bytes = 0;
-        uint64_t elements = 0;
-        // Empty for the next launch (capacity kept, so batches reuse their buffers).
-        void reset() {
-            bags.clear();
-            ids.clear();
-            sample.clear();
-            out_bytes = 0;
-            elements = 0;
-        }
-    };
-    bool fits();
-    void commit(uint32_t a, uint32_t e, uint32_t sample);
-    void finalize(std::vector<Launch> &out);
-    bool launch_empty() const { return nr_bags_ == 0; }
-    void count_range(uint32_t a, uint32_t e);
-    // direct_ plans (one replica of one shard per group): checks the groups, notes each lookup's
-    // shard in rep_ and its DPU load, and when the batch fits one launch writes bag descriptors and
-    // ids straight into the padded request buffer (done = true), both passes over two bag ranges
-    // in parallel when worthwhile. Same bags in the same order as place(). done = false: the
-    // general path goes on with rep_ and load_ set.
-    std::string pack_direct(const int64_t *offsets, uint32_t batch_size, std::vector<Launch> &out, bool &done);
-    std::string place(uint32_t a, uint32_t e, uint32_t sample, uint32_t table, std::vector<Launch> &out, int depth);
+    void pass_a(BatchPlan &bp, BatchPlan::Part &p, const int64_t *indices, const int64_t *offsets) const;
+    void choose_replicas(BatchPlan &bp) const;
+    void count_cache_units(BatchPlan::Part &p) const;
+    void pass_b(BatchPlan &bp, BatchPlan::Part &p, const int64_t *offsets, uint8_t *req, size_t stride) const;
+    void finish_args(BatchPlan &bp, Launch &L, const uint64_t *nb, const uint64_t *ni, const uint64_t *ob,
+                     const uint64_t *el) const;
+    std::string cut_launches(BatchPlan &bp) const;
 
-    PlanSpec spec_;
-    // Per batch state.
-    const uint32_t *lrow_ = nullptr;
-    std::vector<uint32_t> rep_;        // chosen replica per lookup (its shard when one_shard_per_replica_)
-    std::vector<uint64_t> load_;       // lookups assigned per DPU in this batch
-    std::vector<DpuState> dpus_;       // current launch
-    uint64_t nr_bags_ = 0;
-    std::vector<uint32_t> cnt_, first_;   // per shard scratch: entries and first id slot in this bag
-    std::vector<uint32_t *> cursor_;       // per shard: next id slot while committing
-    bool one_shard_per_replica_ = true;    // then rep_[i] holds the shard id, not the replica
-    bool direct_ = true;                   // + one replica per group: shard = group_shard_[grp[i]]
-    std::vector<uint32_t> group_shard_;    // per group (direct_ only)
-    const int32_t *grp_ = nullptr;
-    std::vector<uint32_t> touched_shards_, touched_dpus_;
-    std::vector<uint64_t> new_bags_, new_ids_, new_out_;  // per DPU scratch (zero between calls)
-    PackCounters *counters_ = nullptr;
-    std::vector<uint64_t> dpu_shard_base_;     // [D+1] prefix sums of nr_shards_on_dpu
-    std::vector<uint32_t> local_to_global_;    // descriptor (dpu, local) -> global shard id
-    std::vector<uint64_t> max_row_bytes_;  // per DPU: widest stored row of its shards
-    bool always_fits_ = false;
+    std::shared_ptr<const PlanIndex> ix_;
     unsigned threads_ = 0;
-    size_t nr_out_ = 0;  // launches filled in this pack()             // this batch fits one launch even at one bag per entry
 };
+
+// Splits ``count`` unit items over bins with current loads [R] so that the lowest bins rise to a
+// common level; identical to handing the items one by one to the least-loaded bin, lowest index
+// on ties (partition.routing.water_fill is its twin). take: [R] out.
+void water_fill(const uint64_t *loads, uint32_t R, uint64_t count, uint64_t *take, std::vector<uint32_t> &scratch);
+
+// Runs fn(0) .. fn(parts-1), fn(0) on the calling thread; where a thread cannot be started its
+// part runs on the calling thread (never an exception or an abort).
+void run_parts(unsigned parts, const std::function<void(unsigned)> &fn);
 
 }  // namespace updlrm

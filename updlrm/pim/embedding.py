@@ -5,14 +5,19 @@
     pim.last_stats                                      # BatchStats of the latest good batch (any thread)
     pim.close()
 
-A batch flows: :class:`~updlrm.pim.layout.RowMapper` maps every lookup to (row group, local row)
-with numpy; the native packer (``updlrm._native._emu``) picks a replica per lookup, builds each
-DPU's request and cuts the batch into launches when the plan's per-DPU ``request_bytes`` /
-``output_bytes`` are too small; the host driver pushes, launches and gathers; the merger adds the
-partial sums into [B, W] (W = sum of table dims). The GIL is released for pack, launch and merge;
-batches from several threads run one at a time on the DPU set (a mutex in the native runtime), and
-``last_stats`` belongs to whichever batch finished last without error; a failed batch leaves it
-unchanged and carries its own stats on the exception (``exc.stats``).
+A batch flows through the native runtime (``updlrm._native._emu``, host/python/): the packer maps
+every lookup to (row group, local row) through the plan's PlanIndex, sends each bag's lookups of
+one replica group to one replica (one partial sum per bag and group, replicas chosen by
+water-filling over bags), builds each DPU's request and cuts the batch into launches when the
+plan's per-DPU ``request_bytes`` / ``output_bytes`` are too small; the host driver pushes, launches
+asynchronously, waits and pulls; the merger adds the partial sums and dequantizes into [B, W]
+(W = sum of table dims) in one pass. The GIL is released for pack, launch and merge; batches from
+several threads run one at a time on the DPU set, and ``last_stats`` belongs to whichever batch
+finished last without error; a failed batch leaves it unchanged and carries its own stats on the
+exception (``exc.stats``).
+
+:meth:`PimEmbedding.lookup_many` pipelines a stream of batches: while the DPUs run batch n, the
+host packs batch n+1 and merges batch n-1 (``dpu_launch(DPU_ASYNCHRONOUS)`` + ``dpu_sync``).
 
 Element types:
 
@@ -30,7 +35,8 @@ Element types:
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -39,7 +45,7 @@ from updlrm.partition import Plan, PlanError, TableSpec, validate_plan
 from updlrm.stats import BatchStats
 
 from . import native
-from .layout import RowMapper, fixed_point_scales, plan_layout, shard_images
+from .layout import fixed_point_scales, plan_layout, shard_images
 
 DTYPES = ("fp32", "int32")
 #: Where the transfer/kernel phases come from, per device (updlrm.stats.SOURCES).
@@ -112,7 +118,6 @@ class PimEmbedding:
         else:
             self.scales = None
             col_scale = np.zeros(0)
-        self._mapper = RowMapper(plan)
         self.last_stats: BatchStats | None = None
 
         path = kernel_path if kernel_path is not None else native.kernel_path(device, self.nr_tasklets, mod)
@@ -138,39 +143,135 @@ class PimEmbedding:
         }
 
     # ---- lookups ---------------------------------------------------------------------------
-    def lookup_flat(self, indices, offsets, batch_size: int) -> np.ndarray:
-        """Pooled embeddings of all tables side by side: float32 [B, W], W = sum of dims."""
+    def _prepare(self, indices, offsets, batch_size: int):
+        """Checks of the batch's shape (ids themselves are checked by the native packer)."""
         if self._rt is None or self._rt.closed:
             raise NativeError("this PimEmbedding is closed")
         B = int(batch_size)
         T = len(self.dims)
         idx = np.ascontiguousarray(np.asarray(indices), dtype=np.int64)
         offs = np.ascontiguousarray(np.asarray(offsets), dtype=np.int64)
+        if idx.ndim != 1:
+            raise InvalidBatchError(f"indices must be 1-D, got shape {idx.shape}")
         if offs.shape != (T * B + 1,):
             raise InvalidBatchError(f"offsets has shape {offs.shape}, expected ({T * B + 1},) = T*B+1 for T={T}, B={B}")
         if int(offs[-1]) != idx.size or int(offs[0]) != 0:
             raise InvalidBatchError(f"offsets must run from 0 to len(indices)={idx.size}, got {int(offs[0])}..{int(offs[-1])}")
-        if self.dtype == "int32" and T * B > 0:
+        if self.dtype != "fp32" and T * B > 0:
             lens = np.diff(offs)
             longest = int(lens.max())
             if longest > self.max_bag_lookups:
                 k = int(np.argmax(lens))
                 raise InvalidBatchError(
                     f"table {k // B}, sample {k % B}: bag of {longest} lookups exceeds max_bag_lookups="
-                    f"{self.max_bag_lookups} of the int32 fixed-point scale"
+                    f"{self.max_bag_lookups} of the {self.dtype} fixed-point scale"
                 )
-        stats = BatchStats()
+        return idx, offs, B
+
+    def _pack(self, idx, offs, B):
+        """Pack one batch; raises InvalidBatchError / PlanError for what the packer refused."""
         t0 = time.perf_counter()
-        grp, lrow = self._mapper.map(idx, offs, B)
-        map_s = time.perf_counter() - t0
-        out = np.empty((B, self._layout.width), dtype=np.float32)
-        r = self._rt.lookup(grp, lrow, offs, B, out)
-        self._record(stats, r, map_s, B)
+        pb = self._rt.pack(idx, offs, B)
+        call_s = time.perf_counter() - t0
+        err = pb.error
+        if err is not None:
+            stats = BatchStats()
+            stats.add("pack", call_s, "measured", native_s=pb.pack_s, launches=0)
+            self._raise(err, stats)
+        return pb, call_s
+
+    def _merge(self, pb, B, r: dict, call_s: float) -> np.ndarray:
+        stats = BatchStats()
         err = r.get("error")
+        if err is None:
+            out = np.empty((B, self._layout.width), dtype=np.float32)
+            r["merge_s"] = self._rt.merge(pb, out)
+        else:
+            out = None
+            r["merge_s"] = 0.0
+        self._record(stats, r, call_s - r["pack_native_s"], B)
+        self._rt.give_back(pb)
         if err is not None:
             self._raise(err, stats)  # last_stats keeps the previous good batch's
         self.last_stats = stats
         return out
+
+    def lookup_flat(self, indices, offsets, batch_size: int) -> np.ndarray:
+        """Pooled embeddings of all tables side by side: float32 [B, W], W = sum of dims."""
+        idx, offs, B = self._prepare(indices, offsets, batch_size)
+        pb, call_s = self._pack(idx, offs, B)
+        self._rt.start(pb)
+        r = self._rt.finish(pb)
+        return self._merge(pb, B, r, call_s)
+
+    def lookup_many(self, batches: Iterable, return_exceptions: bool = False) -> Iterator:
+        """Pooled embeddings [B, W] of a stream of batches, two in flight.
+
+        ``batches``: an iterable of ``(indices, offsets, batch_size)``. While the DPUs run batch n
+        (asynchronous launch), the host packs batch n+1 and merges batch n-1; results come back in
+        order. A batch that fails (bad ids, a DPU fault) fails alone: with ``return_exceptions``
+        its exception is yielded in its place and the stream goes on, else it is raised there.
+        ``self.timeline`` records each stage's start and end (perf_counter seconds) per batch.
+        """
+        self.timeline = Timeline()
+        tl = self.timeline
+        it = iter(batches)
+        running = None  # (n, pb, B, call_s, t_start): on the DPUs
+        done = None  # (n, pb, B, call_s, result): pulled, waiting for its merge
+        n = 0
+
+        def merge(d):
+            dn, dpb, dB, dcall, r = d
+            t0 = time.perf_counter()
+            try:
+                item = self._merge(dpb, dB, r, dcall)
+            except Exception as exc:  # noqa: BLE001 - handed to the caller in order
+                item = exc
+            tl.add(dn, "merge", t0, time.perf_counter())
+            if isinstance(item, Exception) and not return_exceptions:
+                raise item
+            return item
+
+        while True:
+            packed = None  # 1. pack batch n while the DPUs run batch n-1
+            raw = next(it, None)
+            if raw is not None:
+                t0 = time.perf_counter()
+                try:
+                    idx, offs, B = self._prepare(*raw)
+                    pb, call_s = self._pack(idx, offs, B)
+                    packed = (n, pb, B, call_s)
+                except Exception as exc:  # noqa: BLE001
+                    packed = exc
+                tl.add(n, "pack", t0, time.perf_counter())
+                n += 1
+            if done is not None:  # 2. merge batch n-2, the DPUs still on n-1
+                item, done = merge(done), None
+                yield item
+            if running is not None:  # 3. wait for batch n-1 and pull its partial sums
+                rn, rpb, rB, rcall, rt0 = running
+                t0 = time.perf_counter()
+                r = self._rt.finish(rpb)
+                t1 = time.perf_counter()
+                tl.add(rn, "dpu", rt0, t1)
+                tl.add(rn, "wait", t0, t1)
+                done, running = (rn, rpb, rB, rcall, r), None
+            if isinstance(packed, Exception):  # 4. a batch that failed to pack comes out in its place
+                if done is not None:
+                    item, done = merge(done), None
+                    yield item
+                if not return_exceptions:
+                    raise packed
+                yield packed
+            elif packed is not None:  # 4. start batch n
+                t0 = time.perf_counter()
+                self._rt.start(packed[1])
+                running = packed + (t0,)
+            if raw is None and running is None:
+                if done is not None:
+                    item, done = merge(done), None
+                    yield item
+                return
 
     def lookup(self, indices, offsets, batch_size: int):
         """float32 [B, T, D] when every table has the same dim, else a list of [B, D_t] arrays.
@@ -212,13 +313,12 @@ class PimEmbedding:
         return n * per_elem.reshape((T,) + (1,) * (n.ndim - 1))
 
     # ---- stats and errors --------------------------------------------------------------------
-    def _record(self, stats: BatchStats, r: dict, map_s: float, batch_size: int) -> None:
+    def _record(self, stats: BatchStats, r: dict, call_s: float, batch_size: int) -> None:
         src = DEVICE_SOURCE[self.device]
         L = int(r["nr_launches"])
         push = np.asarray(r["request_push_bytes"], dtype=np.int64)
         pull = np.asarray(r["output_pull_bytes"], dtype=np.int64)
-        stats.add("pack", map_s + r["pack_native_s"], "measured", map_s=map_s, native_s=r["pack_native_s"],
-                  launches=L)
+        stats.add("pack", call_s + r["pack_native_s"], "measured", native_s=r["pack_native_s"], launches=L)
         stats.add("cpu_to_dpu", r["cpu_to_dpu_s"], src, request_push_bytes_per_dpu=push.tolist())
         stats.add("kernel", r["kernel_s"], src, launches=L)
         stats.add("dpu_to_cpu", r["dpu_to_cpu_s"] + r["status_s"], src, status_s=r["status_s"],
@@ -270,7 +370,9 @@ class PimEmbedding:
                 f"DPU {dpu} tasklet {tasklet}: {err['reason']}" if kind == "fault" else err["message"],
                 dpu=dpu, tasklet=tasklet, reason=str(err["reason"]),
             )
-        elif kind == "pack":
+        elif kind == "input":
+            exc = InvalidBatchError(err["message"])
+        elif kind in ("pack", "plan"):
             exc = PlanError(err["message"])
         else:
             exc = NativeError(err["message"])
@@ -295,3 +397,26 @@ class PimEmbedding:
             self.close()
         except Exception:
             pass
+
+
+@dataclass
+class Timeline:
+    """Stage intervals of a pipelined run: ``events`` holds (batch, stage, start_s, end_s) with
+    stages "pack" (host), "dpu" (push + launch until the wait returned), "wait" (the host blocked
+    on the DPUs), "merge" (host); times are time.perf_counter() seconds."""
+
+    events: list = field(default_factory=list)
+
+    def add(self, batch: int, stage: str, t0: float, t1: float) -> None:
+        self.events.append((int(batch), stage, float(t0), float(t1)))
+
+    def stage_seconds(self) -> dict:
+        out: dict = {}
+        for _, st, t0, t1 in self.events:
+            out[st] = out.get(st, 0.0) + (t1 - t0)
+        return out
+
+    def wall_seconds(self) -> float:
+        if not self.events:
+            return 0.0
+        return max(e[3] for e in self.events) - min(e[2] for e in self.events)

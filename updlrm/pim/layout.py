@@ -14,9 +14,8 @@
   fancy-index per shard), converts to int32 fixed point when asked, pads rows to 8 bytes and
   returns one MRAM image per DPU plus the per-shard descriptor fields (``Runtime.write_shards``
   fills struct updlrm_shard from them in C++, so the layout lives in updlrm_abi.h alone).
-* :class:`RowMapper` maps each lookup of a batch to (row group, local row): ``cache`` groups
-  first, then the ``base`` group (row ranges by one searchsorted over all tables at once; row-set
-  groups through a dense per-table map). No Python loop over lookups.
+* Row mapping (lookup -> row group, local row) lives in the native PlanIndex
+  (host/python/plan_index.h), built from :meth:`PlanLayout.native_spec`.
 """
 
 from __future__ import annotations
@@ -55,6 +54,13 @@ class PlanLayout:
     rep_shard_ptr: np.ndarray  # [R+1] -> rep_shards
     rep_shards: np.ndarray  # shard ids, each replica's slices by col_lo
     nr_shards_on_dpu: np.ndarray  # [D]
+    table_rows: np.ndarray  # [T]
+    group_table: np.ndarray  # [G]
+    group_kind: np.ndarray  # [G] 0 base range, 1 base row set, 2 cache row set
+    group_lo: np.ndarray  # [G] ranges: first row
+    group_hi: np.ndarray  # [G] ranges: end row
+    group_rows_ptr: np.ndarray  # [G+1] row sets: group g's rows are group_rows[ptr[g]:ptr[g+1]]
+    group_rows: np.ndarray  # sorted row ids of every row-set group, concatenated
     request_offset: int  # bytes from the heap, same on every DPU
     request_capacity: int
     output_offset: int
@@ -64,10 +70,17 @@ class PlanLayout:
         """The dict ``Runtime.set_plan`` takes."""
         abi = abi if abi is not None else native.abi()
         u32 = lambda a: np.ascontiguousarray(a, dtype=np.uint32)  # noqa: E731
+        i64 = lambda a: np.ascontiguousarray(a, dtype=np.int64)  # noqa: E731
         return {
-            "nr_tables": int(self.dims.size),
-            "width": int(self.width),
             "dtype": abi.dtype_codes[dtype],
+            "table_rows": np.ascontiguousarray(self.table_rows, dtype=np.uint64),
+            "table_dim": u32(self.dims),
+            "group_table": u32(self.group_table),
+            "group_kind": u32(self.group_kind),
+            "group_lo": i64(self.group_lo),
+            "group_hi": i64(self.group_hi),
+            "group_rows_ptr": np.ascontiguousarray(self.group_rows_ptr, dtype=np.uint64),
+            "group_rows": i64(self.group_rows),
             "shard_dpu": u32(self.shard_dpu),
             "shard_local": u32(self.shard_local),
             "shard_col": u32(self.shard_col),
@@ -148,6 +161,16 @@ def plan_layout(plan: Plan, abi: "native.Abi | None" = None) -> PlanLayout:
         bad = int(np.argmin(reps_per_group))
         raise ValueError(f"row group {bad} (table {plan.groups[bad].table}) has no shard")
     group_rep_ptr = np.concatenate([[0], np.cumsum(reps_per_group)])
+    gtab = np.fromiter((g.table for g in plan.groups), dtype=np.int64, count=G)
+    gkind = np.fromiter((2 if g.kind == "cache" else (1 if g.rows is not None else 0) for g in plan.groups),
+                        dtype=np.int64, count=G)
+    glo = np.fromiter((g.row_lo if g.rows is None else 0 for g in plan.groups), dtype=np.int64, count=G)
+    ghi = np.fromiter((g.row_hi if g.rows is None else 0 for g in plan.groups), dtype=np.int64, count=G)
+    sets = [g.global_rows() for g, k in zip(plan.groups, gkind.tolist()) if k > 0]
+    glen = np.zeros(G, dtype=np.int64)
+    glen[gkind > 0] = [r.size for r in sets]
+    grows_ptr = np.concatenate([[0], np.cumsum(glen)]).astype(np.int64)
+    grows = np.concatenate(sets) if sets else np.zeros(0, dtype=np.int64)
 
     tables_end = int((mram_offset + nr_rows * row_bytes).max()) if S else 0
     request_offset = _align8(tables_end)
@@ -177,6 +200,13 @@ def plan_layout(plan: Plan, abi: "native.Abi | None" = None) -> PlanLayout:
         rep_shard_ptr=rep_shard_ptr,
         rep_shards=key,
         nr_shards_on_dpu=counts,
+        table_rows=np.array([t.rows for t in tables], dtype=np.int64),
+        group_table=gtab,
+        group_kind=gkind,
+        group_lo=glo,
+        group_hi=ghi,
+        group_rows_ptr=grows_ptr,
+        group_rows=grows,
         request_offset=request_offset,
         request_capacity=request_capacity,
         output_offset=output_offset,
@@ -242,117 +272,3 @@ def shard_images(
         dst = images[d][off : off + nr * rb].reshape(nr, rb)
         dst[:, : nc * ELEM_BYTES] = np.ascontiguousarray(block).view(np.uint8).reshape(nr, nc * ELEM_BYTES)
     return images
-
-
-#: Tables up to this many rows map ids through a dense [rows] map (8 bytes per row).
-DENSE_MAP_MAX_ROWS = 1 << 18
-
-
-class RowMapper:
-    """Maps the lookups of a batch to (row group id, local row) under a plan.
-
-    Per table, base groups are resolved by the cheapest exact rule: one group (an offset); row-set
-    groups, or row ranges of a table of at most DENSE_MAP_MAX_ROWS rows (a dense [rows] map); other
-    row ranges (a division into buckets as wide as the smallest range, then one compare;
-    searchsorted over the range starts when that would need too many buckets). Cache groups (sorted row sets, searchsorted)
-    then override the base group where they hold the row. Python loops run over tables only.
-    """
-
-    def __init__(self, plan: Plan):
-        T = len(plan.tables)
-        rows = np.array([t.rows for t in plan.tables], dtype=np.int64)
-        cache: dict[int, list[tuple[int, np.ndarray]]] = {}
-        by_table: dict[int, list[int]] = {t: [] for t in range(T)}
-        for gi, g in enumerate(plan.groups):
-            if g.kind == "cache":
-                cache.setdefault(g.table, []).append((gi, np.asarray(g.global_rows(), dtype=np.int64)))
-            else:
-                by_table[g.table].append(gi)
-        # rule per table: ("one", gid, lo) | ("bucket", width, first, ends, starts, gids)
-        #                 | ("search", starts, gids) | ("dense", gmap, lmap)
-        self.rules: list[tuple] = []
-        for t in range(T):
-            groups = [(gi, plan.groups[gi]) for gi in by_table[t]]
-            if any(g.rows is not None for _, g in groups):
-                gmap = np.full(rows[t], -1, dtype=np.int32)
-                lmap = np.zeros(rows[t], dtype=np.uint32)
-                for gi, g in groups:
-                    r = g.global_rows()
-                    gmap[r] = gi
-                    lmap[r] = np.arange(r.size, dtype=np.uint32)
-                self.rules.append(("dense", gmap, lmap))
-                continue
-            if rows[t] <= DENSE_MAP_MAX_ROWS and len(groups) > 1:
-                # small table: two gathers from an 8 B/row map beat any arithmetic on the ids
-                gmap = np.empty(rows[t], dtype=np.int32)
-                lmap = np.empty(rows[t], dtype=np.uint32)
-                for gi, g in groups:
-                    gmap[g.row_lo : g.row_hi] = gi
-                    lmap[g.row_lo : g.row_hi] = np.arange(g.row_hi - g.row_lo, dtype=np.uint32)
-                self.rules.append(("dense", gmap, lmap))
-                continue
-            groups.sort(key=lambda x: x[1].row_lo)
-            starts = np.array([g.row_lo for _, g in groups], dtype=np.int64)
-            gids = np.array([gi for gi, _ in groups], dtype=np.int32)
-            sizes = np.array([g.row_hi - g.row_lo for _, g in groups], dtype=np.int64)
-            if len(groups) == 1:
-                self.rules.append(("one", int(gids[0]), int(starts[0])))
-                continue
-            # Buckets of the smallest range's width: a bucket meets at most two ranges, so the
-            # range of row r is first_range[r // width], or the next one when r passed its start.
-            width = max(1, int(sizes.min()))
-            nr_buckets = -(-int(rows[t]) // width)
-            if nr_buckets <= max(1 << 20, 8 * len(groups)):
-                first = (np.searchsorted(starts, np.arange(nr_buckets, dtype=np.int64) * width, side="right") - 1)
-                ends = np.append(starts[1:], np.iinfo(np.int64).max)
-                self.rules.append(("bucket", width, first.astype(np.int32), ends, starts, gids))
-            else:
-                self.rules.append(("search", starts, gids))
-        self.cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        for t, lst in cache.items():
-            r = np.concatenate([x[1] for x in lst])
-            g = np.concatenate([np.full(x[1].size, x[0], dtype=np.int32) for x in lst])
-            loc = np.concatenate([np.arange(x[1].size, dtype=np.uint32) for x in lst])
-            o = np.argsort(r, kind="stable")
-            self.cache[t] = (r[o], g[o], loc[o])
-        self.nr_tables = T
-
-    def map(self, indices: np.ndarray, offsets: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """indices int64 [N] (table-major), offsets int64 [T*B+1] -> (group int32 [N], local row uint32 [N])."""
-        T, B = self.nr_tables, int(batch_size)
-        bounds = offsets[np.arange(T + 1) * B]
-        n = indices.size
-        grp = np.empty(n, dtype=np.int32)
-        lrow = np.empty(n, dtype=np.uint32)
-        for t, rule in enumerate(self.rules):
-            a, e = int(bounds[t]), int(bounds[t + 1])
-            if a == e:
-                continue
-            seg = indices[a:e]
-            kind = rule[0]
-            if kind == "one":
-                grp[a:e] = rule[1]
-                np.subtract(seg, rule[2], out=lrow[a:e], casting="unsafe")
-            elif kind == "bucket":
-                _, width, first, ends, starts, gids = rule
-                pos = first[seg // width]
-                pos += seg >= ends[pos]
-                grp[a:e] = gids[pos]
-                np.subtract(seg, starts[pos], out=lrow[a:e], casting="unsafe")
-            elif kind == "search":
-                pos = np.searchsorted(rule[1], seg, side="right") - 1
-                grp[a:e] = rule[2][pos]
-                np.subtract(seg, rule[1][pos], out=lrow[a:e], casting="unsafe")
-            else:
-                grp[a:e] = rule[1][seg]
-                lrow[a:e] = rule[2][seg]
-            c = self.cache.get(t)
-            if c is not None and c[0].size:
-                crow, cgid, cloc = c
-                p = np.minimum(np.searchsorted(crow, seg), crow.size - 1)
-                hit = crow[p] == seg
-                if hit.any():
-                    sel = np.flatnonzero(hit)
-                    grp[a + sel] = cgid[p[sel]]
-                    lrow[a + sel] = cloc[p[sel]]
-        return grp, lrow
