@@ -651,7 +651,7 @@ PYBIND11_MODULE(UPDLRM_MODULE_NAME, m) {
                 const Launch &L = st.bp.launches[l];
                 std::vector<uint32_t> a(L.args.size() * 8);
                 std::memcpy(a.data(), L.args.data(), a.size() * 4);
-                std::vector<uint8_t> req(L.request.begin(), L.request.begin() + L.request_stride * L.args.size());
+                std::vector<uint8_t> req(L.request.data(), L.request.data() + L.request_stride * L.args.size());
                 out.append(py::make_tuple(np_2d(a, L.args.size(), 8), np_2d(req, L.args.size(), L.request_stride)));
             }
             return out;

@@ -20,6 +20,49 @@ inline void part_range(uint32_t B, unsigned p, unsigned parts, uint32_t &b0, uin
     b0 = static_cast<uint32_t>(uint64_t(B) * p / parts);
     b1 = static_cast<uint32_t>(uint64_t(B) * (p + 1) / parts);
 }
+// Bags up to this many lookups find their units by a linear search (all in L1); larger ones
+// through the per-group slot array (zeroed again afterwards).
+constexpr int64_t SMALL_BAG = 48;
+
+// Groups lookups [a, e) of one bag (group of lookup i: grp[i]) into units in order of first
+// appearance; uid[i - a] = unit of lookup i. Returns the number of units.
+inline uint32_t group_bag(const uint32_t *grp, int64_t a, int64_t e, BatchPlan::BagUnit *units, uint32_t *uid,
+                          uint32_t *slot) {
+    uint32_t n = 0;
+    if (e - a <= SMALL_BAG) {
+        for (int64_t i = a; i < e; i++) {
+            const uint32_t g = grp[i];
+            uint32_t u = 0;
+            while (u < n && units[u].group != g) u++;
+            if (u == n) units[n++] = BatchPlan::BagUnit{g, 0};
+            units[u].count++;
+            uid[i - a] = u;
+        }
+        return n;
+    }
+    for (int64_t i = a; i < e; i++) {
+        const uint32_t g = grp[i];
+        uint32_t u = slot[g];
+        if (u == 0) {
+            units[n] = BatchPlan::BagUnit{g, 0};
+            u = slot[g] = ++n;
+        }
+        units[u - 1].count++;
+        uid[i - a] = u - 1;
+    }
+    for (uint32_t u = 0; u < n; u++) slot[units[u].group] = 0;
+    return n;
+}
+
+// Scratch for bags of up to n lookups.
+inline void fit_bag(BatchPlan::Part &p, size_t n) {
+    if (p.uid.size() < n) {
+        p.uid.resize(n);
+        p.units.resize(n);
+        p.local.resize(n);
+        p.ustart.resize(n);
+    }
+}
 }  // namespace
 
 void run_parts(unsigned parts, const std::function<void(unsigned)> &fn) {
@@ -91,8 +134,7 @@ void Packer::pass_a(BatchPlan &bp, BatchPlan::Part &p, const int64_t *indices, c
     const uint32_t T = ix.nr_tables(), B = bp.batch_size;
     const int64_t N = static_cast<int64_t>(bp.nr_lookups);
     uint32_t *grp = bp.grp.data(), *lrow = bp.lrow.data();
-    uint32_t *cnt = p.cnt.data();
-    uint64_t *nb = p.nb.data(), *ni = p.ni.data(), *ob = p.ob.data(), *el = p.el.data();
+    BatchPlan::DpuCount *dc = p.dc.data();
     for (uint32_t b = p.b0; b < p.b1; b++) {
         for (uint32_t t = 0; t < T; t++) {
             const uint64_t k = uint64_t(t) * B + b;
@@ -111,29 +153,35 @@ void Packer::pass_a(BatchPlan &bp, BatchPlan::Part &p, const int64_t *indices, c
                     p.bad_kind = 1;
                     return;
                 }
-                uint32_t g, l;
-                ix.map(t, r, g, l);
-                grp[i] = g;
-                lrow[i] = l;
-                if (cnt[g]++ == 0) p.touched.push_back(g);
+                ix.map(t, r, grp[i], lrow[i]);
             }
-            for (uint32_t g : p.touched) {
-                const uint32_t c = cnt[g];
-                cnt[g] = 0;
-                if (ix.single(g)) {
-                    const uint32_t r = s.group_rep_ptr[g];
-                    for (uint32_t q = s.rep_shard_ptr[r]; q < s.rep_shard_ptr[r + 1]; q++) {
-                        const uint32_t sh = s.rep_shards[q], d = s.shard_dpu[sh];
-                        nb[d] += 1;
-                        ni[d] += c;
-                        ob[d] += s.shard_row_bytes[sh];
-                        el[d] += uint64_t(c) * s.shard_ncols[sh];
-                    }
-                } else {
+            fit_bag(p, size_t(e - a));
+            const uint32_t nu = group_bag(grp, a, e, p.units.data(), p.uid.data(), p.slot.data());
+            for (uint32_t u = 0; u < nu; u++) {
+                const uint32_t g = p.units[u].group, c = p.units[u].count;
+                const GroupInfo &gi = ix.group(g);
+                if (gi.nr_reps != 1) {
                     p.cache.push_back(BatchPlan::CacheUnit{g, c, 0});
+                    continue;
+                }
+                if (gi.nslices0 == 1) {
+                    const ShardInfo &sh = ix.shard(gi.shard0);
+                    BatchPlan::DpuCount &kd = dc[sh.dpu];
+                    kd.nb += 1;
+                    kd.ni += c;
+                    kd.ob += sh.row_bytes;
+                    kd.el += uint64_t(c) * sh.ncols;
+                    continue;
+                }
+                for (uint32_t q = s.rep_shard_ptr[gi.rep0]; q < s.rep_shard_ptr[gi.rep0 + 1]; q++) {
+                    const ShardInfo &sh = ix.shard(s.rep_shards[q]);
+                    BatchPlan::DpuCount &kd = dc[sh.dpu];
+                    kd.nb += 1;
+                    kd.ni += c;
+                    kd.ob += sh.row_bytes;
+                    kd.el += uint64_t(c) * sh.ncols;
                 }
             }
-            p.touched.clear();
         }
     }
 }
@@ -207,10 +255,11 @@ void Packer::count_cache_units(BatchPlan::Part &p) const {
         const uint32_t r = s.group_rep_ptr[u.group] + u.rep;
         for (uint32_t q = s.rep_shard_ptr[r]; q < s.rep_shard_ptr[r + 1]; q++) {
             const uint32_t sh = s.rep_shards[q], d = s.shard_dpu[sh];
-            p.nb[d] += 1;
-            p.ni[d] += u.count;
-            p.ob[d] += s.shard_row_bytes[sh];
-            p.el[d] += uint64_t(u.count) * s.shard_ncols[sh];
+            BatchPlan::DpuCount &k = p.dc[d];
+            k.nb += 1;
+            k.ni += u.count;
+            k.ob += s.shard_row_bytes[sh];
+            k.el += uint64_t(u.count) * s.shard_ncols[sh];
         }
     }
 }
@@ -218,11 +267,18 @@ void Packer::count_cache_units(BatchPlan::Part &p) const {
 void Packer::pass_b(BatchPlan &bp, BatchPlan::Part &p, const int64_t *offsets, uint8_t *req, size_t stride) const {
     const PlanIndex &ix = *ix_;
     const PlanSpec &s = ix.spec();
-    const uint32_t T = ix.nr_tables(), B = bp.batch_size;
+    const uint32_t T = ix.nr_tables(), B = bp.batch_size, D = ix.nr_dpus();
     const uint32_t *grp = bp.grp.data(), *lrow = bp.lrow.data();
-    const uint64_t *NB = bp.NB.data();
-    uint32_t *cnt = p.cnt.data(), *slot_first = p.slot_first.data(), *slot_n = p.slot_n.data();
-    uint64_t *nb = p.nb.data(), *ni = p.ni.data(), *ob = p.ob.data();
+    const BatchPlan::DpuCount *tot = bp.tot.data();
+    BatchPlan::DpuCount *dc = p.dc.data();
+    p.stage.resize(D);
+    p.stage_nb.assign(D, 0);
+    p.stage_ni.assign(D, 0);
+    BatchPlan::Stage *stage = p.stage.data();
+    uint8_t *snb = p.stage_nb.data(), *sni = p.stage_ni.data();
+    // DPU d's slice: bags at bags(d), ids at ids(d); the part writes from its start positions on.
+    auto bags = [&](uint32_t d) { return req + size_t(d) * stride; };
+    auto ids = [&](uint32_t d) { return reinterpret_cast<uint32_t *>(req + size_t(d) * stride + BAG_BYTES * tot[d].nb); };
     p.recs.clear();
     size_t cu = 0;
     for (uint32_t b = p.b0; b < p.b1; b++) {
@@ -231,66 +287,95 @@ void Packer::pass_b(BatchPlan &bp, BatchPlan::Part &p, const int64_t *offsets, u
             const uint64_t k = uint64_t(t) * B + b;
             const int64_t a = offsets[k], e = offsets[k + 1];
             if (a == e) continue;
-            for (int64_t i = a; i < e; i++) {
-                const uint32_t g = grp[i];
-                if (cnt[g]++ == 0) p.touched.push_back(g);
+            // units, and the bag's ids grouped by unit (a scatter within L1): each unit's ids contiguous
+            fit_bag(p, size_t(e - a));
+            const uint32_t nu = group_bag(grp, a, e, p.units.data(), p.uid.data(), p.slot.data());
+            uint32_t *start = p.ustart.data();  // [nu] running positions in local
+            uint32_t pos = 0;
+            for (uint32_t u = 0; u < nu; u++) {
+                start[u] = pos;
+                pos += p.units[u].count;
             }
-            p.cursor.clear();
-            for (uint32_t g : p.touched) {
-                const uint32_t c = cnt[g];
-                cnt[g] = 0;
-                const uint32_t r = s.group_rep_ptr[g] + (ix.single(g) ? 0u : p.cache[cu++].rep);
-                slot_first[g] = static_cast<uint32_t>(p.cursor.size());
-                slot_n[g] = s.rep_shard_ptr[r + 1] - s.rep_shard_ptr[r];
-                for (uint32_t q = s.rep_shard_ptr[r]; q < s.rep_shard_ptr[r + 1]; q++) {
-                    const uint32_t sh = s.rep_shards[q], d = s.shard_dpu[sh];
-                    uint8_t *dst = req + size_t(d) * stride;
-                    updlrm_bag bag;
-                    bag.shard = s.shard_local[sh];
+            uint32_t *local = p.local.data();
+            const uint32_t *uid = p.uid.data();
+            for (int64_t i = a; i < e; i++) local[start[uid[i - a]]++] = lrow[i];
+            pos = 0;
+            for (uint32_t u = 0; u < nu; u++) {
+                const uint32_t g = p.units[u].group, c = p.units[u].count;
+                const uint32_t *src_ids = local + pos;
+                pos += c;
+                const GroupInfo &gi = ix.group(g);
+                const uint32_t r = gi.rep0 + (gi.nr_reps == 1 ? 0u : p.cache[cu++].rep);
+                const bool one = gi.nr_reps == 1 && gi.nslices0 == 1;
+                const uint32_t q0 = one ? 0 : s.rep_shard_ptr[r], q1 = one ? 1 : s.rep_shard_ptr[r + 1];
+                for (uint32_t q = q0; q < q1; q++) {
+                    const uint32_t sh = one ? gi.shard0 : s.rep_shards[q];
+                    const ShardInfo &si = ix.shard(sh);
+                    const uint32_t d = si.dpu;
+                    BatchPlan::DpuCount &kd = dc[d];
+                    BatchPlan::Stage &sg = stage[d];
+                    updlrm_bag &bag = sg.bag[snb[d]];
+                    bag.shard = si.local;
                     bag.nr_lookups = c;
-                    bag.first_lookup = static_cast<uint32_t>(ni[d]);
-                    bag.out_offset = static_cast<uint32_t>(ob[d]);
-                    std::memcpy(dst + BAG_BYTES * nb[d], &bag, sizeof bag);
-                    nb[d]++;
-                    p.cursor.push_back(reinterpret_cast<uint32_t *>(dst + BAG_BYTES * NB[d]) + ni[d]);
-                    p.recs.push_back(BatchPlan::UnitRec{d, static_cast<uint32_t>(ob[d]), sh});
-                    ni[d] += c;
-                    ob[d] += s.shard_row_bytes[sh];
+                    bag.first_lookup = static_cast<uint32_t>(kd.ni);
+                    bag.out_offset = static_cast<uint32_t>(kd.ob);
+                    kd.nb++;
+                    if (snb[d] == 0) __builtin_prefetch(bags(d) + BAG_BYTES * (kd.nb + 3), 1);  // where the 4 go
+                    if (++snb[d] == 4) {  // staged bags occupy positions [nb - 4, nb)
+                        std::memcpy(bags(d) + BAG_BYTES * (kd.nb - 4), sg.bag, sizeof sg.bag);
+                        snb[d] = 0;
+                    }
+                    p.recs.push_back(BatchPlan::UnitRec{d, static_cast<uint32_t>(kd.ob), sh});
+                    kd.ob += si.row_bytes;
+                    const uint32_t *from = src_ids;
+                    for (uint32_t left = c; left > 0;) {  // staged ids occupy [ni - sni, ni)
+                        if (sni[d] == 0) __builtin_prefetch(ids(d) + kd.ni + 15, 1);
+                        const uint32_t take = std::min<uint32_t>(16u - sni[d], left);
+                        std::memcpy(sg.id + sni[d], from, 4u * take);
+                        sni[d] = static_cast<uint8_t>(sni[d] + take);
+                        kd.ni += take;
+                        from += take;
+                        left -= take;
+                        if (sni[d] == 16) {
+                            std::memcpy(ids(d) + (kd.ni - 16), sg.id, sizeof sg.id);
+                            sni[d] = 0;
+                        }
+                    }
                 }
             }
-            uint32_t **cur = p.cursor.data();
-            for (int64_t i = a; i < e; i++) {
-                const uint32_t g = grp[i], f = slot_first[g], n = slot_n[g], l = lrow[i];
-                for (uint32_t j = 0; j < n; j++) *cur[f + j]++ = l;
-            }
-            p.touched.clear();
         }
+    }
+    for (uint32_t d = 0; d < D; d++) {  // what is still staged
+        if (snb[d] != 0) std::memcpy(bags(d) + BAG_BYTES * (dc[d].nb - snb[d]), stage[d].bag, BAG_BYTES * snb[d]);
+        if (sni[d] != 0) std::memcpy(ids(d) + (dc[d].ni - sni[d]), stage[d].id, 4u * sni[d]);
     }
     p.rec_ptr[size_t(p.b1 - p.b0) * T] = static_cast<uint32_t>(p.recs.size());
 }
 
-void Packer::finish_args(BatchPlan &bp, Launch &L, const uint64_t *nb, const uint64_t *ni, const uint64_t *ob,
-                         const uint64_t *el) const {
+void Packer::finish_args(BatchPlan &bp, Launch &L, const BatchPlan::DpuCount *dc) const {
     const PlanSpec &s = ix_->spec();
     const uint32_t D = ix_->nr_dpus();
     L.args.resize(D);
     for (uint32_t d = 0; d < D; d++) {
-        const uint64_t used = BAG_BYTES * nb[d] + 4u * ni[d];
-        std::memset(L.request.data() + size_t(d) * L.request_stride + used, 0, L.request_stride - used);
+        const BatchPlan::DpuCount &k = dc[d];
+        // The last id word of an odd count is padding the kernel never reads; zero it so that
+        // what is pushed does not depend on earlier batches (the rest of the stride past the
+        // request is never read either: the args bound what the kernel reads).
+        if (k.ni & 1u) std::memset(L.request.data() + size_t(d) * L.request_stride + BAG_BYTES * k.nb + 4u * k.ni, 0, 4);
         updlrm_launch_args &a = L.args[d];
         a.abi_version = UPDLRM_ABI_VERSION;
         a.nr_shards = s.nr_shards_on_dpu[d];
-        a.nr_bags = static_cast<uint32_t>(nb[d]);
-        a.nr_lookups = static_cast<uint32_t>(ni[d]);
+        a.nr_bags = static_cast<uint32_t>(k.nb);
+        a.nr_lookups = static_cast<uint32_t>(k.ni);
         a.bags_offset = s.request_offset;
-        a.lookups_offset = s.request_offset + static_cast<uint32_t>(BAG_BYTES * nb[d]);
+        a.lookups_offset = s.request_offset + static_cast<uint32_t>(BAG_BYTES * k.nb);
         a.out_offset = s.output_offset;
-        a.out_bytes = static_cast<uint32_t>(ob[d]);
-        bp.counters.lookups.push_back(ni[d]);
-        bp.counters.bags.push_back(nb[d]);
-        bp.counters.elements.push_back(el[d]);
-        bp.counters.request_bytes.push_back(request_bytes(nb[d], ni[d]));
-        bp.counters.output_bytes.push_back(ob[d]);
+        a.out_bytes = static_cast<uint32_t>(k.ob);
+        bp.counters.lookups.push_back(k.ni);
+        bp.counters.bags.push_back(k.nb);
+        bp.counters.elements.push_back(k.el);
+        bp.counters.request_bytes.push_back(request_bytes(k.nb, k.ni));
+        bp.counters.output_bytes.push_back(k.ob);
     }
 }
 
@@ -321,16 +406,8 @@ void Packer::pack(const int64_t *indices, uint64_t nr_indices, const int64_t *of
     for (unsigned pi = 0; pi < P; pi++) {
         BatchPlan::Part &p = bp.parts[pi];
         part_range(batch_size, pi, P, p.b0, p.b1);
-        if (p.cnt.size() != G) {  // zero between batches: every use resets what it touched
-            p.cnt.assign(G, 0);
-            p.slot_first.assign(G, 0);
-            p.slot_n.assign(G, 0);
-        }
-        p.touched.clear();
-        p.nb.assign(D, 0);
-        p.ni.assign(D, 0);
-        p.ob.assign(D, 0);
-        p.el.assign(D, 0);
+        if (p.slot.size() != G) p.slot.assign(G, 0);  // zero between bags: every use resets what it set
+        p.dc.assign(D, BatchPlan::DpuCount{0, 0, 0, 0});
         p.cache.clear();
         p.recs.clear();
         p.rec_ptr.assign(size_t(p.b1 - p.b0) * T + 1, 0);
@@ -355,42 +432,36 @@ void Packer::pack(const int64_t *indices, uint64_t nr_indices, const int64_t *of
                        std::to_string(i) + ": index " + std::to_string(indices[i]) + " is outside 0.." +
                        std::to_string(s.table_rows[t] - 1);
         }
-        for (auto &q : bp.parts) {  // scratch back to zero
-            for (uint32_t g : q.touched) q.cnt[g] = 0;
-            q.touched.clear();
-        }
         return;
     }
     bp.load.assign(D, 0);
     for (auto &p : bp.parts)
-        for (uint32_t d = 0; d < D; d++) bp.load[d] += p.ni[d];
+        for (uint32_t d = 0; d < D; d++) bp.load[d] += p.dc[d].ni;
     choose_replicas(bp);
     run_parts(P, [&](unsigned pi) { count_cache_units(bp.parts[pi]); });
     // Totals per DPU; each part's counts become its starting positions (prefix over parts).
-    bp.NB.assign(D, 0);
-    bp.NI.assign(D, 0);
-    bp.OB.assign(D, 0);
-    bp.EL.assign(D, 0);
+    bp.tot.assign(D, BatchPlan::DpuCount{0, 0, 0, 0});
     uint64_t total_bags = 0;
     for (auto &p : bp.parts)
         for (uint32_t d = 0; d < D; d++) {
-            uint64_t b = p.nb[d], i = p.ni[d], o = p.ob[d];
-            p.nb[d] = bp.NB[d];
-            p.ni[d] = bp.NI[d];
-            p.ob[d] = bp.OB[d];
-            bp.NB[d] += b;
-            bp.NI[d] += i;
-            bp.OB[d] += o;
-            bp.EL[d] += p.el[d];
-            total_bags += b;
+            BatchPlan::DpuCount &k = p.dc[d], &t = bp.tot[d];
+            const BatchPlan::DpuCount here = k;
+            k.nb = t.nb;  // the part's start positions
+            k.ni = t.ni;
+            k.ob = t.ob;
+            t.nb += here.nb;
+            t.ni += here.ni;
+            t.ob += here.ob;
+            t.el += here.el;
+            total_bags += here.nb;
         }
     size_t stride = 0, out_max = 0;
     bool one_launch = true;
     for (uint32_t d = 0; d < D; d++) {
-        const uint64_t rb = request_bytes(bp.NB[d], bp.NI[d]);
+        const uint64_t rb = request_bytes(bp.tot[d].nb, bp.tot[d].ni);
         stride = std::max<size_t>(stride, rb);
-        out_max = std::max<size_t>(out_max, bp.OB[d]);
-        if (rb > s.request_capacity || bp.OB[d] > s.output_capacity) one_launch = false;
+        out_max = std::max<size_t>(out_max, bp.tot[d].ob);
+        if (rb > s.request_capacity || bp.tot[d].ob > s.output_capacity) one_launch = false;
     }
     bp.output_stride = out_max;
     if (total_bags == 0) {  // every bag empty: nothing to launch, the merge writes zeros
@@ -413,7 +484,7 @@ void Packer::pack(const int64_t *indices, uint64_t nr_indices, const int64_t *of
     }
     run_parts(P, [&](unsigned pi) { pass_b(bp, bp.parts[pi], offsets, req, stride); });
     if (one_launch) {
-        finish_args(bp, bp.launches[0], bp.NB.data(), bp.NI.data(), bp.OB.data(), bp.EL.data());
+        finish_args(bp, bp.launches[0], bp.tot.data());
         bp.nr_launches = 1;
         return;
     }
@@ -439,7 +510,7 @@ std::string Packer::cut_launches(BatchPlan &bp) const {
         const uint8_t *base = bp.full.data() + size_t(d) * bp.full_stride;
         uint64_t cb = 0, ci = 0, co = 0;
         uint32_t chunk = 0;
-        for (uint32_t j = 0; j < bp.NB[d]; j++) {
+        for (uint32_t j = 0; j < bp.tot[d].nb; j++) {
             updlrm_bag bag;
             std::memcpy(&bag, base + BAG_BYTES * j, sizeof bag);
             const uint64_t rb = s.shard_row_bytes[ix.shard_of(d, bag.shard)];
@@ -473,28 +544,29 @@ std::string Packer::cut_launches(BatchPlan &bp) const {
     }
     if (bp.launches.size() < nr_chunks) bp.launches.resize(nr_chunks);
     std::vector<size_t> pos(D, 0);
-    std::vector<uint64_t> nb(D), ni(D), ob(D), el(D);
+    std::vector<BatchPlan::DpuCount> dc(D);
     for (size_t l = 0; l < nr_chunks; l++) {
         Launch &L = bp.launches[l];
         size_t stride = 0, out_max = 0;
         std::vector<size_t> end(D);
         for (uint32_t d = 0; d < D; d++) {
             size_t e = pos[d];
-            nb[d] = ni[d] = ob[d] = el[d] = 0;
+            BatchPlan::DpuCount &k = dc[d];
+            k = BatchPlan::DpuCount{0, 0, 0, 0};
             while (e < cuts[d].size() && cuts[d][e].chunk == l) {
                 const uint8_t *base = bp.full.data() + size_t(d) * bp.full_stride;
                 updlrm_bag bag;
                 std::memcpy(&bag, base + BAG_BYTES * cuts[d][e].bag, sizeof bag);
                 const uint32_t sh = ix.shard_of(d, bag.shard);
-                nb[d]++;
-                ni[d] += cuts[d][e].count;
-                ob[d] += s.shard_row_bytes[sh];
-                el[d] += uint64_t(cuts[d][e].count) * s.shard_ncols[sh];
+                k.nb++;
+                k.ni += cuts[d][e].count;
+                k.ob += s.shard_row_bytes[sh];
+                k.el += uint64_t(cuts[d][e].count) * s.shard_ncols[sh];
                 e++;
             }
             end[d] = e;
-            stride = std::max<size_t>(stride, request_bytes(nb[d], ni[d]));
-            out_max = std::max<size_t>(out_max, ob[d]);
+            stride = std::max<size_t>(stride, request_bytes(k.nb, k.ni));
+            out_max = std::max<size_t>(out_max, k.ob);
         }
         L.request_stride = stride;
         L.output_bytes = out_max;
@@ -502,9 +574,9 @@ std::string Packer::cut_launches(BatchPlan &bp) const {
         L.pieces.assign(D, {});
         for (uint32_t d = 0; d < D; d++) {
             const uint8_t *base = bp.full.data() + size_t(d) * bp.full_stride;
-            const uint32_t *ids = reinterpret_cast<const uint32_t *>(base + BAG_BYTES * bp.NB[d]);
+            const uint32_t *ids = reinterpret_cast<const uint32_t *>(base + BAG_BYTES * bp.tot[d].nb);
             uint8_t *dst = L.request.data() + size_t(d) * stride;
-            uint32_t *dst_ids = reinterpret_cast<uint32_t *>(dst + BAG_BYTES * nb[d]);
+            uint32_t *dst_ids = reinterpret_cast<uint32_t *>(dst + BAG_BYTES * dc[d].nb);
             uint32_t bi = 0, li = 0, oo = 0;
             for (size_t e = pos[d]; e < end[d]; e++) {
                 const Cut &c = cuts[d][e];
@@ -521,7 +593,7 @@ std::string Packer::cut_launches(BatchPlan &bp) const {
             }
             pos[d] = end[d];
         }
-        finish_args(bp, L, nb.data(), ni.data(), ob.data(), el.data());
+        finish_args(bp, L, dc.data());
     }
     bp.nr_launches = nr_chunks;
     return "";
@@ -565,12 +637,16 @@ void Packer::merge(const BatchPlan &bp, float *result) const {
         std::vector<int64_t> iacc(ix.max_dim());
         std::vector<float> facc(ix.max_dim());
         const BatchPlan::UnitRec *recs = p.recs.data();
+        const uint32_t nrec = static_cast<uint32_t>(p.recs.size());
+        uint32_t ahead = 0;  // partial sums are scattered over the DPUs' outputs: fetch a few ahead
         for (uint32_t b = p.b0; b < p.b1; b++) {
             for (uint32_t t = 0; t < T; t++) {
                 const size_t rp = size_t(b - p.b0) * T + t;
                 const uint32_t r0 = p.rec_ptr[rp], r1 = p.rec_ptr[rp + 1];
                 const uint32_t dim = s.table_dim[t], col_t = ix.table_col(t);
                 float *dst = result + size_t(b) * W + col_t;
+                for (const uint32_t stop = std::min(nrec, r1 + 8); ahead < stop; ahead++)
+                    __builtin_prefetch(out + size_t(recs[ahead].dpu) * ostride + recs[ahead].out_offset);
                 if (r0 == r1) {
                     std::memset(dst, 0, sizeof(float) * dim);
                     continue;

@@ -31,6 +31,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <string>
@@ -40,6 +41,28 @@
 #include "updlrm_abi.h"
 
 namespace updlrm {
+
+// A byte buffer that grows without zeroing: request padding is never read by the kernel and
+// output is fully written by the pulls, so pages that are never touched never cost memory.
+class Bytes {
+  public:
+    size_t size() const { return size_; }
+    uint8_t *data() { return p_.get(); }
+    const uint8_t *data() const { return p_.get(); }
+    void resize(size_t n) {  // keeps the first min(n, size()) bytes; new bytes are uninitialized
+        if (n > cap_) {
+            std::unique_ptr<uint8_t[]> q(new uint8_t[n]);
+            if (size_ != 0) std::memcpy(q.get(), p_.get(), size_);
+            p_ = std::move(q);
+            cap_ = n;
+        }
+        size_ = n;
+    }
+
+  private:
+    std::unique_ptr<uint8_t[]> p_;
+    size_t size_ = 0, cap_ = 0;
+};
 
 // Per launch and DPU, flattened [launch][dpu]: lookups (row reads), bags (partial sums),
 // elements accumulated, request bytes and output bytes.
@@ -58,7 +81,7 @@ struct PackCounters {
 // request_stride bytes per DPU are pushed; output_bytes is the largest output (the pull length).
 struct Launch {
     std::vector<updlrm_launch_args> args;
-    std::vector<uint8_t> request;
+    Bytes request;  // padding past each DPU's request is left as it is (never read)
     size_t request_stride = 0;
     size_t output_bytes = 0;
     // Multi-launch batches only: where each partial sum of this launch belongs in the batch's
@@ -84,9 +107,9 @@ struct BatchPlan {
     PackCounters counters;
     // Output of the whole batch: [nr_dpus][output_stride] partial sums at the offsets of the merge
     // records (filled by the driver's pulls; reassembled from pieces when there were several launches).
-    std::vector<uint8_t> output;
+    Bytes output;
     size_t output_stride = 0;
-    std::vector<uint8_t> launch_output;  // one launch's pull (multi-launch batches)
+    Bytes launch_output;  // one launch's pull (multi-launch batches)
 
     // ---- internal -------------------------------------------------------------------------
     struct CacheUnit {
@@ -95,11 +118,29 @@ struct BatchPlan {
     struct UnitRec {
         uint32_t dpu, out_offset, shard;
     };
+    // Per DPU and part: bags, ids, output bytes, elements (one cache line for the four).
+    struct DpuCount {
+        uint64_t nb, ni, ob, el;
+    };
+    // Per DPU and part: writes gathered into whole cache lines before they go to the DPU's
+    // slice of the request (software write-combining: thousands of DPUs' slices are far apart).
+    struct Stage {
+        updlrm_bag bag[4];
+        uint32_t id[16];
+    };
+    struct BagUnit {
+        uint32_t group, count;
+    };
     struct Part {
         uint32_t b0 = 0, b1 = 0;
-        std::vector<uint32_t> cnt, touched, slot_first, slot_n;  // per group scratch
-        std::vector<uint32_t *> cursor;                          // per bag scratch
-        std::vector<uint64_t> nb, ni, ob, el;                    // per DPU, this part
+        std::vector<uint32_t> slot;      // per group scratch (large bags): unit index + 1, else 0
+        std::vector<BagUnit> units;      // one bag's units, in order of first appearance
+        std::vector<uint32_t> uid;       // one bag's lookups: their unit
+        std::vector<uint32_t> local;     // one bag's ids, grouped by unit
+        std::vector<uint32_t> ustart;    // one bag's units: next position in local
+        std::vector<DpuCount> dc;                        // per DPU, this part
+        std::vector<Stage> stage;                        // per DPU (pass B)
+        std::vector<uint8_t> stage_nb, stage_ni;         // per DPU: staged bags / ids
         std::vector<CacheUnit> cache;
         std::vector<UnitRec> recs;
         std::vector<uint32_t> rec_ptr;  // [(b1-b0)*T + 1]
@@ -108,8 +149,8 @@ struct BatchPlan {
     };
     std::vector<Part> parts;
     std::vector<uint32_t> grp, lrow;              // per lookup
-    std::vector<uint64_t> NB, NI, OB, EL;         // per DPU totals
-    std::vector<uint8_t> full;                    // multi-launch: all requests before cutting
+    std::vector<DpuCount> tot;                    // per DPU totals
+    Bytes full;                                   // multi-launch: all requests before cutting
     size_t full_stride = 0;
     std::vector<uint64_t> load;                   // per DPU entries (replica choice)
     std::vector<uint32_t> gcount, gfirst, gorder; // per cache group scratch
@@ -142,8 +183,7 @@ class Packer {
     void choose_replicas(BatchPlan &bp) const;
     void count_cache_units(BatchPlan::Part &p) const;
     void pass_b(BatchPlan &bp, BatchPlan::Part &p, const int64_t *offsets, uint8_t *req, size_t stride) const;
-    void finish_args(BatchPlan &bp, Launch &L, const uint64_t *nb, const uint64_t *ni, const uint64_t *ob,
-                     const uint64_t *el) const;
+    void finish_args(BatchPlan &bp, Launch &L, const BatchPlan::DpuCount *dc) const;
     std::string cut_launches(BatchPlan &bp) const;
 
     std::shared_ptr<const PlanIndex> ix_;

@@ -38,6 +38,16 @@ PlanIndex::PlanIndex(PlanSpec spec) : s_(std::move(spec)) {
         if (slot != UINT32_MAX) bad("shard " + std::to_string(i) + " repeats a descriptor index");
         slot = static_cast<uint32_t>(i);
     }
+    for (size_t i = 0; i < s_.shard_dpu.size(); i++) {
+        if (s_.shard_local[i] >= 65536 || s_.shard_ncols[i] >= 65536) bad("shard " + std::to_string(i) + " has too many columns or descriptors");
+        shards_.push_back(ShardInfo{s_.shard_dpu[i], s_.shard_col[i], s_.shard_row_bytes[i],
+                                    static_cast<uint16_t>(s_.shard_local[i]), static_cast<uint16_t>(s_.shard_ncols[i])});
+    }
+    for (uint32_t g = 0; g < nr_groups(); g++) {
+        const uint32_t r0 = s_.group_rep_ptr[g];
+        groups_.push_back(GroupInfo{r0, s_.group_rep_ptr[g + 1] - r0, s_.rep_shards[s_.rep_shard_ptr[r0]],
+                                    s_.rep_shard_ptr[r0 + 1] - s_.rep_shard_ptr[r0]});
+    }
     build_tables();
     build_hot();
 }

@@ -52,6 +52,18 @@ struct PlanSpec {
 
 enum GroupKind : uint32_t { GROUP_RANGE = 0, GROUP_SET = 1, GROUP_CACHE = 2 };
 
+// What the packer reads per unit, one small record each (one cache line touched, not five arrays).
+struct ShardInfo {
+    uint32_t dpu, col, row_bytes;  // DPU, first result column, bytes per stored row
+    uint16_t local, ncols;         // descriptor index on its DPU (< UPDLRM_MAX_SHARDS), columns
+};
+struct GroupInfo {
+    uint32_t rep0;      // first replica (index into rep_shard_ptr)
+    uint32_t nr_reps;   // 1: a base group (or a cache group with one replica)
+    uint32_t shard0;    // replica 0's first column-slice shard
+    uint32_t nslices0;  // replica 0's column slices
+};
+
 class PlanIndex {
   public:
     // Checks the spec (throws std::invalid_argument naming the inconsistent field).
@@ -66,7 +78,9 @@ class PlanIndex {
     uint32_t max_dim() const { return max_dim_; }
     bool integer_dtype() const { return s_.dtype != UPDLRM_DTYPE_FP32; }
     // Single-replica group: its shards are its only replica's.
-    bool single(uint32_t g) const { return s_.group_rep_ptr[g + 1] - s_.group_rep_ptr[g] == 1; }
+    bool single(uint32_t g) const { return groups_[g].nr_reps == 1; }
+    const GroupInfo &group(uint32_t g) const { return groups_[g]; }
+    const ShardInfo &shard(uint32_t s) const { return shards_[s]; }
     // Descriptor (dpu, local) -> global shard id.
     uint32_t shard_of(uint32_t dpu, uint32_t local) const { return local_to_global_[dpu_base_[dpu] + local]; }
     // Human-readable kind of the index, for reports ("ranges", "dense rows: ...").
@@ -148,6 +162,8 @@ class PlanIndex {
     void build_hot();
 
     PlanSpec s_;
+    std::vector<GroupInfo> groups_;
+    std::vector<ShardInfo> shards_;
     uint32_t width_ = 0, max_dim_ = 0;
     std::vector<uint32_t> table_col_;
     std::vector<TableMap> maps_;
