@@ -376,6 +376,7 @@ def test_numpy_allowlist_is_exactly_scalars_and_dtypes(tmp_path):
         model_io.load(path)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.save, used to write a TorchScript file
 def test_empty_and_corrupt_files_say_so(tmp_path):
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")
@@ -396,6 +397,10 @@ def test_empty_and_corrupt_files_say_so(tmp_path):
     text.write_text("hello, not a model\n")
     with pytest.raises(CheckpointError, match=r"not a torch checkpoint \(19 bytes starting b'hell'"):
         model_io.load(text)
+    scripted = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 1)), scripted)
+    with pytest.raises(CheckpointError, match=r"is a TorchScript archive"):
+        model_io.load(scripted)
 
 
 # -- silent misloads become errors, or assumptions that are stated ----------------------------------
@@ -541,6 +546,16 @@ def test_nan_or_inf_weights_are_refused_when_the_engine_is_built(monkeypatch, ba
             model.state_dict()[where].view(-1)[5 if "embeddings" in where else 0] = bad
         with pytest.raises(ValueError, match=rf"model weight '{where}'.*{bad}.*NaN or inf weights are refused"):
             Engine(model, backend=backend, **options)
+
+
+def test_huge_but_finite_weights_are_not_mistaken_for_inf():
+    from updlrm.engine import Engine
+
+    model = model_io.from_dlrm_state_dict(_dlrm_state_dict())
+    with torch.no_grad():
+        model.embeddings[2].weight[:2] = 3e38  # their float32 sum overflows to inf
+    with Engine(model, backend="cpu"):
+        pass
 
 
 @pytest.mark.parametrize("backend", ["cpu", "pim", "cuda"])

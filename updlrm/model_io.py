@@ -191,6 +191,7 @@ def _read(path_or_obj) -> object:
     try:
         with _allow_numpy_scalars(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            warnings.filterwarnings("ignore", message=".*looks like a TorchScript archive", category=UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         refused = _REFUSED_GLOBAL.search(str(exc))
@@ -207,6 +208,11 @@ def _read(path_or_obj) -> object:
             ) from None
         raise CheckpointError(f"{path}: corrupt torch file ({size} bytes): {_first_line(exc)}") from None
     except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError/EOFError/KeyError/... on bad bytes
+        if "TorchScript" in str(exc):
+            raise CheckpointError(
+                f"{path}: is a TorchScript archive (torch.jit.save), which holds code; save the model's "
+                "state_dict() with torch.save and load that"
+            ) from None
         raise CheckpointError(
             f"{path}: corrupt or truncated torch file ({size} bytes): {type(exc).__name__}: {_first_line(exc)}"
         ) from None
