@@ -329,7 +329,7 @@ def _check_pooling(pooling: str | None, source: str, notes: list[str], origin: s
     if pooling is None:
         notes.append(
             f"assumed sum pooling ({origin}; the state dict does not record pooling): a model trained "
-            "with mean pooling would be served wrong; pooling='mean' is refused, pooling='sum' confirms"
+            "with mean pooling would be served wrong (option pooling=sum confirms; mean is refused)"
         )
 
 
@@ -494,7 +494,7 @@ def from_dlrm_state_dict(
             final = "sigmoid"
             notes.append(
                 "assumed a sigmoid after the last top layer (dlrm_s_pytorch.py's default; the file cannot "
-                "show it); pass final_sigmoid=False for a DLRM_Net built with sigmoid_top=-1"
+                "show it); option final_sigmoid=False for a DLRM_Net built with sigmoid_top=-1"
             )
         config = DLRMConfig(
             name=name,
@@ -645,7 +645,7 @@ def from_torchrec_state_dict(
         if final is None:
             final = "sigmoid"
             notes.append("predictions are sigmoid(logits) of TorchRec's DLRM, which returns logits; "
-                         "pass final_sigmoid=False to serve the logits")
+                         "option final_sigmoid=False serves the logits")
         tables = tuple(TableSpec(n, int(sd[k].shape[0]), d) for n, k in zip(names, table_keys))
         config = DLRMConfig(
             name=name,
