@@ -173,12 +173,17 @@ def test_bad_configs_are_rejected():
         DLRMConfig("x", 4, 8, (8,), (8, 2), tables)
     with pytest.raises(ValueError, match="dim 4"):
         DLRMConfig("x", 4, 8, (8,), (8, 1), (TableSpec("a", 10, 4),))
-    with pytest.raises(ValueError, match="interaction"):
-        DLRMConfig("x", 4, 8, (8,), (8, 1), tables, interaction="cat")
+    with pytest.raises(ValueError, match="interaction must be one of dot, cat"):
+        DLRMConfig("x", 4, 8, (8,), (8, 1), tables, interaction="sum")
+    with pytest.raises(ValueError, match="interaction_itself applies to the dot"):
+        DLRMConfig("x", 4, 8, (8,), (8, 1), tables, interaction="cat", interaction_itself=True)
+    with pytest.raises(ValueError, match="final_activation must be one of"):
+        DLRMConfig("x", 4, 8, (8,), (8, 1), tables, final_activation="tanh")
 
 
-def test_probability_error_bound_holds_for_perturbations():
-    cfg = dataclasses.replace(configs.get("tiny"), seed=5)
+@pytest.mark.parametrize("interaction,final", [("dot", "sigmoid"), ("cat", "sigmoid"), ("cat", "none"), ("dot", "relu")])
+def test_probability_error_bound_holds_for_perturbations(interaction, final):
+    cfg = dataclasses.replace(configs.get("tiny"), seed=5, interaction=interaction, final_activation=final)
     model = DLRM(cfg)
     batch = random_batch(cfg, batch_size=32, pooling=6, seed=4)
     eps = 1e-3
@@ -197,3 +202,25 @@ def test_probability_error_bound_holds_for_perturbations():
             worst = torch.maximum(worst, (q - p).abs())
     assert bool((worst <= bound + 1e-6).all())
     assert float(worst.max()) > 0  # the perturbations did move the output
+
+
+def test_cat_interaction_and_final_activations_match_numpy():
+    """dlrm's cat: R = cat([x] + ly) (width F*d); the last top layer ends as configured."""
+    for final in ("sigmoid", "relu", "none"):
+        cfg = dataclasses.replace(configs.get("tiny"), seed=2, interaction="cat", final_activation=final)
+        assert cfg.top_input_dim == cfg.nr_features * cfg.embedding_dim
+        model = DLRM(cfg)
+        batch = random_batch(cfg, batch_size=9, pooling=3, seed=1)
+        with torch.no_grad():
+            x = model.bottom(batch.dense)
+            pooled = model.embed(batch)
+            got = model(batch).double().numpy()
+        z = np.concatenate([x.double().numpy()] + [pooled[:, t].double().numpy() for t in range(cfg.nr_tables)], axis=1)
+        linears = [m for m in model.top_mlp if isinstance(m, nn.Linear)]
+        for k, layer in enumerate(linears):
+            z = z @ layer.weight.detach().double().numpy().T + layer.bias.detach().double().numpy()
+            if k < len(linears) - 1:
+                z = np.maximum(z, 0)
+        z = z[:, 0]
+        want = {"sigmoid": 1 / (1 + np.exp(-z)), "relu": np.maximum(z, 0), "none": z}[final]
+        np.testing.assert_allclose(got, want, atol=1e-5)

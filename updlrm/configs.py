@@ -14,7 +14,7 @@ tiny          8    4-16-8                (d+F(F-1)/2)-16-1        4 small tables
 
 As in facebookresearch/dlrm, the bottom MLP's first number is the dense-feature width and the top
 MLP's input width is not configured: it is ``F(F-1)/2 + d`` with ``F = tables + 1`` features
-(``F(F+1)/2 + d`` with ``interaction_itself``). ``bottom_mlp`` and ``top_mlp`` below hold the
+(``F(F+1)/2 + d`` with ``interaction_itself``, ``F * d`` with ``interaction="cat"``). ``bottom_mlp`` and ``top_mlp`` below hold the
 output widths of each Linear layer only.
 
 ``row_scale`` shrinks every table so that big configs fit this machine: ``rows' =
@@ -28,7 +28,12 @@ from dataclasses import dataclass, field
 
 from updlrm.partition import TableSpec
 
-__all__ = ["DLRMConfig", "get", "names", "KAGGLE_ROWS", "TERABYTE_ROWS"]
+__all__ = ["DLRMConfig", "get", "names", "KAGGLE_ROWS", "TERABYTE_ROWS", "INTERACTIONS", "FINAL_ACTIVATIONS"]
+
+#: Feature interactions the model implements (facebookresearch/dlrm's two).
+INTERACTIONS = ("dot", "cat")
+#: What may follow the last top-MLP layer.
+FINAL_ACTIVATIONS = ("sigmoid", "relu", "none")
 
 #: Rows per table of Criteo Kaggle after dlrm preprocessing (shared DLRM.md).
 KAGGLE_ROWS = (
@@ -56,9 +61,13 @@ class DLRMConfig:
         bottom_mlp: output width of each bottom Linear layer; the last must equal ``embedding_dim``.
         top_mlp: output width of each top Linear layer; the last must be 1 (the click logit).
         tables: one :class:`TableSpec` per categorical feature (``dim == embedding_dim``).
-        interaction: feature interaction; only ``"dot"`` is implemented.
+        interaction: ``"dot"`` (pairwise dot products, dlrm's default) or ``"cat"`` (the bottom
+            output and the pooled vectors concatenated, dlrm ``--arch-interaction-op=cat``).
         interaction_itself: keep the diagonal of the dot products (dlrm ``--arch-interaction-itself``).
         seed: seed of the parameter initialisation (same seed -> bit-identical parameters).
+        final_activation: after the last top layer: ``"sigmoid"`` (click probabilities, dlrm's
+            default), ``"relu"`` (what dlrm's ``DLRM_Net`` builds with ``sigmoid_top=-1``) or
+            ``"none"`` (raw logits, as TorchRec's DLRM returns).
     """
 
     name: str
@@ -70,6 +79,7 @@ class DLRMConfig:
     interaction: str = "dot"
     interaction_itself: bool = False
     seed: int = 0
+    final_activation: str = "sigmoid"
 
     def __post_init__(self) -> None:
         # Normalise lists to tuples so the config stays hashable and immutable.
@@ -85,7 +95,7 @@ class DLRMConfig:
         if self.bottom_mlp[-1] != self.embedding_dim:
             raise ValueError(
                 f"DLRMConfig {self.name!r}: the bottom MLP's last width ({self.bottom_mlp[-1]}) must equal "
-                f"embedding_dim ({self.embedding_dim}) for the dot interaction"
+                f"embedding_dim ({self.embedding_dim}): the interaction combines it with the pooled vectors"
             )
         if not self.top_mlp or any(w < 1 for w in self.top_mlp) or self.top_mlp[-1] != 1:
             raise ValueError(
@@ -103,8 +113,17 @@ class DLRMConfig:
                     f"DLRMConfig {self.name!r}: table {t} ({spec.name}) has dim {spec.dim}, but the dot "
                     f"interaction needs every table at embedding_dim={self.embedding_dim}"
                 )
-        if self.interaction != "dot":
-            raise ValueError(f"DLRMConfig {self.name!r}: interaction must be 'dot', got {self.interaction!r}")
+        if self.interaction not in INTERACTIONS:
+            raise ValueError(
+                f"DLRMConfig {self.name!r}: interaction must be one of {', '.join(INTERACTIONS)}, got {self.interaction!r}"
+            )
+        if self.interaction == "cat" and self.interaction_itself:
+            raise ValueError(f"DLRMConfig {self.name!r}: interaction_itself applies to the dot interaction, not 'cat'")
+        if self.final_activation not in FINAL_ACTIVATIONS:
+            raise ValueError(
+                f"DLRMConfig {self.name!r}: final_activation must be one of {', '.join(FINAL_ACTIVATIONS)}, "
+                f"got {self.final_activation!r}"
+            )
 
     @property
     def nr_tables(self) -> int:
@@ -117,13 +136,16 @@ class DLRMConfig:
 
     @property
     def nr_interactions(self) -> int:
-        """Dot products kept per sample: F(F-1)/2, or F(F+1)/2 with ``interaction_itself``."""
+        """Interaction outputs per sample besides the bottom output: F(F-1)/2 dot products, F(F+1)/2
+        with ``interaction_itself``, or T*d pooled values for ``cat``."""
         f = self.nr_features
+        if self.interaction == "cat":
+            return self.nr_tables * self.embedding_dim
         return f * (f + 1) // 2 if self.interaction_itself else f * (f - 1) // 2
 
     @property
     def top_input_dim(self) -> int:
-        """Width of the top MLP's input: interactions + d (Criteo Kaggle: 351 + 16 = 367)."""
+        """Width of the top MLP's input: interactions + d (Criteo Kaggle: 351 + 16 = 367; cat: F*d)."""
         return self.nr_interactions + self.embedding_dim
 
     @property

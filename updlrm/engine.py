@@ -36,6 +36,29 @@ FP32_RELATIVE_BOUND = 1e-5
 _FP32_UNIT_ROUNDOFF = 2.0**-24
 
 
+def _check_finite_weights(model) -> None:
+    """Raise ValueError naming the first parameter with a NaN or inf (every backend would serve
+    NaN or saturated probabilities). A chunk whose sum is finite has no NaN or inf (both
+    propagate through a sum), so the elementwise test runs only on chunks whose sum is not."""
+    for name, param in model.named_parameters():
+        flat = param.detach().reshape(-1)
+        for start in range(0, flat.numel(), _FINITE_CHUNK):
+            chunk = flat[start : start + _FINITE_CHUNK]
+            if bool(torch.isfinite(chunk.sum())):
+                continue
+            bad = (~torch.isfinite(chunk)).nonzero()
+            if len(bad):  # else the sum only overflowed
+                first = start + int(bad[0])
+                raise ValueError(
+                    f"model weight {name!r} {list(param.shape)} holds {float(flat[first])} at flat index "
+                    f"{first}; NaN or inf weights are refused (check the checkpoint or the training run)"
+                )
+
+
+#: Elements checked per step by _check_finite_weights (64 MiB of float32).
+_FINITE_CHUNK = 1 << 24
+
+
 class Engine:
     """Serve a :class:`updlrm.DLRM` with one embedding backend.
 
@@ -86,6 +109,7 @@ class Engine:
             wrong = [k for k, v in given.items() if v]
             if wrong:
                 raise ValueError(f"option(s) {', '.join(wrong)} only apply to backend='pim', not {backend!r}")
+        _check_finite_weights(model)
         self.model = model.eval()
         self.config = model.config
         self.backend_name = backend

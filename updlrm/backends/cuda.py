@@ -29,6 +29,7 @@ class _MlpCopy(nn.Module):
 
     def __init__(self, model, device: torch.device):
         super().__init__()
+        self.config = model.config  # interact() reads config.interaction
         self.bottom_mlp = copy.deepcopy(model.bottom_mlp).to(device)
         self.top_mlp = copy.deepcopy(model.top_mlp).to(device)
         self.register_buffer("_tril_i", model._tril_i.to(device), persistent=False)

@@ -11,6 +11,9 @@ def add_parser(subparsers) -> None:
         description="HTTP inference server: POST /v1/predict, GET /healthz, /metrics, /v1/model, /docs. "
                     "Binds to 127.0.0.1 unless --host says otherwise. Stops gracefully on SIGTERM.")
     p.add_argument("--model", default="tiny", help="named config (tiny, kaggle, terabyte, ...) or a checkpoint file")
+    p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="checkpoint files: settle what the tensors leave open (interaction=dot|cat, "
+                        "interaction_itself=, final_sigmoid=true|false, pooling=sum); repeatable")
     p.add_argument("--backend", default="cpu", choices=("cpu", "cuda", "pim"))
     p.add_argument("--plan", default=None, help="plan file for the pim backend (default: --strategy over --nr-dpus)")
     p.add_argument("--strategy", default="row_uniform", help="partitioning strategy when no --plan (pim)")
@@ -56,6 +59,9 @@ def run(args) -> int:
         if not os.path.exists(settings.model) and settings.model not in configs.names():
             raise ValueError(f"--model {settings.model!r} is neither a file nor a named config "
                              f"({', '.join(configs.names())})")
+        from updlrm.serving.loader import parse_model_options
+
+        settings.model_options = parse_model_options(args.model_option)
     except ValueError as exc:
         print(f"updlrm serve: {exc}", file=sys.stderr)
         return 2

@@ -26,6 +26,9 @@ class ServeSettings:
     """Everything ``updlrm serve`` takes. Times in milliseconds, sizes in samples."""
 
     model: str = "tiny"  # named config (updlrm.configs.names()) or a checkpoint path
+    #: checkpoint files only: what the tensors leave open, passed to ``updlrm.model_io.load``
+    #: (``interaction``, ``interaction_itself``, ``final_sigmoid``, ``pooling``)
+    model_options: dict = field(default_factory=dict)
     backend: str = "cpu"
     plan: Optional[str] = None  # plan file (pim); else ``strategy`` over ``nr_dpus``
     row_scale: float = 1.0  # named configs only
@@ -75,6 +78,36 @@ class ServeSettings:
                              f"({self.max_request_samples}), or a full-size request could never be queued")
 
 
+#: ``--model-option`` keys, with the values each accepts (see ``updlrm.model_io.load``).
+MODEL_OPTIONS = {
+    "interaction": ("dot", "cat"),
+    "interaction_itself": (True, False),
+    "final_sigmoid": (True, False),
+    "pooling": ("sum", "mean"),
+}
+
+
+def parse_model_options(items) -> dict:
+    """``["interaction=cat", "final_sigmoid=false"]`` -> ``{"interaction": "cat", "final_sigmoid":
+    False}``; raises ValueError naming a bad key or value."""
+    out: dict = {}
+    for item in items or ():
+        key, sep, raw = str(item).partition("=")
+        key, raw = key.strip(), raw.strip()
+        if not sep or key not in MODEL_OPTIONS:
+            raise ValueError(f"--model-option {item!r}: expected KEY=VALUE with KEY one of {', '.join(MODEL_OPTIONS)}")
+        choices = MODEL_OPTIONS[key]
+        if True in choices:
+            value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(raw.lower())
+        else:
+            value = raw if raw in choices else None
+        if value is None:
+            shown = "true|false" if True in choices else "|".join(choices)
+            raise ValueError(f"--model-option {key}={raw!r}: expected {shown}")
+        out[key] = value
+    return out
+
+
 @dataclass
 class LoadedModel:
     """A model ready to serve. ``run_batch(merged) -> (probabilities [B], BatchStats | None)``."""
@@ -113,7 +146,11 @@ def plan_summary(plan) -> Optional[dict]:
 
 
 def build_dlrm(settings: ServeSettings):
-    """The torch DLRM for ``settings.model``: a named config or a checkpoint file."""
+    """The torch DLRM for ``settings.model``: a named config or a checkpoint file.
+
+    For a file, every setting the loader had to assume rather than read (pooling, a final
+    sigmoid, an interaction inferred from widths; ``model.import_notes``) is logged as a warning,
+    so that the server's log says what it is serving."""
     from updlrm import configs
     from updlrm.model import DLRM
 
@@ -123,7 +160,18 @@ def build_dlrm(settings: ServeSettings):
         except ImportError:
             raise ValueError(f"--model {settings.model!r} is a file, but checkpoint loading "
                              "(updlrm.model_io) is not available in this build") from None
-        return model_io.load(settings.model)
+        try:
+            model = model_io.load(settings.model, **settings.model_options)
+        except model_io.CheckpointError as exc:
+            if any(f"{key}=" in str(exc) for key in MODEL_OPTIONS):
+                raise model_io.CheckpointError(f"{exc} (updlrm serve: --model-option KEY=VALUE)") from None
+            raise
+        for note in getattr(model, "import_notes", ()):
+            log.warning("model %s: %s", settings.model, note)
+        return model
+    if settings.model_options:
+        raise ValueError(f"model_options {sorted(settings.model_options)} apply to checkpoint files; "
+                         f"--model {settings.model!r} is not a file")
     if settings.model not in configs.names():
         raise ValueError(f"--model {settings.model!r} is neither a file nor a named config; "
                          f"named configs: {', '.join(configs.names())}")
