@@ -178,6 +178,40 @@ class Engine:
         probs, pooled = self._run(batch, keep_pooled=True)
         return probs, pooled
 
+    @torch.inference_mode()
+    def predict_many(self, batches, return_exceptions: bool = False):
+        """Probabilities ``[B]`` of a stream of batches, in order, pipelined where the backend can:
+        on ``pim`` two batches are in flight (while the DPUs run batch n, the host packs batch
+        n+1 and runs the MLPs of batch n-1). A batch that fails (invalid, a DPU fault) fails
+        alone: with ``return_exceptions`` its exception is yielded in its place and the stream goes
+        on, else it is raised there. ``last_stats`` follows the batch last yielded. The engine's
+        lock is held while the generator runs (other callers wait until it is exhausted or closed).
+        """
+        with self._lock:
+            self._check_open()
+
+            def validated():
+                for batch in batches:
+                    try:
+                        self.validate(batch)
+                    except Exception as exc:  # noqa: BLE001 - handed on in order
+                        yield exc
+                        continue
+                    yield batch
+
+            for batch, pooled, stats in self._backend.embed_many(validated()):
+                if isinstance(pooled, BaseException):
+                    if not return_exceptions:
+                        raise pooled
+                    yield pooled
+                    continue
+                t0 = time.perf_counter()
+                x = self._backend.bottom(batch.dense)
+                bottom_s = time.perf_counter() - t0
+                probs = self._backend.dense_part(x, pooled, stats, bottom_s)
+                self._finish(stats, batch)
+                yield probs
+
     def _run(self, batch: Batch, keep_pooled: bool):
         with self._lock:
             self._check_open()

@@ -40,6 +40,23 @@ class Backend(ABC):
     def embed(self, batch: Batch, stats: BatchStats) -> torch.Tensor:
         """Pooled embeddings ``[B, T, d]`` float32 of a validated batch."""
 
+    def embed_many(self, batches):
+        """Pooled embeddings of a stream: yields ``(batch, pooled | exception, stats)`` in order.
+        ``batches`` may hold exceptions (batches refused upstream), handed through in place. This
+        default runs one batch after the other; backends that can overlap batches override it."""
+        for batch in batches:
+            if isinstance(batch, BaseException):
+                yield None, batch, None
+                continue
+            stats = BatchStats()
+            try:
+                self.check(batch)
+                pooled = self.embed(batch, stats)
+            except Exception as exc:  # noqa: BLE001 - handed to the caller in order
+                yield batch, exc, stats
+                continue
+            yield batch, pooled, stats
+
     def bottom(self, dense: torch.Tensor) -> torch.Tensor:
         """Bottom MLP output ``[B, d]`` on :attr:`mlp_device`."""
         return self.mlp_model.bottom(dense.to(self.mlp_device, non_blocking=True))

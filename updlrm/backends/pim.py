@@ -131,6 +131,42 @@ class PimBackend(Backend):
             pooled = np.stack(pooled, axis=1)
         return torch.from_numpy(np.ascontiguousarray(pooled, dtype=np.float32))
 
+    def embed_many(self, batches):
+        """Two batches in flight (:meth:`updlrm.pim.PimEmbedding.lookup_many`): while the DPUs run
+        batch n, the host packs batch n+1 and the caller gets batch n-1 (and runs its MLPs)."""
+        if self._pim is None:
+            raise RuntimeError("the pim backend is closed")
+        from collections import deque
+
+        pending: deque = deque()
+
+        def raw():
+            for batch in batches:
+                pending.append(batch)
+                if isinstance(batch, BaseException):
+                    yield batch
+                    continue
+                try:
+                    self.check(batch)
+                except Exception as exc:  # noqa: BLE001
+                    yield exc
+                    continue
+                yield batch.indices.numpy(), batch.offsets.numpy(), batch.batch_size
+
+        T = len(self.model.tables)
+        for out in self._pim.lookup_many(raw(), return_exceptions=True):
+            batch = pending.popleft()
+            if isinstance(out, BaseException):
+                yield (None if isinstance(batch, BaseException) else batch), out, getattr(out, "stats", None)
+                continue
+            stats = BatchStats()
+            st = self._pim.last_stats
+            if st is not None:
+                stats.phases.extend(st.phases)
+                stats.counters.update(st.counters)
+            pooled = torch.from_numpy(out).reshape(batch.batch_size, T, -1)
+            yield batch, pooled, stats
+
     def pooled_error_bound(self, lengths: torch.Tensor) -> torch.Tensor | None:
         """int32: max abs error per element of each bag, ``[T, B]`` float64, from the
         PimEmbedding's fixed-point bound; None for fp32 (the engine uses a float bound)."""

@@ -119,6 +119,8 @@ class PimEmbedding:
             self.scales = None
             col_scale = np.zeros(0)
         self.last_stats: BatchStats | None = None
+        self.timeline: Timeline | None = None
+        self._inflight = None  # the batch lookup_many has on the DPUs
 
         path = kernel_path if kernel_path is not None else native.kernel_path(device, self.nr_tasklets, mod)
         t0 = time.perf_counter()
@@ -216,9 +218,6 @@ class PimEmbedding:
         self.timeline = Timeline()
         tl = self.timeline
         it = iter(batches)
-        running = None  # (n, pb, B, call_s, t_start): on the DPUs
-        done = None  # (n, pb, B, call_s, result): pulled, waiting for its merge
-        n = 0
 
         def merge(d):
             dn, dpb, dB, dcall, r = d
@@ -232,12 +231,25 @@ class PimEmbedding:
                 raise item
             return item
 
+        try:
+            yield from self._pipeline(it, tl, merge, return_exceptions)
+        finally:  # the caller stopped early: never leave a batch on the DPUs
+            if self._inflight is not None and self._rt is not None and not self._rt.closed:
+                self._rt.finish(self._inflight)
+            self._inflight = None
+
+    def _pipeline(self, it, tl, merge, return_exceptions):
+        running = None  # (n, pb, B, call_s, t_start): on the DPUs
+        done = None  # (n, pb, B, call_s, result): pulled, waiting for its merge
+        n = 0
         while True:
             packed = None  # 1. pack batch n while the DPUs run batch n-1
             raw = next(it, None)
             if raw is not None:
                 t0 = time.perf_counter()
                 try:
+                    if isinstance(raw, BaseException):  # a batch the caller already refused
+                        raise raw
                     idx, offs, B = self._prepare(*raw)
                     pb, call_s = self._pack(idx, offs, B)
                     packed = (n, pb, B, call_s)
@@ -252,6 +264,7 @@ class PimEmbedding:
                 rn, rpb, rB, rcall, rt0 = running
                 t0 = time.perf_counter()
                 r = self._rt.finish(rpb)
+                self._inflight = None
                 t1 = time.perf_counter()
                 tl.add(rn, "dpu", rt0, t1)
                 tl.add(rn, "wait", t0, t1)
@@ -266,6 +279,7 @@ class PimEmbedding:
             elif packed is not None:  # 4. start batch n
                 t0 = time.perf_counter()
                 self._rt.start(packed[1])
+                self._inflight = packed[1]
                 running = packed + (t0,)
             if raw is None and running is None:
                 if done is not None:
