@@ -48,9 +48,8 @@ def _native_rows(plan, idx, offs, B):
     """(group, local row) of every lookup as the native PlanIndex maps them, and its description."""
     mod = native.native_module("emulator")
     hp = mod.HostPacker(plan_layout(plan).native_spec("fp32", np.zeros(0)), plan.topology.nr_dpus)
-    batch = hp.pack(idx, offs, B)
-    assert batch.error is None, batch.error
-    grp, loc = batch.rows()
+    assert hp.pack(idx, offs, B).error is None
+    grp, loc = hp.map_rows(idx, offs, B)
     return grp, loc, hp.describe()
 
 

@@ -150,6 +150,7 @@ struct BatchState {
         const size_t T = UPDLRM_MAX_TASKLETS;
         py::dict r;
         r["pack_native_s"] = pack_s;
+        r["pack_steps_s"] = py::make_tuple(bp.pass_a_s, bp.choose_s, bp.pass_b_s);
         r["cpu_to_dpu_s"] = c2d_s;
         r["kernel_s"] = kernel_s;
         r["status_s"] = status_s;
@@ -302,6 +303,23 @@ class HostPacker {
         return merge_batch(st, out);
     }
     std::string describe() const { return packer_->index().describe(); }
+    // (group, local row) of each lookup as the PlanIndex maps it (checks, not a hot path).
+    py::tuple map_rows(py::array_t<int64_t, py::array::c_style | py::array::forcecast> indices,
+                       py::array_t<int64_t, py::array::c_style | py::array::forcecast> offsets, uint32_t batch_size) const {
+        const PlanIndex &ix = packer_->index();
+        const uint32_t T = ix.nr_tables();
+        if (static_cast<uint64_t>(offsets.size()) != uint64_t(T) * batch_size + 1)
+            throw py::value_error("map_rows: offsets must have T*B+1 entries");
+        const int64_t *o = offsets.data(), *idx = indices.data();
+        std::vector<uint32_t> g(indices.size()), l(indices.size());
+        for (uint32_t t = 0; t < T; t++)
+            for (int64_t i = o[uint64_t(t) * batch_size]; i < o[uint64_t(t + 1) * batch_size]; i++) {
+                if (i < 0 || i >= indices.size() || static_cast<uint64_t>(idx[i]) >= ix.spec().table_rows[t])
+                    throw py::value_error("map_rows: index " + std::to_string(i) + " out of range");
+                ix.map(t, idx[i], g[i], l[i]);
+            }
+        return py::make_tuple(np_1d(g), np_1d(l));
+    }
     uint64_t index_bytes() const { return packer_->index().index_bytes(); }
     unsigned threads_for(uint64_t n) const { return packer_->threads_for(n); }
 
@@ -640,10 +658,7 @@ PYBIND11_MODULE(UPDLRM_MODULE_NAME, m) {
             std::memcpy(st.bp.output.data(), data.data(), st.bp.output.size());
         })
         .def_property_readonly("output_stride", [](const BatchState &st) { return st.bp.output_stride; })
-        .def("rows", [](const BatchState &st) {
-            // (group uint32 [N], local row uint32 [N]) of every lookup, as the PlanIndex mapped them
-            return py::make_tuple(np_1d(st.bp.grp), np_1d(st.bp.lrow));
-        })
+
         .def("requests", [](const BatchState &st) {
             // (launch args [L][N][8] uint32, request bytes per launch) - for tests
             py::list out;
@@ -662,6 +677,7 @@ PYBIND11_MODULE(UPDLRM_MODULE_NAME, m) {
              py::arg("reuse") = std::shared_ptr<BatchState>())
         .def("merge", &HostPacker::merge, py::arg("batch"), py::arg("out"))
         .def("describe", &HostPacker::describe)
+        .def("map_rows", &HostPacker::map_rows, py::arg("indices"), py::arg("offsets"), py::arg("batch_size"))
         .def_property_readonly("index_bytes", &HostPacker::index_bytes)
         .def("threads_for", &HostPacker::threads_for, py::arg("nr_lookups"));
     py::class_<Runtime>(m, "Runtime")

@@ -2,6 +2,7 @@
 #include "packer.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <numeric>
@@ -12,6 +13,9 @@ namespace updlrm {
 
 namespace {
 constexpr uint64_t BAG_BYTES = sizeof(struct updlrm_bag);
+inline double now_s() {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
 inline uint64_t align8(uint64_t x) { return (x + 7u) & ~uint64_t(7); }
 inline uint64_t request_bytes(uint64_t nr_bags, uint64_t nr_ids) { return BAG_BYTES * nr_bags + align8(4u * nr_ids); }
 
@@ -20,26 +24,12 @@ inline void part_range(uint32_t B, unsigned p, unsigned parts, uint32_t &b0, uin
     b0 = static_cast<uint32_t>(uint64_t(B) * p / parts);
     b1 = static_cast<uint32_t>(uint64_t(B) * (p + 1) / parts);
 }
-// Bags up to this many lookups find their units by a linear search (all in L1); larger ones
-// through the per-group slot array (zeroed again afterwards).
-constexpr int64_t SMALL_BAG = 48;
-
 // Groups lookups [a, e) of one bag (group of lookup i: grp[i]) into units in order of first
-// appearance; uid[i - a] = unit of lookup i. Returns the number of units.
+// appearance; uid[i - a] = unit of lookup i. slot (per group, zero on entry and on return)
+// holds unit + 1 meanwhile. Returns the number of units.
 inline uint32_t group_bag(const uint32_t *grp, int64_t a, int64_t e, BatchPlan::BagUnit *units, uint32_t *uid,
                           uint32_t *slot) {
     uint32_t n = 0;
-    if (e - a <= SMALL_BAG) {
-        for (int64_t i = a; i < e; i++) {
-            const uint32_t g = grp[i];
-            uint32_t u = 0;
-            while (u < n && units[u].group != g) u++;
-            if (u == n) units[n++] = BatchPlan::BagUnit{g, 0};
-            units[u].count++;
-            uid[i - a] = u;
-        }
-        return n;
-    }
     for (int64_t i = a; i < e; i++) {
         const uint32_t g = grp[i];
         uint32_t u = slot[g];
@@ -58,9 +48,10 @@ inline uint32_t group_bag(const uint32_t *grp, int64_t a, int64_t e, BatchPlan::
 inline void fit_bag(BatchPlan::Part &p, size_t n) {
     if (p.uid.size() < n) {
         p.uid.resize(n);
-        p.units.resize(n);
-        p.local.resize(n);
         p.ustart.resize(n);
+        p.bag_grp.resize(n);
+        p.bag_lrow.resize(n);
+        p.bag_units_tmp.resize(n);
     }
 }
 }  // namespace
@@ -133,10 +124,13 @@ void Packer::pass_a(BatchPlan &bp, BatchPlan::Part &p, const int64_t *indices, c
     const PlanSpec &s = ix.spec();
     const uint32_t T = ix.nr_tables(), B = bp.batch_size;
     const int64_t N = static_cast<int64_t>(bp.nr_lookups);
-    uint32_t *grp = bp.grp.data(), *lrow = bp.lrow.data();
     BatchPlan::DpuCount *dc = p.dc.data();
+    uint32_t *ids = p.ids.data(), *bag_units = p.bag_units.data();
+    BatchPlan::BagUnit *units = p.units.data();
+    uint32_t nids = 0, nunits = 0;
     for (uint32_t b = p.b0; b < p.b1; b++) {
         for (uint32_t t = 0; t < T; t++) {
+            bag_units[size_t(b - p.b0) * T + t] = nunits;
             const uint64_t k = uint64_t(t) * B + b;
             const int64_t a = offsets[k], e = offsets[k + 1];
             if (a < 0 || e > N || e < a) {
@@ -145,20 +139,39 @@ void Packer::pass_a(BatchPlan &bp, BatchPlan::Part &p, const int64_t *indices, c
                 return;
             }
             if (a == e) continue;
+            const uint32_t len = static_cast<uint32_t>(e - a);
+            if (nids + uint64_t(len) > p.ids.size()) {  // offsets inconsistent with the part's size
+                p.bad = k;
+                p.bad_kind = 2;
+                return;
+            }
             const uint64_t rows = s.table_rows[t];
-            for (int64_t i = a; i < e; i++) {
-                const int64_t r = indices[i];
+            fit_bag(p, len);
+            uint32_t *lg = p.bag_grp.data(), *ll = p.bag_lrow.data();
+            for (uint32_t j = 0; j < len; j++) {
+                const int64_t r = indices[a + j];
                 if (static_cast<uint64_t>(r) >= rows) {  // also a negative id
-                    p.bad = static_cast<uint64_t>(i);
+                    p.bad = static_cast<uint64_t>(a + j);
                     p.bad_kind = 1;
                     return;
                 }
-                ix.map(t, r, grp[i], lrow[i]);
+                ix.map(t, r, lg[j], ll[j]);
             }
-            fit_bag(p, size_t(e - a));
-            const uint32_t nu = group_bag(grp, a, e, p.units.data(), p.uid.data(), p.slot.data());
+            BatchPlan::BagUnit *bu = p.bag_units_tmp.data();
+            const uint32_t nu = group_bag(lg, 0, len, bu, p.uid.data(), p.slot.data());
+            // the units' local rows, unit after unit, into the part's id stream
+            uint32_t *start = p.ustart.data();
+            uint32_t pos = nids;
             for (uint32_t u = 0; u < nu; u++) {
-                const uint32_t g = p.units[u].group, c = p.units[u].count;
+                start[u] = pos;
+                pos += bu[u].count;
+            }
+            const uint32_t *uid = p.uid.data();
+            for (uint32_t j = 0; j < len; j++) ids[start[uid[j]]++] = ll[j];
+            nids = pos;
+            for (uint32_t u = 0; u < nu; u++) {
+                const uint32_t g = bu[u].group, c = bu[u].count;
+                units[nunits++] = bu[u];
                 const GroupInfo &gi = ix.group(g);
                 if (gi.nr_reps != 1) {
                     p.cache.push_back(BatchPlan::CacheUnit{g, c, 0});
@@ -184,6 +197,7 @@ void Packer::pass_a(BatchPlan &bp, BatchPlan::Part &p, const int64_t *indices, c
             }
         }
     }
+    bag_units[size_t(p.b1 - p.b0) * T] = nunits;
 }
 
 void Packer::choose_replicas(BatchPlan &bp) const {
@@ -268,7 +282,6 @@ void Packer::pass_b(BatchPlan &bp, BatchPlan::Part &p, const int64_t *offsets, u
     const PlanIndex &ix = *ix_;
     const PlanSpec &s = ix.spec();
     const uint32_t T = ix.nr_tables(), B = bp.batch_size, D = ix.nr_dpus();
-    const uint32_t *grp = bp.grp.data(), *lrow = bp.lrow.data();
     const BatchPlan::DpuCount *tot = bp.tot.data();
     BatchPlan::DpuCount *dc = p.dc.data();
     p.stage.resize(D);
@@ -279,31 +292,18 @@ void Packer::pass_b(BatchPlan &bp, BatchPlan::Part &p, const int64_t *offsets, u
     // DPU d's slice: bags at bags(d), ids at ids(d); the part writes from its start positions on.
     auto bags = [&](uint32_t d) { return req + size_t(d) * stride; };
     auto ids = [&](uint32_t d) { return reinterpret_cast<uint32_t *>(req + size_t(d) * stride + BAG_BYTES * tot[d].nb); };
-    p.recs.clear();
+    p.recs.resize(p.nr_recs);  // one per unit and column slice, counted in pass A / choice
+    BatchPlan::UnitRec *rec = p.recs.data();
+    uint32_t nrec = 0, idpos = 0;
     size_t cu = 0;
     for (uint32_t b = p.b0; b < p.b1; b++) {
         for (uint32_t t = 0; t < T; t++) {
-            p.rec_ptr[size_t(b - p.b0) * T + t] = static_cast<uint32_t>(p.recs.size());
-            const uint64_t k = uint64_t(t) * B + b;
-            const int64_t a = offsets[k], e = offsets[k + 1];
-            if (a == e) continue;
-            // units, and the bag's ids grouped by unit (a scatter within L1): each unit's ids contiguous
-            fit_bag(p, size_t(e - a));
-            const uint32_t nu = group_bag(grp, a, e, p.units.data(), p.uid.data(), p.slot.data());
-            uint32_t *start = p.ustart.data();  // [nu] running positions in local
-            uint32_t pos = 0;
-            for (uint32_t u = 0; u < nu; u++) {
-                start[u] = pos;
-                pos += p.units[u].count;
-            }
-            uint32_t *local = p.local.data();
-            const uint32_t *uid = p.uid.data();
-            for (int64_t i = a; i < e; i++) local[start[uid[i - a]]++] = lrow[i];
-            pos = 0;
-            for (uint32_t u = 0; u < nu; u++) {
+            p.rec_ptr[size_t(b - p.b0) * T + t] = nrec;
+            const size_t kb = size_t(b - p.b0) * T + t;
+            for (uint32_t u = p.bag_units[kb]; u < p.bag_units[kb + 1]; u++) {
                 const uint32_t g = p.units[u].group, c = p.units[u].count;
-                const uint32_t *src_ids = local + pos;
-                pos += c;
+                const uint32_t *src_ids = p.ids.data() + idpos;
+                idpos += c;
                 const GroupInfo &gi = ix.group(g);
                 const uint32_t r = gi.rep0 + (gi.nr_reps == 1 ? 0u : p.cache[cu++].rep);
                 const bool one = gi.nr_reps == 1 && gi.nslices0 == 1;
@@ -325,22 +325,19 @@ void Packer::pass_b(BatchPlan &bp, BatchPlan::Part &p, const int64_t *offsets, u
                         std::memcpy(bags(d) + BAG_BYTES * (kd.nb - 4), sg.bag, sizeof sg.bag);
                         snb[d] = 0;
                     }
-                    p.recs.push_back(BatchPlan::UnitRec{d, static_cast<uint32_t>(kd.ob), sh});
+                    rec[nrec++] = BatchPlan::UnitRec{d, static_cast<uint32_t>(kd.ob), sh};
                     kd.ob += si.row_bytes;
-                    const uint32_t *from = src_ids;
-                    for (uint32_t left = c; left > 0;) {  // staged ids occupy [ni - sni, ni)
-                        if (sni[d] == 0) __builtin_prefetch(ids(d) + kd.ni + 15, 1);
-                        const uint32_t take = std::min<uint32_t>(16u - sni[d], left);
-                        std::memcpy(sg.id + sni[d], from, 4u * take);
-                        sni[d] = static_cast<uint8_t>(sni[d] + take);
-                        kd.ni += take;
-                        from += take;
-                        left -= take;
-                        if (sni[d] == 16) {
+                    uint32_t n_st = sni[d];
+                    for (uint32_t j = 0; j < c; j++) {  // staged ids occupy [ni - n_st, ni)
+                        if (n_st == 0) __builtin_prefetch(ids(d) + kd.ni + 15, 1);
+                        sg.id[n_st++] = src_ids[j];
+                        kd.ni++;
+                        if (n_st == 16) {
                             std::memcpy(ids(d) + (kd.ni - 16), sg.id, sizeof sg.id);
-                            sni[d] = 0;
+                            n_st = 0;
                         }
                     }
+                    sni[d] = static_cast<uint8_t>(n_st);
                 }
             }
         }
@@ -349,7 +346,7 @@ void Packer::pass_b(BatchPlan &bp, BatchPlan::Part &p, const int64_t *offsets, u
         if (snb[d] != 0) std::memcpy(bags(d) + BAG_BYTES * (dc[d].nb - snb[d]), stage[d].bag, BAG_BYTES * snb[d]);
         if (sni[d] != 0) std::memcpy(ids(d) + (dc[d].ni - sni[d]), stage[d].id, 4u * sni[d]);
     }
-    p.rec_ptr[size_t(p.b1 - p.b0) * T] = static_cast<uint32_t>(p.recs.size());
+    p.rec_ptr[size_t(p.b1 - p.b0) * T] = nrec;
 }
 
 void Packer::finish_args(BatchPlan &bp, Launch &L, const BatchPlan::DpuCount *dc) const {
@@ -398,8 +395,6 @@ void Packer::pack(const int64_t *indices, uint64_t nr_indices, const int64_t *of
         return;
     }
     bp.nr_lookups = nr_indices;
-    bp.grp.resize(nr_indices);
-    bp.lrow.resize(nr_indices);
     unsigned P = threads_for(nr_indices);
     P = std::max(1u, std::min<unsigned>(P, batch_size));
     bp.parts.resize(P);
@@ -407,14 +402,27 @@ void Packer::pack(const int64_t *indices, uint64_t nr_indices, const int64_t *of
         BatchPlan::Part &p = bp.parts[pi];
         part_range(batch_size, pi, P, p.b0, p.b1);
         if (p.slot.size() != G) p.slot.assign(G, 0);  // zero between bags: every use resets what it set
+        uint64_t n_part = 0;  // the part's lookups (pass A checks the offsets it relies on)
+        for (uint32_t t = 0; t < T; t++) {
+            const int64_t lo = offsets[uint64_t(t) * batch_size + p.b0], hi = offsets[uint64_t(t) * batch_size + p.b1];
+            if (hi > lo) n_part += uint64_t(hi - lo);
+        }
+        n_part = std::min<uint64_t>(n_part, nr_indices);
+        if (p.ids.size() < n_part) p.ids.resize(n_part);
+        if (p.units.size() < n_part) p.units.resize(n_part);
+        p.bag_units.resize(size_t(p.b1 - p.b0) * T + 1);
         p.dc.assign(D, BatchPlan::DpuCount{0, 0, 0, 0});
+        p.nr_recs = 0;
         p.cache.clear();
         p.recs.clear();
         p.rec_ptr.assign(size_t(p.b1 - p.b0) * T + 1, 0);
         p.bad = UINT64_MAX;
         p.bad_kind = 0;
     }
+    const double t0 = now_s();
     run_parts(P, [&](unsigned pi) { pass_a(bp, bp.parts[pi], indices, offsets); });
+    const double t1 = now_s();
+    bp.pass_a_s = t1 - t0;
     for (unsigned pi = 0; pi < P; pi++) {  // the first error in sample order
         BatchPlan::Part &p = bp.parts[pi];
         if (p.bad_kind == 0) continue;
@@ -439,6 +447,8 @@ void Packer::pack(const int64_t *indices, uint64_t nr_indices, const int64_t *of
         for (uint32_t d = 0; d < D; d++) bp.load[d] += p.dc[d].ni;
     choose_replicas(bp);
     run_parts(P, [&](unsigned pi) { count_cache_units(bp.parts[pi]); });
+    const double t2 = now_s();
+    bp.choose_s = t2 - t1;
     // Totals per DPU; each part's counts become its starting positions (prefix over parts).
     bp.tot.assign(D, BatchPlan::DpuCount{0, 0, 0, 0});
     uint64_t total_bags = 0;
@@ -446,6 +456,7 @@ void Packer::pack(const int64_t *indices, uint64_t nr_indices, const int64_t *of
         for (uint32_t d = 0; d < D; d++) {
             BatchPlan::DpuCount &k = p.dc[d], &t = bp.tot[d];
             const BatchPlan::DpuCount here = k;
+            p.nr_recs += here.nb;
             k.nb = t.nb;  // the part's start positions
             k.ni = t.ni;
             k.ob = t.ob;
@@ -465,7 +476,10 @@ void Packer::pack(const int64_t *indices, uint64_t nr_indices, const int64_t *of
     }
     bp.output_stride = out_max;
     if (total_bags == 0) {  // every bag empty: nothing to launch, the merge writes zeros
-        for (auto &p : bp.parts) std::fill(p.rec_ptr.begin(), p.rec_ptr.end(), 0u);
+        for (auto &p : bp.parts) {
+            std::fill(p.rec_ptr.begin(), p.rec_ptr.end(), 0u);
+            p.recs.clear();
+        }
         return;
     }
     uint8_t *req;
@@ -483,6 +497,7 @@ void Packer::pack(const int64_t *indices, uint64_t nr_indices, const int64_t *of
         req = bp.full.data();
     }
     run_parts(P, [&](unsigned pi) { pass_b(bp, bp.parts[pi], offsets, req, stride); });
+    bp.pass_b_s = now_s() - t2;
     if (one_launch) {
         finish_args(bp, bp.launches[0], bp.tot.data());
         bp.nr_launches = 1;

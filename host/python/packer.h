@@ -105,6 +105,8 @@ struct BatchPlan {
     std::vector<Launch> launches;
     size_t nr_launches = 0;
     PackCounters counters;
+    // Seconds of the packer's steps (wall clock): map + count, replica choice, request writes.
+    double pass_a_s = 0, choose_s = 0, pass_b_s = 0;
     // Output of the whole batch: [nr_dpus][output_stride] partial sums at the offsets of the merge
     // records (filled by the driver's pulls; reassembled from pieces when there were several launches).
     Bytes output;
@@ -133,22 +135,26 @@ struct BatchPlan {
     };
     struct Part {
         uint32_t b0 = 0, b1 = 0;
-        std::vector<uint32_t> slot;      // per group scratch (large bags): unit index + 1, else 0
-        std::vector<BagUnit> units;      // one bag's units, in order of first appearance
-        std::vector<uint32_t> uid;       // one bag's lookups: their unit
-        std::vector<uint32_t> local;     // one bag's ids, grouped by unit
-        std::vector<uint32_t> ustart;    // one bag's units: next position in local
-        std::vector<DpuCount> dc;                        // per DPU, this part
-        std::vector<Stage> stage;                        // per DPU (pass B)
-        std::vector<uint8_t> stage_nb, stage_ni;         // per DPU: staged bags / ids
+        // Pass A's output, read by pass B in order: per bag (b, t) its units
+        // units[bag_units[k] .. bag_units[k+1]) (k = (b - b0) * T + t), and the units' local
+        // rows, unit after unit, in ids.
+        std::vector<BagUnit> units;
+        std::vector<uint32_t> bag_units, ids;
+        std::vector<uint32_t> slot;                // per group scratch: unit + 1 while a bag is grouped
+        std::vector<uint32_t> bag_grp, bag_lrow;   // one bag's lookups: group, local row
+        std::vector<uint32_t> uid, ustart;         // one bag's lookups: their unit; units: next id slot
+        std::vector<BagUnit> bag_units_tmp;        // one bag's units in order of first appearance
+        std::vector<DpuCount> dc;                  // per DPU, this part
+        std::vector<Stage> stage;                  // per DPU (pass B)
+        std::vector<uint8_t> stage_nb, stage_ni;   // per DPU: staged bags / ids
         std::vector<CacheUnit> cache;
         std::vector<UnitRec> recs;
+        uint64_t nr_recs = 0;           // partial sums this part makes (sizes recs)
         std::vector<uint32_t> rec_ptr;  // [(b1-b0)*T + 1]
         uint64_t bad = UINT64_MAX;      // first bad lookup or bag (see bad_kind)
         int bad_kind = 0;               // 1 id out of range, 2 offsets decrease
     };
     std::vector<Part> parts;
-    std::vector<uint32_t> grp, lrow;              // per lookup
     std::vector<DpuCount> tot;                    // per DPU totals
     Bytes full;                                   // multi-launch: all requests before cutting
     size_t full_stride = 0;

@@ -189,38 +189,36 @@ void PlanIndex::build_tables() {
 }
 
 void PlanIndex::build_hot() {
-    const uint32_t T = nr_tables(), G = nr_groups();
+    const uint32_t G = nr_groups();
     uint64_t nr_hot = 0;
-    hot_tables_mask_.assign((T + 63) / 64 + 1, 0);
     for (uint32_t g = 0; g < G; g++) {
         if (s_.group_kind[g] != GROUP_CACHE) continue;
         nr_hot += s_.group_rows_ptr[g + 1] - s_.group_rows_ptr[g];
-        uint32_t t = s_.group_table[g];
-        if (!((hot_tables_mask_[t >> 6] >> (t & 63)) & 1u)) hot_tables_++;
-        hot_tables_mask_[t >> 6] |= uint64_t(1) << (t & 63);
+        maps_[s_.group_table[g]].hot = true;
     }
-    if (nr_hot == 0) {
-        hot_tables_ = 0;
-        return;
-    }
+    if (nr_hot == 0) return;
     const uint64_t slots = pow2_at_least(2 * nr_hot);
+    const uint64_t fbits = pow2_at_least(std::max<uint64_t>(16 * nr_hot, 4096));
+    unsigned tl = 0, fl = 0;
+    while ((uint64_t(1) << tl) < slots) tl++;
+    while ((uint64_t(1) << fl) < fbits) fl++;
     hot_.assign(slots, HotEntry{EMPTY, 0, 0});
     table_mask_ = slots - 1;
-    const uint64_t fbits = pow2_at_least(std::max<uint64_t>(16 * nr_hot, 4096));
     filter_.assign(fbits / 64, 0);
-    filter_mask_ = fbits - 1;
+    filter_shift_ = 64 - fl;                       // the top fl bits pick the filter bit
+    table_shift_ = fl + tl <= 64 ? 64 - fl - tl : 0;  // the next tl bits pick the slot
     // Groups in increasing id: a row held by two cache groups maps to the first (RowLocator's rule).
     for (uint32_t g = 0; g < G; g++) {
         if (s_.group_kind[g] != GROUP_CACHE) continue;
         const uint64_t t = s_.group_table[g];
         for (uint64_t k = s_.group_rows_ptr[g]; k < s_.group_rows_ptr[g + 1]; k++) {
-            uint64_t key = (t << 40) | uint64_t(s_.group_rows[k]);
-            uint64_t h = hash(key);
-            uint64_t p = (h >> 20) & table_mask_;
+            const uint64_t key = (t << 40) | uint64_t(s_.group_rows[k]);
+            const uint64_t h = hash(key);
+            uint64_t p = (h >> table_shift_) & table_mask_;
             while (hot_[p].key != EMPTY && hot_[p].key != key) p = (p + 1) & table_mask_;
             if (hot_[p].key == key) continue;
             hot_[p] = HotEntry{key, g, static_cast<uint32_t>(k - s_.group_rows_ptr[g])};
-            uint64_t fb = h & filter_mask_;
+            const uint64_t fb = h >> filter_shift_;
             filter_[fb >> 6] |= uint64_t(1) << (fb & 63);
         }
     }

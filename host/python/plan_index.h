@@ -89,13 +89,14 @@ class PlanIndex {
     uint64_t index_bytes() const;
 
     // Row r of table t (both already range-checked) -> group and local row.
-    inline void map(uint32_t t, int64_t r, uint32_t &g, uint32_t &l) const {
-        if (hot_tables_ != 0 && ((hot_tables_mask_[t >> 6] >> (t & 63)) & 1u)) {
-            uint64_t key = (uint64_t(t) << 40) | uint64_t(r);
-            uint64_t h = hash(key);
-            uint64_t fb = h & filter_mask_;
+    __attribute__((always_inline)) inline void map(uint32_t t, int64_t r, uint32_t &g, uint32_t &l) const {
+        const TableMap &m = maps_[t];
+        if (m.hot) {
+            const uint64_t key = (uint64_t(t) << 40) | uint64_t(r);
+            const uint64_t h = key * 0x9E3779B97F4A7C15ull;  // multiply-shift: top bits are the hash
+            const uint64_t fb = h >> filter_shift_;
             if ((filter_[fb >> 6] >> (fb & 63)) & 1u) {
-                for (uint64_t p = (h >> 20) & table_mask_;; p = (p + 1) & table_mask_) {
+                for (uint64_t p = (h >> table_shift_) & table_mask_;; p = (p + 1) & table_mask_) {
                     const HotEntry &e = hot_[p];
                     if (e.key == key) {
                         g = e.group;
@@ -106,41 +107,28 @@ class PlanIndex {
                 }
             }
         }
-        const TableMap &m = maps_[t];
-        switch (m.kind) {
-        case MAP_ONE:
+        if (m.kind == MAP_ONE) {
             g = m.one_group;
             l = static_cast<uint32_t>(r - m.one_lo);
-            return;
-        case MAP_RANGES: {
-            uint64_t b = uint64_t(r) >> m.shift;
+        } else if (m.kind == MAP_RANGES) {
+            const uint64_t b = uint64_t(r) >> m.shift;
             uint32_t lo = m.bucket_first[b], hi = m.bucket_first[b + 1];
             while (lo < hi) {  // one compare when buckets are narrower than every range
-                uint32_t mid = (lo + hi + 1) >> 1;
+                const uint32_t mid = (lo + hi + 1) >> 1;
                 if (m.starts[mid] <= r) lo = mid;
                 else hi = mid - 1;
             }
             g = m.gids[lo];
             l = static_cast<uint32_t>(r - m.starts[lo]);
-            return;
-        }
-        default:
+        } else {
             g = static_cast<uint32_t>(m.dense_group[r]);
             l = m.dense_local[r];
-            return;
         }
     }
 
   private:
     static constexpr uint64_t EMPTY = ~uint64_t(0);
-    static inline uint64_t hash(uint64_t x) {  // splitmix64 finalizer
-        x ^= x >> 30;
-        x *= 0xbf58476d1ce4e5b9ull;
-        x ^= x >> 27;
-        x *= 0x94d049bb133111ebull;
-        x ^= x >> 31;
-        return x;
-    }
+    static inline uint64_t hash(uint64_t key) { return key * 0x9E3779B97F4A7C15ull; }
     struct HotEntry {
         uint64_t key;
         uint32_t group, local;
@@ -148,6 +136,7 @@ class PlanIndex {
     enum MapKind : uint32_t { MAP_ONE, MAP_RANGES, MAP_DENSE };
     struct TableMap {
         MapKind kind = MAP_ONE;
+        bool hot = false;  // the table has cached rows
         uint32_t one_group = 0;
         int64_t one_lo = 0;
         uint32_t shift = 0, nr_ranges = 0;
@@ -169,9 +158,8 @@ class PlanIndex {
     std::vector<TableMap> maps_;
     std::vector<HotEntry> hot_;
     std::vector<uint64_t> filter_;
-    uint64_t table_mask_ = 0, filter_mask_ = 0;
-    uint32_t hot_tables_ = 0;
-    std::vector<uint64_t> hot_tables_mask_;
+    uint64_t table_mask_ = 0;
+    unsigned filter_shift_ = 64, table_shift_ = 0;  // filter bit: h >> filter_shift_; slot: (h >> table_shift_) & mask
     std::vector<uint64_t> dpu_base_;          // [D+1] prefix sums of nr_shards_on_dpu
     std::vector<uint32_t> local_to_global_;   // descriptor (dpu, local) -> shard
 };
