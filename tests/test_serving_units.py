@@ -489,7 +489,7 @@ def test_engine_process_is_restarted_after_a_crash_and_gives_up_past_the_bound()
             proc.run_batch(bad)
         assert info.value.kind == "EngineProcessDied" and "exit code 3" in info.value.message
         status, reason = proc.health()  # ... and a new process is loading
-        assert status == "loading" and "exit code 3" in reason, (status, reason)
+        assert status == "restarting" and "exit code 3" in reason, (status, reason)
         assert proc.restarts == 1
         # the next batch waits for the new process and is served by it
         np.testing.assert_allclose(proc.run_batch(good)[0], expected, rtol=1e-5, atol=1e-6)

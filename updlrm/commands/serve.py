@@ -30,6 +30,19 @@ def add_parser(subparsers) -> None:
                         "dies, only its batch fails and a new one is started")
     p.add_argument("--engine-max-restarts", type=int, default=3,
                    help="--engine-process: restarts allowed within 60 s before the server reports failed")
+    g = p.add_argument_group("connection limits")
+    g.add_argument("--batch-timeout", type=float, default=30.0,
+                   help="seconds an engine batch may run; past it the batch fails with 504, /healthz says "
+                        "stuck, and an --engine-process engine is killed and replaced")
+    g.add_argument("--header-timeout", type=float, default=10.0, help="seconds to receive a request's headers")
+    g.add_argument("--body-timeout", type=float, default=30.0, help="seconds to receive a request's body")
+    g.add_argument("--keep-alive", type=float, default=5.0, help="seconds an idle connection is kept open")
+    g.add_argument("--max-connections", type=int, default=None,
+                   help="open connections; more are refused with 503 (default 4096, lowered to fit the "
+                        "file-descriptor limit)")
+    g.add_argument("--max-header-bytes", type=int, default=16 << 10, help="request line + headers, in bytes (431 above)")
+    g.add_argument("--shutdown-timeout", type=float, default=30.0,
+                   help="seconds a graceful stop waits for requests in progress before closing their connections")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     p.add_argument("--port", type=int, default=8000, help="port (0: pick a free one; the chosen port is printed)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -38,6 +51,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from updlrm.serving.loader import ServeSettings
+    from updlrm.serving.protocol import ServerLimits
     from updlrm.serving.server import run_server
 
     settings = ServeSettings(
@@ -47,8 +61,13 @@ def run(args) -> int:
         max_request_samples=args.max_request_samples,
         torch_threads=args.torch_threads, host=args.host, port=args.port,
         engine_max_restarts=args.engine_max_restarts)
+    limits = ServerLimits(header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
+                          keep_alive_s=args.keep_alive, max_connections=args.max_connections,
+                          max_header_bytes=args.max_header_bytes, shutdown_timeout_s=args.shutdown_timeout,
+                          batch_timeout_s=args.batch_timeout)
     try:
         settings.check()
+        limits.check()
         import os
 
         from updlrm import configs
@@ -63,8 +82,8 @@ def run(args) -> int:
         if args.engine_process:
             from updlrm.serving.engine_process import load_model_in_process
 
-            return run_server(settings, load_model_in_process, log_level=args.log_level)
-        return run_server(settings, log_level=args.log_level)
+            return run_server(settings, load_model_in_process, log_level=args.log_level, limits=limits)
+        return run_server(settings, log_level=args.log_level, limits=limits)
     except OSError as exc:
         print(f"updlrm serve: {exc}", file=sys.stderr)
         return 1

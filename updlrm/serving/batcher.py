@@ -17,6 +17,16 @@ Each request's rows stay together and in order: the merged batch lists samples r
 request (``row_starts``), and the predictions ``[B]`` are cut back at the same boundaries, so
 samples of different requests never mix.
 
+A second batch can be formed while one runs: the loop keeps filling the queue while the engine
+works and takes the next batch as soon as an engine slot frees. ``max_inflight`` engine slots
+(default 1) let an engine that accepts a second batch before the first returns run two at once;
+``run_batch`` must then be safe to call from that many executor threads.
+
+Deadline: a batch the engine has not finished ``batch_timeout_s`` after it started fails all its
+requests at once with ``EngineError("EngineTimeout")`` (answered 504), ``on_timeout(reason)`` is
+called (the server kills and replaces an engine process there), and :attr:`stuck` gives the
+reason until the engine thread returns from it; its engine slot stays taken until then.
+
 Failure containment: a full queue raises :class:`QueueFullError` at once (the HTTP layer answers
 503 + Retry-After); an engine exception fails only the requests of the batch it hit (as
 :class:`EngineError`), is logged and counted, and the batcher goes on. If the engine rejects a
@@ -150,13 +160,23 @@ class DynamicBatcher:
 
     def __init__(self, run_batch: RunBatch, executor: Executor, *, max_batch: int = 64,
                  max_wait_s: float = 0.002, max_queue: int = 1024,
-                 observer: Callable[[BatchRecord], None] | None = None):
+                 observer: Callable[[BatchRecord], None] | None = None,
+                 batch_timeout_s: float | None = None, on_timeout: Callable[[str], None] | None = None,
+                 max_inflight: int = 1):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if max_wait_s < 0:
             raise ValueError(f"max_wait_s must be >= 0, got {max_wait_s}")
         if max_queue < 1:
             raise ValueError(f"max_queue must be >= 1, got {max_queue}")
+        if batch_timeout_s is not None and not batch_timeout_s > 0:
+            raise ValueError(f"batch_timeout_s must be > 0 or None, got {batch_timeout_s}")
+        if max_inflight < 1:
+            raise ValueError(f"max_inflight must be >= 1, got {max_inflight}")
+        self.batch_timeout_s = batch_timeout_s
+        self.on_timeout = on_timeout
+        self.max_inflight = int(max_inflight)
+        self._stuck: dict[int, str] = {}  # timed-out batches whose engine call has not returned
         self.run_batch = run_batch
         self.executor = executor
         self.max_batch = int(max_batch)
@@ -189,13 +209,23 @@ class DynamicBatcher:
     def closing(self) -> bool:
         return self._closing
 
+    @property
+    def stuck(self) -> Optional[str]:
+        """Why the engine is stuck (a batch ran past its deadline and has not returned), or None."""
+        return next(iter(self._stuck.values()), None)
+
+    def admissible(self, reserved: int = 0) -> bool:
+        """Whether a request may be read and parsed now: the queue has room for at least one more
+        sample beyond ``reserved`` requests already being read or parsed (cheap, before parsing)."""
+        return not self._closing and self._queued_rows + reserved < self.max_queue
+
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
         """Start the batching loop in the running event loop."""
         if self._task is not None:
             raise RuntimeError("batcher already started")
         self._wakeup = asyncio.Event()
-        self._engine_free = asyncio.Semaphore(1)
+        self._engine_free = asyncio.Semaphore(self.max_inflight)
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="updlrm-batcher")
         self._task.add_done_callback(self._loop_ended)
 
@@ -248,6 +278,40 @@ class DynamicBatcher:
         if self._queued_rows >= self.max_batch or len(self._queue) == 1:
             self._wakeup.set()
         return fut
+
+    async def _timed_out(self, taken: list[_Pending], call: asyncio.Future, start: float) -> None:
+        """Fail a batch past its deadline now; hold its engine slot until the engine returns."""
+        rows = sum(p.request.nr_samples for p in taken)
+        reason = (f"the engine did not finish a batch of {rows} sample(s) ({len(taken)} request(s)) within "
+                  f"{self.batch_timeout_s:g} s")
+        key = id(call)
+        self._stuck[key] = reason
+        log.error("%s: failing the batch's requests", reason)
+        error = EngineError("EngineTimeout", reason)
+        for p in taken:
+            if not p.future.done():
+                p.future.set_exception(error)
+        if self.observer is not None:
+            try:
+                self.observer(BatchRecord(nr_samples=rows, nr_requests=len(taken),
+                                          service_s=time.perf_counter() - start,
+                                          queue_waits_s=[p.started - p.enqueued for p in taken], error=error,
+                                          errors_by_request=[error] * len(taken)))
+            except Exception:  # noqa: BLE001
+                log.exception("batch observer failed")
+        if self.on_timeout is not None:
+            try:
+                self.on_timeout(reason)
+            except Exception:  # noqa: BLE001 - the batch is answered already
+                log.exception("on_timeout failed")
+        try:
+            await call
+        except BaseException:  # noqa: BLE001 - its requests were answered above
+            pass
+        finally:
+            self._stuck.pop(key, None)
+            self._engine_free.release()
+            log.warning("the engine returned from the batch that timed out, after %.1f s", time.perf_counter() - start)
 
     # -- the loop ---------------------------------------------------------------------------------
     async def _loop(self) -> None:
@@ -308,13 +372,19 @@ class DynamicBatcher:
         start = time.perf_counter()
         for p in taken:
             p.started = start
+        call: Optional[asyncio.Future] = None
         try:
-            results, stats, error, service_s = await loop.run_in_executor(
-                self.executor, self._run_in_thread, [p.request for p in taken])
+            call = loop.run_in_executor(self.executor, self._run_in_thread, [p.request for p in taken])
+            if self.batch_timeout_s is None:
+                results, stats, error, service_s = await call
+            else:
+                results, stats, error, service_s = await asyncio.wait_for(asyncio.shield(call), self.batch_timeout_s)
+        except asyncio.TimeoutError:
+            await self._timed_out(taken, call, start)  # releases the engine slot when the engine returns
+            return
         except BaseException as exc:  # executor shut down, cancelled: still answer everyone
             results, stats, error, service_s = [exc] * len(taken), None, exc, time.perf_counter() - start
-        finally:
-            self._engine_free.release()
+        self._engine_free.release()
         self._service_ema_s = service_s if self._service_ema_s == 0 else 0.8 * self._service_ema_s + 0.2 * service_s
         if error is not None:
             log.error("engine error in a batch of %d request(s), %d sample(s): %s: %s", len(taken),
