@@ -37,8 +37,12 @@ def run(args) -> int:
     except ValueError as exc:
         print(f"updlrm loadtest: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:
-        print(f"updlrm loadtest: cannot reach {args.url}: {exc}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - OSError, httpx errors: the server could not be asked for its model
+        import httpx
+
+        if not isinstance(exc, (OSError, httpx.HTTPError)):
+            raise
+        print(f"updlrm loadtest: cannot reach {args.url}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.format())
     return 0 if report.every_request_answered_once else 1

@@ -23,6 +23,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="longest a request waits for its batch to fill")
     p.add_argument("--max-queue", type=int, default=1024, help="samples waiting before requests get 503")
     p.add_argument("--max-request-samples", type=int, default=1024, help="most samples in one request")
+    p.add_argument("--max-body-bytes", type=int, default=16 << 20,
+                   help="largest request body (413 above; a chunked body is not read past it)")
     p.add_argument("--torch-threads", type=int, default=1,
                    help="torch intra-op threads of the engine (0: torch default); 1 suits small batches")
     p.add_argument("--engine-process", action="store_true",
@@ -58,7 +60,7 @@ def run(args) -> int:
         model=args.model, backend=args.backend, plan=args.plan, strategy=args.strategy, nr_dpus=args.nr_dpus,
         dtype=args.dtype, row_scale=args.row_scale, max_rows=args.max_rows, seed=args.seed,
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
-        max_request_samples=args.max_request_samples,
+        max_request_samples=args.max_request_samples, max_body_bytes=args.max_body_bytes,
         torch_threads=args.torch_threads, host=args.host, port=args.port,
         engine_max_restarts=args.engine_max_restarts)
     limits = ServerLimits(header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,

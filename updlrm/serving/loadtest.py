@@ -11,8 +11,10 @@ counts, per request, exactly one outcome: an HTTP answer (by status and the serv
 or a transport failure: ``connect_error`` (the connection was refused: the request never went
 out), ``closed_before_answer`` (the request went out but the server closed the connection
 before sending a byte: it may never have read it, as when a server closes idle keep-alive
-connections at shutdown), ``broken_answer`` (the connection broke inside a response) or
-``timeout``. ``lost`` counts requests that went out and got no answer (the last three kinds),
+connections at shutdown), ``server_closed`` (the server had already closed the kept-alive
+connection when the request was to be written: it never went out, the worker reconnects),
+``broken_answer`` (the connection broke inside a response), ``timeout``, or ``client_error:<type>``
+(anything else that went wrong in the load generator for that request). ``lost`` counts requests that went out and got no answer (the last three kinds),
 ``mismatched`` answers carrying another request's id, ``duplicates`` ids answered twice; "every
 request answered exactly once" holds when all three are 0. (Whether the *server* answered every
 request it accepted is its own count: ``updlrm serve`` logs accepted and answered at exit.)
@@ -134,6 +136,9 @@ class _Connection:
 
     async def post(self, path: str, body: bytes, request_id: str) -> tuple[str, int, dict, bytes]:
         """Returns (stage, status, headers, body); stage 'connect' or 'sent' on failure raises."""
+        if self.writer is not None and (self.writer.is_closing() or self.reader.at_eof()):
+            self.close()  # the server closed this kept-alive connection since the last answer
+            raise _TransportError("server_closed", "the server had closed the kept-alive connection")
         if self.writer is None:
             try:
                 await self._open()
@@ -143,6 +148,10 @@ class _Connection:
                 f"Content-Length: {len(body)}\r\nX-Request-Id: {request_id}\r\n\r\n").encode()
         try:
             self.writer.write(head + body)
+        except (RuntimeError, OSError) as exc:  # uvloop raises RuntimeError on a transport closed under it
+            self.close()
+            raise _TransportError("server_closed", f"{type(exc).__name__}: {exc}") from None
+        try:
             return await asyncio.wait_for(self._read_response(), self.timeout_s)
         except asyncio.TimeoutError:
             self.close()
@@ -282,10 +291,15 @@ async def run_loadtest_async(url: str, concurrency: int = 64, requests: int = 10
                 _, status, headers, body = await conn.post(path, bodies[i % len(bodies)], rid)
             except _TransportError as exc:
                 outcomes[exc.kind] += 1
-                if exc.kind != "connect_error":
+                if exc.kind not in ("connect_error", "server_closed"):
                     state["lost"] += 1
                 if exc.kind == "connect_error":
                     await asyncio.sleep(0.05)
+                continue
+            except Exception as exc:  # noqa: BLE001 - counted by kind; the report is always printed
+                conn.close()
+                outcomes[f"client_error:{type(exc).__name__}"] += 1
+                state["lost"] += 1
                 continue
             elapsed = time.perf_counter() - t0
             echoed = headers.get("x-request-id")
@@ -298,7 +312,7 @@ async def run_loadtest_async(url: str, concurrency: int = 64, requests: int = 10
                 latencies.append(elapsed)
 
     try:
-        await asyncio.gather(*(worker(c) for c in conns))
+        await asyncio.gather(*(worker(c) for c in conns), return_exceptions=True)
     finally:
         for c in conns:
             c.close()
