@@ -132,13 +132,14 @@ def test_a_full_queue_refuses_before_reading_the_body_and_big_bodies_do_not_stal
     script.write_text(SLOW_SERVER)
     srv = ServerProcess([sys.executable, str(script)])
     try:
-        batch, samples = random_inputs(9, seed=31)
+        batch, samples = random_inputs(13, seed=31)
         expected = engine.predict(batch).numpy()
         slow = samples[0] | {"dense": [SLOW] + samples[0]["dense"][1:]}
-        with ThreadPoolExecutor(9) as pool:
+        with ThreadPoolExecutor(13) as pool:
             running = pool.submit(httpx.post, srv.url + "/v1/predict", json=slow, timeout=30)
-            time.sleep(0.3)  # the slow batch holds the engine; the next 8 samples fill the queue (8)
-            queued = [pool.submit(httpx.post, srv.url + "/v1/predict", json=s, timeout=30) for s in samples[1:9]]
+            time.sleep(0.3)  # the slow batch holds the engine; of the next 12 samples, a full batch of 4
+            # is staged behind it and 8 fill the queue (8)
+            queued = [pool.submit(httpx.post, srv.url + "/v1/predict", json=s, timeout=30) for s in samples[1:13]]
             time.sleep(0.3)
             # a malformed body: refused from the headers (503), not parsed (which would say 422)
             refused = httpx.post(srv.url + "/v1/predict", content=b'{"dense": [1, 2', timeout=30)

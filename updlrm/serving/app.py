@@ -404,6 +404,38 @@ def create_app(settings: ServeSettings, loader: Callable[[ServeSettings], Loaded
         await send({"type": "http.response.start", "status": status, "headers": raw_headers})
         await send({"type": "http.response.body", "body": body})
 
+    def refuse_early(raw_headers: list) -> Optional[tuple[bytes, bool, float]]:
+        """For the connection layer (:mod:`.protocol`): the whole answer to a predict request that
+        is refused from the server's state alone, built from its headers, whether to keep the
+        connection, and how long not to read it (an overloaded refusal's Retry-After); or None to
+        serve the request."""
+        request_id = None
+        for key, value in raw_headers:
+            if key == b"x-request-id":
+                request_id = value.decode("latin-1")
+                if _request_id_error(request_id) is not None:
+                    return None  # the app answers 400
+        refusal = _refusal()
+        if refusal is None:
+            return None
+        status, headers, body, kind = refusal
+        m = state.metrics
+        m.errors.inc(kind=kind)
+        m.requests.inc(code=str(status))
+        m.request_latency.observe(0.0)
+        state.accepted += 1
+        state.answered += 1
+        keep_alive = not (stopping is not None and stopping())
+        lines = [f"HTTP/1.1 {status} Service Unavailable", "content-type: application/json",
+                 f"content-length: {len(body)}"]
+        lines += [f"{k.lower()}: {v}" for k, v in headers.items()]
+        if request_id is not None:
+            lines.append(f"x-request-id: {request_id}")
+        if not keep_alive:
+            lines.append("connection: close")
+        pause_s = float(headers.get("Retry-After", 0)) if kind == "overloaded" else 0.0
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body, keep_alive, pause_s
+
     _mount_docs(app)
 
     @app.get("/healthz")
@@ -443,7 +475,7 @@ def create_app(settings: ServeSettings, loader: Callable[[ServeSettings], Loaded
         return app.openapi_schema
 
     app.openapi = openapi
-    return PredictFastPath(app, fast_predict)
+    return PredictFastPath(app, fast_predict, refuse_early)
 
 
 def _mount_docs(app: FastAPI) -> None:
@@ -475,11 +507,13 @@ def _mount_docs(app: FastAPI) -> None:
 class PredictFastPath:
     """ASGI app: ``POST /v1/predict`` goes to ``handler``; everything else (other routes,
     lifespan, docs) to the FastAPI ``app``. ``.app`` and ``.state`` give the FastAPI app and the
-    server state."""
+    server state; ``.refuse_early(headers)`` answers a predict request the server refuses from
+    its state alone, for the connection layer."""
 
-    def __init__(self, app: FastAPI, handler):
+    def __init__(self, app: FastAPI, handler, refuse_early=None):
         self.app = app
         self.handler = handler
+        self.refuse_early = refuse_early
         self.state = app.state.updlrm
 
     async def __call__(self, scope, receive, send) -> None:

@@ -20,7 +20,11 @@ samples of different requests never mix.
 A second batch can be formed while one runs: the loop keeps filling the queue while the engine
 works and takes the next batch as soon as an engine slot frees. ``max_inflight`` engine slots
 (default 1) let an engine that accepts a second batch before the first returns run two at once;
-``run_batch`` must then be safe to call from that many executor threads.
+``run_batch`` must then be safe to call from that many executor threads. Beyond those, one *full*
+batch (``max_batch`` samples) is staged: handed to the executor while the engine is busy, so the
+engine thread starts it the moment the running one returns, without waiting for the event loop
+(which, flooded with requests, may take tens of milliseconds per turn). A batch that is not full
+keeps growing until a slot frees, as before.
 
 Deadline: a batch the engine has not finished ``batch_timeout_s`` after it started fails all its
 requests at once with ``EngineError("EngineTimeout")`` (answered 504), ``on_timeout(reason)`` is
@@ -186,7 +190,7 @@ class DynamicBatcher:
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
         self._wakeup: asyncio.Event | None = None
-        self._engine_free: asyncio.Semaphore | None = None
+        self._running = 0  # batches handed to the executor and not returned (running or staged)
         self._task: asyncio.Task | None = None
         self._inflight: set[asyncio.Task] = set()
         self._closing = False
@@ -225,7 +229,7 @@ class DynamicBatcher:
         if self._task is not None:
             raise RuntimeError("batcher already started")
         self._wakeup = asyncio.Event()
-        self._engine_free = asyncio.Semaphore(self.max_inflight)
+        self._running = 0
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="updlrm-batcher")
         self._task.add_done_callback(self._loop_ended)
 
@@ -279,11 +283,11 @@ class DynamicBatcher:
             self._wakeup.set()
         return fut
 
-    async def _timed_out(self, taken: list[_Pending], call: asyncio.Future, start: float) -> None:
+    async def _timed_out(self, taken: list[_Pending], call: asyncio.Future, start: float, staged: bool) -> None:
         """Fail a batch past its deadline now; hold its engine slot until the engine returns."""
         rows = sum(p.request.nr_samples for p in taken)
         reason = (f"the engine did not finish a batch of {rows} sample(s) ({len(taken)} request(s)) within "
-                  f"{self.batch_timeout_s:g} s")
+                  f"{self.batch_timeout_s * (2 if staged else 1):g} s")
         key = id(call)
         self._stuck[key] = reason
         log.error("%s: failing the batch's requests", reason)
@@ -310,7 +314,7 @@ class DynamicBatcher:
             pass
         finally:
             self._stuck.pop(key, None)
-            self._engine_free.release()
+            self._release_slot()
             log.warning("the engine returned from the batch that timed out, after %.1f s", time.perf_counter() - start)
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -332,7 +336,13 @@ class DynamicBatcher:
                     await asyncio.wait_for(self._wakeup.wait(), remaining)
                 except asyncio.TimeoutError:
                     break
-            await self._engine_free.acquire()  # overlap: the batch kept filling while the engine ran
+            # overlap: the batch kept filling while the engine ran; a full one is staged behind it
+            while not (self._running < self.max_inflight
+                       or (self._running == self.max_inflight and self._queued_rows >= self.max_batch)):
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            staged = self._running >= self.max_inflight
+            self._running += 1
             taken: list[_Pending] = []
             rows = 0
             while self._queue and (not taken or rows + self._queue[0].request.nr_samples <= self.max_batch):
@@ -340,7 +350,7 @@ class DynamicBatcher:
                 taken.append(p)
                 rows += p.request.nr_samples
             self._queued_rows -= rows
-            task = asyncio.get_running_loop().create_task(self._execute(taken))
+            task = asyncio.get_running_loop().create_task(self._execute(taken, staged))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
 
@@ -367,7 +377,11 @@ class DynamicBatcher:
                 return results, None, exc, time.perf_counter() - t0
             return [exc] * len(requests), None, exc, time.perf_counter() - t0
 
-    async def _execute(self, taken: list[_Pending]) -> None:
+    def _release_slot(self) -> None:
+        self._running -= 1
+        self._wakeup.set()
+
+    async def _execute(self, taken: list[_Pending], staged: bool = False) -> None:
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
         for p in taken:
@@ -378,13 +392,15 @@ class DynamicBatcher:
             if self.batch_timeout_s is None:
                 results, stats, error, service_s = await call
             else:
-                results, stats, error, service_s = await asyncio.wait_for(asyncio.shield(call), self.batch_timeout_s)
+                # a staged batch waits for the one ahead of it: its deadline covers both
+                timeout = self.batch_timeout_s * (2 if staged else 1)
+                results, stats, error, service_s = await asyncio.wait_for(asyncio.shield(call), timeout)
         except asyncio.TimeoutError:
-            await self._timed_out(taken, call, start)  # releases the engine slot when the engine returns
+            await self._timed_out(taken, call, start, staged)  # releases the engine slot when the engine returns
             return
         except BaseException as exc:  # executor shut down, cancelled: still answer everyone
             results, stats, error, service_s = [exc] * len(taken), None, exc, time.perf_counter() - start
-        self._engine_free.release()
+        self._release_slot()
         self._service_ema_s = service_s if self._service_ema_s == 0 else 0.8 * self._service_ema_s + 0.2 * service_s
         if error is not None:
             log.error("engine error in a batch of %d request(s), %d sample(s): %s: %s", len(taken),

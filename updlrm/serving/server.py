@@ -68,7 +68,7 @@ def run_server(settings: ServeSettings, loader: Callable[[ServeSettings], Loaded
     app = create_app(settings, loader, on_load_failure=on_load_failure,
                      stopping=lambda: server is not None and server.should_exit, limits=limits)
     cap = connection_cap(limits.max_connections)
-    protocol = GuardedHttpToolsProtocol.bind(limits, cap)
+    protocol = GuardedHttpToolsProtocol.bind(limits, cap, refuse_early=app.refuse_early)
     # proxy_headers off: the server trusts no forwarding proxy (and skips that middleware's cost).
     # uvicorn cancels the tasks still running 1 s after GuardedServer closed their connections.
     config = uvicorn.Config(app, log_level=log_level.lower(), access_log=False, lifespan="on", http=protocol,
