@@ -221,7 +221,7 @@ class EngineProcess:
         def wait() -> None:
             mp.connection.wait([child.process.sentinel])
             reason = f"engine process exited (exit code {_exit_code(child.process)})"
-            aborted = getattr(self, "_abort_reason", None)
+            aborted = self._abort_reason
             self._died(child.generation, f"{reason}, killed as stuck: {aborted}" if aborted else reason)
 
         threading.Thread(target=wait, name=f"updlrm-engine-watch-{child.generation}", daemon=True).start()
@@ -231,6 +231,7 @@ class EngineProcess:
         with self._cond:
             if self._status != "ready" or self._child.generation != generation:
                 return  # already handled (the watcher and run_batch both report a death), or closing
+            self._abort_reason = None
             now = time.monotonic()
             self._stale.append(self._child)
             self._deaths.append(now)
@@ -320,8 +321,7 @@ class EngineProcess:
                 child.conn.send(("run", merged.dense, merged.indices, merged.offsets))
                 reply = child.conn.recv()
             except (EOFError, OSError) as exc:
-                aborted = getattr(self, "_abort_reason", None)
-                self._abort_reason = None
+                aborted = self._abort_reason
                 reason = (f"engine process died during a batch of {merged.batch_size} sample(s) "
                           f"({type(exc).__name__}; exit code {_exit_code(child.process)})")
                 if aborted:
