@@ -28,6 +28,7 @@ import pytest
 
 from test_serving_http import CONFIG, NAMES, ServerProcess, close, random_inputs, serve_cli
 
+from updlrm.client import Client
 from updlrm.engine import Engine
 from updlrm.model import DLRM
 
@@ -441,6 +442,9 @@ def test_columnar_json_and_msgpack_bytes_give_the_engines_predictions(server, en
                             headers={"content-type": "application/msgpack"})
     assert as_msgpack.status_code == 200, as_msgpack.text
     close(as_msgpack.json()["predictions"], expected)
+    with Client(server.url) as c:  # the client's helper sends the same bytes from arrays
+        lens = {n: col["sparse"][n]["lengths"] for n in NAMES}
+        close(c.predict_packed(np.asarray(col["dense"]), {n: col["sparse"][n]["ids"] for n in NAMES}, lens), expected)
     one_hot = {"dense": col["dense"][:2], "sparse": {n: {"ids": [0, 1]} for n in NAMES}}  # lengths omitted: 1 each
     r = httpx.post(server.url + "/v1/predict", json={"batch": one_hot})
     assert r.status_code == 200 and len(r.json()["predictions"]) == 2
