@@ -290,37 +290,54 @@ class RequestValidator:
             raise RequestError(f"request has {n} samples, more than the server's limit", field="batch.dense",
                                allowed=f"1..{self.max_request_samples}", status=413)
         self._check_dense(dense, lambda i, j: f"batch.dense[{i}][{j}]")
-        lengths = np.empty((len(self.table_names), n), dtype=np.int64)
-        ids_per_table = []
-        for t, (name, col) in enumerate(zip(self.table_names, msgspec.structs.astuple(batch.sparse))):
-            where = f"batch.sparse.{name}"
-            ids = _int64s(col.ids, f"{where}.ids", name)
-            if col.lengths is None:
-                lens = np.ones(n, dtype=np.int64)
-            else:
-                lens = _int64s(col.lengths, f"{where}.lengths", name)
-            if lens.shape[0] != n:
-                raise RequestError(f"{where}.lengths has {lens.shape[0]} values for {n} samples", field=f"{where}.lengths",
-                                   table=name, allowed=f"exactly {n} values (one bag size per sample)")
-            if lens.size and (int(lens.min()) < 0 or int(lens.max()) > self.max_lookups_per_bag):
-                i = int(np.flatnonzero((lens < 0) | (lens > self.max_lookups_per_bag))[0])
-                raise RequestError(f"{where}.lengths[{i}] = {int(lens[i])}: a bag holds 0..{self.max_lookups_per_bag} "
-                                   "ids", field=f"{where}.lengths[{i}]", table=name, position=i,
-                                   allowed=f"0..{self.max_lookups_per_bag}", status=413 if lens[i] > 0 else 422)
-            if int(lens.sum()) != ids.shape[0]:
-                raise RequestError(f"{where}: lengths sum to {int(lens.sum())} but there are {ids.shape[0]} ids",
-                                   field=f"{where}.ids", table=name, allowed="len(ids) == sum(lengths)")
-            rows = int(self.table_rows[t])
-            bad = np.flatnonzero(ids.view(np.uint64) >= np.uint64(rows))  # ids < 0 wrap to >= 2^63
-            if bad.size:
-                k = int(bad[0])
-                raise RequestError(f"{where}.ids[{k}]: row id {int(ids[k])} is out of range for table {name!r} "
-                                   f"({rows} rows; allowed [0, {rows}))"
-                                   f"{'' if bad.size == 1 else f' ({bad.size - 1} more bad id(s))'}",
-                                   field=f"{where}.ids[{k}]", table=name, position=k, allowed=f"[0, {rows})")
-            lengths[t] = lens
-            ids_per_table.append(ids)
-        indices = np.concatenate(ids_per_table) if ids_per_table else np.zeros(0, dtype=np.int64)
+        names, nr_tables = self.table_names, len(self.table_names)
+        cols = msgspec.structs.astuple(batch.sparse)
+        # all tables at once (a few NumPy calls per batch, not per table): ids, then lengths [T, n]
+        if all(type(c.ids) is bytes and len(c.ids) % 8 == 0 for c in cols):  # raw bytes: one join, one view
+            counts = np.fromiter((len(c.ids) >> 3 for c in cols), dtype=np.int64, count=nr_tables)
+            indices = np.frombuffer(b"".join(c.ids for c in cols), dtype="<i8").astype(np.int64)
+        else:
+            ids_parts = [_int64s(c.ids, f"batch.sparse.{name}.ids", name) for name, c in zip(names, cols)]
+            counts = np.fromiter((x.shape[0] for x in ids_parts), dtype=np.int64, count=nr_tables)
+            indices = np.concatenate(ids_parts) if ids_parts else np.zeros(0, dtype=np.int64)
+        packed = all(type(c.lengths) is bytes and len(c.lengths) == 8 * n for c in cols)
+        if packed:
+            lengths = np.frombuffer(b"".join(c.lengths for c in cols), dtype="<i8").reshape(nr_tables, n).astype(np.int64)
+        else:
+            lengths = np.ones((nr_tables, n), dtype=np.int64)
+        for t, (name, c) in enumerate(zip(names, cols)):
+            if c.lengths is not None and not packed:
+                lens = _int64s(c.lengths, f"batch.sparse.{name}.lengths", name)
+                if lens.shape[0] != n:
+                    raise RequestError(f"batch.sparse.{name}.lengths has {lens.shape[0]} values for {n} samples",
+                                       field=f"batch.sparse.{name}.lengths", table=name,
+                                       allowed=f"exactly {n} values (one bag size per sample)")
+                lengths[t] = lens
+        bad_len = (lengths < 0) | (lengths > self.max_lookups_per_bag)
+        if bad_len.any():
+            t, i = (int(x) for x in np.argwhere(bad_len)[0])
+            name, value = names[t], int(lengths[t, i])
+            raise RequestError(f"batch.sparse.{name}.lengths[{i}] = {value}: a bag holds 0..{self.max_lookups_per_bag} "
+                               "ids", field=f"batch.sparse.{name}.lengths[{i}]", table=name, position=i,
+                               allowed=f"0..{self.max_lookups_per_bag}", status=413 if value > 0 else 422)
+        sums = lengths.sum(axis=1)
+        if not np.array_equal(sums, counts):
+            t = int(np.flatnonzero(sums != counts)[0])
+            raise RequestError(f"batch.sparse.{names[t]}: lengths sum to {int(sums[t])} but there are {int(counts[t])} "
+                               "ids", field=f"batch.sparse.{names[t]}.ids", table=names[t],
+                               allowed="len(ids) == sum(lengths)")
+        limit = np.repeat(self.table_rows, counts)
+        bad = np.flatnonzero(indices.view(np.uint64) >= limit.view(np.uint64))  # ids < 0 wrap to >= 2^63
+        if bad.size:
+            k = int(bad[0])
+            t = int(np.searchsorted(np.cumsum(counts), k, side="right"))
+            pos = k - int(counts[:t].sum())
+            name, rows = names[t], int(self.table_rows[t])
+            raise RequestError(f"batch.sparse.{name}.ids[{pos}]: row id {int(indices[k])} is out of range for table "
+                               f"{name!r} ({rows} rows; allowed [0, {rows}))"
+                               f"{'' if bad.size == 1 else f' ({bad.size - 1} more bad id(s))'}",
+                               field=f"batch.sparse.{name}.ids[{pos}]", table=name, position=pos,
+                               allowed=f"[0, {rows})")
         return ParsedRequest(dense=np.ascontiguousarray(dense), lengths=lengths, indices=indices)
 
     # -- step 0: bytes -> samples --------------------------------------------------------------
@@ -447,7 +464,7 @@ def _int64s(values, field: str, table: str) -> np.ndarray:
         if len(values) % 8:
             raise RequestError(f"{field} has {len(values)} bytes, not a multiple of 8", field=field, table=table,
                                allowed="little-endian int64 bytes")
-        return np.frombuffer(values, dtype="<i8").astype(np.int64)
+        return np.frombuffer(values, dtype="<i8")  # read-only view; np.concatenate copies it
     return np.fromiter(values, dtype=np.int64, count=len(values))
 
 
