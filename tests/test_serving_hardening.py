@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import select
 import signal
@@ -32,7 +33,7 @@ from updlrm.client import Client
 from updlrm.engine import Engine
 from updlrm.model import DLRM
 
-SLOW = 4321.5  # a dense value that makes the test server's engine sleep 1.5 s on its batch
+SLOW = 4321.5  # a dense value that makes the test server's engine sleep 4 s on its batch
 
 SLOW_SERVER = textwrap.dedent(f"""
     import sys
@@ -45,7 +46,7 @@ SLOW_SERVER = textwrap.dedent(f"""
         real = model.run_batch
         def run_batch(merged):
             if (merged.dense == {SLOW}).any():
-                time.sleep(1.5)
+                time.sleep(4.0)
             return real(merged)
         model.run_batch = run_batch
         return model
@@ -141,7 +142,11 @@ def test_a_full_queue_refuses_before_reading_the_body_and_big_bodies_do_not_stal
             time.sleep(0.3)  # the slow batch holds the engine; of the next 12 samples, a full batch of 4
             # is staged behind it and 8 fill the queue (8)
             queued = [pool.submit(httpx.post, srv.url + "/v1/predict", json=s, timeout=30) for s in samples[1:13]]
-            time.sleep(0.3)
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:  # until the queue holds its 8 samples
+                if re.search(r"^updlrm_queue_depth_samples 8$", httpx.get(srv.url + "/metrics").text, re.M):
+                    break
+                time.sleep(0.02)
             # a malformed body: refused from the headers (503), not parsed (which would say 422)
             refused = httpx.post(srv.url + "/v1/predict", content=b'{"dense": [1, 2', timeout=30)
             assert refused.status_code == 503, refused.text
