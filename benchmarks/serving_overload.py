@@ -23,7 +23,6 @@ start and end. Medians over repeats are printed as a Markdown table and saved wi
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import statistics

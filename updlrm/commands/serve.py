@@ -32,7 +32,7 @@ def add_parser(subparsers) -> None:
                         "dies, only its batch fails and a new one is started")
     p.add_argument("--engine-max-restarts", type=int, default=3,
                    help="--engine-process: restarts allowed within 60 s before the server reports failed")
-    g = p.add_argument_group("connection limits")
+    g = p.add_argument_group("limits and timeouts")
     g.add_argument("--batch-timeout", type=float, default=30.0,
                    help="seconds an engine batch may run; past it the batch fails with 504, /healthz says "
                         "stuck, and an --engine-process engine is killed and replaced")
