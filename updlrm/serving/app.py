@@ -19,7 +19,11 @@ Routes (OpenAPI schema at ``/openapi.json``, docs at ``/docs``):
 
 Admission is decided before a request's body is read or parsed: a request the server would
 refuse (not ready, queue full counting the requests being parsed, shutting down) is answered 503
-at once from its headers. Bodies over 64 KiB are parsed in a worker thread, not on the event loop.
+at once from its headers (by the connection layer, :mod:`.protocol`, when the server runs under
+:func:`updlrm.serving.run_server`). Bodies over 64 KiB are parsed in a worker thread, not on the
+event loop; the thread still takes the GIL for each C call of the parse (msgspec's decode, NumPy's
+conversion), so a 15 MB body holds the loop for up to ~0.3 s at a time here, not for the whole
+parse.
 
 ``/docs`` serves Swagger UI from the ``swagger_ui_bundle`` package (no CDN), so it works offline.
 
