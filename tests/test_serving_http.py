@@ -355,7 +355,7 @@ def test_model_that_fails_to_load_exits_1_with_the_reason(tmp_path):
 
 def test_overload_gives_quick_503_with_retry_after_and_server_recovers(engine):
     # this server runs its engine in a child process (--engine-process); the end of the test kills
-    # that child and checks that the server reports "loading", starts a new one and serves again
+    # that child and checks that the server reports "restarting", starts a new one and serves again
     srv = serve_cli("--model", "tiny", "--max-batch", "4", "--max-wait-ms", "20", "--max-queue", "8",
                     "--max-request-samples", "8", "--engine-process")
     try:
@@ -390,11 +390,11 @@ def test_overload_gives_quick_503_with_retry_after_and_server_recovers(engine):
                                       capture_output=True, text=True).stdout.split()
             assert len(children) == 1, children
             os.kill(int(children[0]), signal.SIGKILL)
-            # the server notices, starts a new engine process and says "loading" until it is up
+            # the server notices, starts a new engine process and says "restarting" until it is up
             deadline = time.monotonic() + 5
             while (health := httpx.get(srv.url + "/healthz")).status_code == 200 and time.monotonic() < deadline:
                 time.sleep(0.02)
-            assert health.status_code == 503 and health.json()["status"] == "loading", health.text
+            assert health.status_code == 503 and health.json()["status"] == "restarting", health.text
             assert "exit code -9" in health.json()["error"]
             during = httpx.post(srv.url + "/v1/predict", json=samples[0])  # a new process loads for ~2 s
             assert during.status_code == 503 and during.json()["error"]["kind"] == "not_ready", during.text

@@ -418,7 +418,7 @@ def test_a_dead_batching_loop_fails_queued_requests_instead_of_hanging():
             b = DynamicBatcher(Recorder(), ex, max_batch=4, max_wait_s=10.0, max_queue=100)
             b.start()
             fut = b.submit(rand_request(rng, 1))
-            b._engine_free = None  # break the loop: acquiring the engine slot now raises
+            b._running = None  # break the loop: checking the engine slots now raises
             b._wakeup.set()
             b.submit(rand_request(rng, 3))  # fills the batch: the loop goes for the engine
             with pytest.raises(EngineError) as info:
@@ -489,7 +489,7 @@ def test_engine_process_is_restarted_after_a_crash_and_gives_up_past_the_bound()
             proc.run_batch(bad)
         assert info.value.kind == "EngineProcessDied" and "exit code 3" in info.value.message
         status, reason = proc.health()  # ... and a new process is loading
-        assert status == "loading" and "exit code 3" in reason, (status, reason)
+        assert status == "restarting" and "exit code 3" in reason, (status, reason)
         assert proc.restarts == 1
         # the next batch waits for the new process and is served by it
         np.testing.assert_allclose(proc.run_batch(good)[0], expected, rtol=1e-5, atol=1e-6)
@@ -506,3 +506,71 @@ def test_engine_process_is_restarted_after_a_crash_and_gives_up_past_the_bound()
     finally:
         proc.close(timeout_s=10)
     assert not proc._child.process.is_alive()
+
+
+# -- batch deadline and staging (issue 10) ---------------------------------------------------------
+
+class Gate:
+    """run_batch that blocks each batch until released (a hung engine), recording batch sizes."""
+
+    def __init__(self):
+        self.open = threading.Event()
+        self.sizes = []
+
+    def __call__(self, merged):
+        self.sizes.append(merged.batch_size)
+        assert self.open.wait(30), "gate never opened"
+        return score(merged).astype(np.float32), None
+
+
+def test_a_batch_past_its_deadline_fails_with_engine_timeout_and_the_batcher_reports_stuck():
+    rng = np.random.default_rng(12)
+    reqs = [rand_request(rng, 2) for _ in range(2)]
+    gate, timeouts = Gate(), []
+
+    async def main():
+        with ThreadPoolExecutor(1) as ex:
+            b = DynamicBatcher(gate, ex, max_batch=4, max_wait_s=0.001, max_queue=16, batch_timeout_s=0.3,
+                               on_timeout=timeouts.append)
+            b.start()
+            t0 = time.perf_counter()
+            with pytest.raises(EngineError) as info:
+                await asyncio.wait_for(b.submit(reqs[0]), 10)
+            assert info.value.kind == "EngineTimeout" and "within 0.3 s" in info.value.message
+            assert 0.25 < time.perf_counter() - t0 < 5
+            assert b.stuck is not None and timeouts == [b.stuck]
+            gate.open.set()  # the engine returns: no longer stuck, and serves again
+            got = await asyncio.wait_for(b.submit(reqs[1]), 10)
+            assert b.stuck is None
+            np.testing.assert_allclose(got, score(merge_requests([reqs[1]])), rtol=1e-6)
+            await b.close()
+
+    run(main())
+
+
+def test_a_full_batch_is_staged_behind_the_running_one_and_a_partial_one_keeps_growing():
+    rng = np.random.default_rng(13)
+    first, *rest = [rand_request(rng, 1) for _ in range(7)]
+    gate = Gate()
+
+    async def main():
+        with ThreadPoolExecutor(1) as ex:
+            b = DynamicBatcher(gate, ex, max_batch=4, max_wait_s=0.001, max_queue=16)
+            b.start()
+            futs = [b.submit(first)]
+            await asyncio.sleep(0.05)  # batch [first] runs (blocked)
+            futs += [b.submit(r) for r in rest[:2]]
+            await asyncio.sleep(0.05)  # 2 samples: not a full batch, it waits for the engine
+            assert b.inflight_batches == 1 and b.queued_rows == 2
+            futs += [b.submit(r) for r in rest[2:]]
+            await asyncio.sleep(0.05)  # 6 queued: a full batch of 4 is staged, 2 keep waiting
+            assert b.inflight_batches == 2 and b.queued_rows == 2
+            gate.open.set()
+            got = await asyncio.wait_for(asyncio.gather(*futs), 10)
+            await b.close()
+            return got
+
+    got = run(main())
+    assert gate.sizes == [1, 4, 2]
+    for req, p in zip([first] + rest, got):
+        np.testing.assert_allclose(p, score(merge_requests([req])), rtol=1e-6)

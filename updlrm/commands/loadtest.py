@@ -18,6 +18,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--duration", type=float, default=30.0, help="stop after this many seconds (<= 3600)")
     p.add_argument("--samples-per-request", type=int, default=1, help="samples in each request")
     p.add_argument("--lookups", type=int, default=1, help="ids per bag in each sample")
+    p.add_argument("--format", default="samples", choices=("samples", "columnar", "msgpack"),
+                   help="request body: JSON samples, a JSON columnar batch, or that batch in MessagePack")
     p.add_argument("--warmup", type=int, default=0, help="untimed requests before the clock starts")
     p.add_argument("--timeout", type=float, default=30.0, help="per-request timeout in seconds")
     p.add_argument("--seed", type=int, default=0)
@@ -33,12 +35,16 @@ def run(args) -> int:
         report = run_loadtest(args.url, concurrency=args.concurrency, requests=args.requests,
                               duration_s=args.duration, samples_per_request=args.samples_per_request,
                               lookups=args.lookups, seed=args.seed, timeout_s=args.timeout,
-                              allow_remote=args.allow_remote, warmup_requests=args.warmup)
+                              allow_remote=args.allow_remote, warmup_requests=args.warmup, body_format=args.format)
     except ValueError as exc:
         print(f"updlrm loadtest: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:
-        print(f"updlrm loadtest: cannot reach {args.url}: {exc}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - OSError, httpx errors: the server could not be asked for its model
+        import httpx
+
+        if not isinstance(exc, (OSError, httpx.HTTPError)):
+            raise
+        print(f"updlrm loadtest: cannot reach {args.url}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.format())
     return 0 if report.every_request_answered_once else 1

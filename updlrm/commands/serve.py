@@ -26,6 +26,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="longest a request waits for its batch to fill")
     p.add_argument("--max-queue", type=int, default=1024, help="samples waiting before requests get 503")
     p.add_argument("--max-request-samples", type=int, default=1024, help="most samples in one request")
+    p.add_argument("--max-body-bytes", type=int, default=16 << 20,
+                   help="largest request body (413 above; a chunked body is not read past it)")
     p.add_argument("--torch-threads", type=int, default=1,
                    help="torch intra-op threads of the engine (0: torch default); 1 suits small batches")
     p.add_argument("--engine-process", action="store_true",
@@ -33,6 +35,19 @@ def add_parser(subparsers) -> None:
                         "dies, only its batch fails and a new one is started")
     p.add_argument("--engine-max-restarts", type=int, default=3,
                    help="--engine-process: restarts allowed within 60 s before the server reports failed")
+    g = p.add_argument_group("limits and timeouts")
+    g.add_argument("--batch-timeout", type=float, default=30.0,
+                   help="seconds an engine batch may run; past it the batch fails with 504, /healthz says "
+                        "stuck, and an --engine-process engine is killed and replaced")
+    g.add_argument("--header-timeout", type=float, default=10.0, help="seconds to receive a request's headers")
+    g.add_argument("--body-timeout", type=float, default=30.0, help="seconds to receive a request's body")
+    g.add_argument("--keep-alive", type=float, default=5.0, help="seconds an idle connection is kept open")
+    g.add_argument("--max-connections", type=int, default=None,
+                   help="open connections; more are refused with 503 (default 4096, lowered to fit the "
+                        "file-descriptor limit)")
+    g.add_argument("--max-header-bytes", type=int, default=16 << 10, help="request line + headers, in bytes (431 above)")
+    g.add_argument("--shutdown-timeout", type=float, default=30.0,
+                   help="seconds a graceful stop waits for requests in progress before closing their connections")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     p.add_argument("--port", type=int, default=8000, help="port (0: pick a free one; the chosen port is printed)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -41,17 +56,23 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from updlrm.serving.loader import ServeSettings
+    from updlrm.serving.protocol import ServerLimits
     from updlrm.serving.server import run_server
 
     settings = ServeSettings(
         model=args.model, backend=args.backend, plan=args.plan, strategy=args.strategy, nr_dpus=args.nr_dpus,
         dtype=args.dtype, row_scale=args.row_scale, max_rows=args.max_rows, seed=args.seed,
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
-        max_request_samples=args.max_request_samples,
+        max_request_samples=args.max_request_samples, max_body_bytes=args.max_body_bytes,
         torch_threads=args.torch_threads, host=args.host, port=args.port,
         engine_max_restarts=args.engine_max_restarts)
+    limits = ServerLimits(header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
+                          keep_alive_s=args.keep_alive, max_connections=args.max_connections,
+                          max_header_bytes=args.max_header_bytes, shutdown_timeout_s=args.shutdown_timeout,
+                          batch_timeout_s=args.batch_timeout)
     try:
         settings.check()
+        limits.check()
         import os
 
         from updlrm import configs
@@ -69,8 +90,8 @@ def run(args) -> int:
         if args.engine_process:
             from updlrm.serving.engine_process import load_model_in_process
 
-            return run_server(settings, load_model_in_process, log_level=args.log_level)
-        return run_server(settings, log_level=args.log_level)
+            return run_server(settings, load_model_in_process, log_level=args.log_level, limits=limits)
+        return run_server(settings, log_level=args.log_level, limits=limits)
     except OSError as exc:
         print(f"updlrm serve: {exc}", file=sys.stderr)
         return 1

@@ -9,16 +9,19 @@ Use::
     curl -s -XPOST localhost:8000/v1/predict -d '{"dense": [...13 numbers], "sparse": {"C1": [3], ..., "C26": [0]}}'
     curl -s localhost:8000/metrics                                           # Prometheus text
     updlrm loadtest --url http://127.0.0.1:8000 --concurrency 64 --requests 5000 --duration 30
+    updlrm loadtest --samples-per-request 16 --format msgpack                # columnar batches, MessagePack
 
-API docs (OpenAPI) at ``/docs`` and ``/openapi.json``. From Python: :mod:`updlrm.client`.
+API docs (OpenAPI) at ``/docs`` (Swagger UI served from the swagger-ui-bundle package, so it
+works offline) and ``/openapi.json``. From Python: :mod:`updlrm.client`.
 
 Parts: :mod:`.schema` (request/response models, validation at the boundary), :mod:`.batcher`
 (merge requests into engine batches, split answers, bounded queue), :mod:`.metrics`
 (Prometheus text), :mod:`.app` (routes and lifecycle), :mod:`.loader` (settings, model +
 engine loading), :mod:`.engine_process` (the engine in a child process, ``--engine-process``;
 replaced when it dies, bounded by ``--engine-max-restarts``),
-:mod:`.server` (process: bind, serve, graceful SIGTERM), :mod:`.loadtest` (closed-loop load
-generator behind ``updlrm loadtest``).
+:mod:`.protocol` (connection limits under the app: read timeouts, header and connection caps,
+refusals from the headers, bounded shutdown), :mod:`.server` (process: bind, serve, graceful
+SIGTERM), :mod:`.loadtest` (closed-loop load generator behind ``updlrm loadtest``).
 """
 
 from .batcher import DynamicBatcher, EngineError, MergedBatch, QueueFullError, ShuttingDownError, merge_requests

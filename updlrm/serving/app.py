@@ -2,17 +2,30 @@
 
 Routes (OpenAPI schema at ``/openapi.json``, docs at ``/docs``):
 
-* ``POST /v1/predict`` - one sample or a list (see :mod:`updlrm.serving.schema`); 200
-  ``{"predictions": [...]}``; 422 invalid request (message names field, table, position,
-  allowed range); 413 request too large; 503 + ``Retry-After`` when the queue is full, the model
-  is still loading (or its engine process restarting), or the server is shutting down; 500 when
-  the engine failed the batch (e.g. ``EngineProcessDied``: the batch's engine process died).
-  An ``X-Request-Id`` header is echoed back.
+* ``POST /v1/predict`` - one sample, a list, or a columnar batch, as JSON or MessagePack (see
+  :mod:`updlrm.serving.schema`); 200 ``{"predictions": [...]}``; 422 invalid request (message
+  names field, table, position, allowed range); 413 request too large (a chunked body is not
+  read past the limit); 503 + ``Retry-After`` when the queue is full, the model is still loading
+  (or its engine process restarting), the engine is stuck, or the server is shutting down; 504
+  when the engine did not finish the batch within the batch deadline; 500 when the engine failed
+  the batch (e.g. ``EngineProcessDied``: the batch's engine process died). An ``X-Request-Id``
+  header of up to ``max_request_id_chars`` printable characters is echoed back (a longer one: 400).
 * ``GET /healthz`` - 200 ``{"status": "ready"}`` once the model (and DPUs) are loaded, else 503
-  with ``loading`` (also while a dead engine process is replaced) / ``failed`` / ``shutting_down``
+  with ``loading`` / ``restarting`` (a dead or stuck engine process is replaced) / ``stuck`` (a
+  batch ran past its deadline and the engine has not returned) / ``failed`` / ``shutting_down``
   and an ``error`` saying why.
 * ``GET /metrics`` - Prometheus text (:mod:`updlrm.serving.metrics`).
 * ``GET /v1/model`` - tables, shapes, backend, batching limits, plan summary.
+
+Admission is decided before a request's body is read or parsed: a request the server would
+refuse (not ready, queue full counting the requests being parsed, shutting down) is answered 503
+at once from its headers (by the connection layer, :mod:`.protocol`, when the server runs under
+:func:`updlrm.serving.run_server`). Bodies over 64 KiB are parsed in a worker thread, not on the
+event loop; the thread still takes the GIL for each C call of the parse (msgspec's decode, NumPy's
+conversion), so a 15 MB body holds the loop for up to ~0.3 s at a time here, not for the whole
+parse.
+
+``/docs`` serves Swagger UI from the ``swagger_ui_bundle`` package (no CDN), so it works offline.
 
 Lifecycle: the app starts listening at once and loads the model in the engine thread (so
 ``/healthz`` can say ``loading``); on shutdown (uvicorn stops accepting first and lets running
@@ -35,8 +48,12 @@ from fastapi.responses import JSONResponse, Response
 from .batcher import BatchRecord, DynamicBatcher, EngineError, QueueFullError, ShuttingDownError
 from .loader import LoadedModel, ServeSettings
 from .metrics import ServerMetrics
-from .schema import (ErrorResponse, ModelInfo, PredictResponse, RequestError, RequestValidator, Sample,
+from .protocol import ServerLimits
+from .schema import (BatchRequest, ErrorResponse, ModelInfo, PredictResponse, RequestError, RequestValidator, Sample,
                      SampleList)
+
+#: bodies larger than this are parsed in the parse thread instead of on the event loop
+PARSE_INLINE_BYTES = 64 << 10
 
 log = logging.getLogger("updlrm.serving")
 
@@ -44,8 +61,11 @@ log = logging.getLogger("updlrm.serving")
 class ServerState:
     """Mutable state of one server: the loaded model, batcher, metrics, and request accounting."""
 
-    def __init__(self, settings: ServeSettings):
+    def __init__(self, settings: ServeSettings, limits: ServerLimits):
         self.settings = settings
+        self.limits = limits
+        self.reading = 0  # predict requests admitted whose body is being read or parsed
+        self.parse_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="updlrm-parse")
         self.status = "loading"  # loading | ready | failed | shutting_down | stopped
         self.load_error: Optional[str] = None
         self.model: Optional[LoadedModel] = None
@@ -69,6 +89,8 @@ class ServerState:
         if self.status != "ready" or self.model is None:
             return self.status, self.load_error
         engine_status, reason = self.model.health()
+        if engine_status == "ready" and self.batcher is not None and self.batcher.stuck:
+            return "stuck", self.batcher.stuck
         return ("ready", None) if engine_status == "ready" else (engine_status, reason)
 
     def observe_batch(self, rec: BatchRecord) -> None:
@@ -99,16 +121,24 @@ def _openapi_request_body() -> tuple[dict, dict]:
     """OpenAPI requestBody for /v1/predict and the component schemas it refers to."""
     import pydantic
 
-    ta = pydantic.TypeAdapter(Union[Sample, SampleList, list[Sample]])
+    ta = pydantic.TypeAdapter(Union[Sample, SampleList, list[Sample], BatchRequest])
     schema = ta.json_schema(ref_template="#/components/schemas/{model}")
     defs = schema.pop("$defs", {})
-    body = {"required": True, "content": {"application/json": {"schema": schema}}}
+    packed = pydantic.TypeAdapter(BatchRequest).json_schema(ref_template="#/components/schemas/{model}")
+    defs.update(packed.pop("$defs", {}))
+    defs["BatchRequest"] = packed
+    body = {"required": True, "content": {
+        "application/json": {"schema": schema},
+        "application/msgpack": {"schema": {"$ref": "#/components/schemas/BatchRequest"},
+                                "description": "a columnar batch in MessagePack; dense, ids and lengths may be raw "
+                                               "little-endian bytes (float32 / int64, numpy tobytes())"}}}
     return body, defs
 
 
 def create_app(settings: ServeSettings, loader: Callable[[ServeSettings], LoadedModel],
                on_load_failure: Callable[[str], None] | None = None,
-               stopping: Callable[[], bool] | None = None) -> "PredictFastPath":
+               stopping: Callable[[], bool] | None = None,
+               limits: Optional[ServerLimits] = None) -> "PredictFastPath":
     """The FastAPI app serving the model ``loader(settings)`` returns (called in the engine thread).
 
     ``on_load_failure(message)`` is called if loading fails; ``stopping()`` says whether the
@@ -117,7 +147,15 @@ def create_app(settings: ServeSettings, loader: Callable[[ServeSettings], Loaded
     the server is about to close.
     """
     settings.check()
-    state = ServerState(settings)
+    limits = limits or ServerLimits()
+    limits.check()
+    state = ServerState(settings, limits)
+
+    def on_batch_timeout(reason: str) -> None:
+        engine = state.model.engine if state.model is not None else None
+        abort = getattr(engine, "abort", None)
+        if abort is not None:  # an engine process: kill it, a new one is started
+            abort(reason)
 
     async def load() -> None:
         loop = asyncio.get_running_loop()
@@ -136,7 +174,8 @@ def create_app(settings: ServeSettings, loader: Callable[[ServeSettings], Loaded
         state.model, state.validator = model, validator
         state.batcher = DynamicBatcher(model.run_batch, state.executor, max_batch=settings.max_batch,
                                        max_wait_s=settings.max_wait_ms / 1e3, max_queue=settings.max_queue,
-                                       observer=state.observe_batch)
+                                       observer=state.observe_batch, batch_timeout_s=limits.batch_timeout_s,
+                                       on_timeout=on_batch_timeout)
         state.batcher.start()
         if state.status == "loading":
             state.status = "ready"
@@ -159,10 +198,11 @@ def create_app(settings: ServeSettings, loader: Callable[[ServeSettings], Loaded
             except Exception as exc:  # noqa: BLE001
                 log.error("closing the engine failed: %s: %s", type(exc).__name__, exc)
         state.executor.shutdown(wait=True)
+        state.parse_executor.shutdown(wait=False)
         state.status = "stopped"
         log.warning("stopped: %d predict request(s) accepted, %d answered", state.accepted, state.answered)
 
-    app = FastAPI(title="updlrm inference server", version="1", lifespan=lifespan,
+    app = FastAPI(title="updlrm inference server", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="DLRM click-probability predictions; embedding lookups on CPU, GPU or (emulated) "
                               "UPMEM PIM.")
     app.state.updlrm = state
@@ -170,33 +210,111 @@ def create_app(settings: ServeSettings, loader: Callable[[ServeSettings], Loaded
     error_responses = {
         413: {"model": ErrorResponse, "description": "too many samples or ids, or body too large"},
         422: {"model": ErrorResponse, "description": "invalid request (field, table, position, allowed range)"},
+        400: {"model": ErrorResponse, "description": "bad header (e.g. an X-Request-Id too long)"},
         500: {"model": ErrorResponse, "description": "the engine failed the batch holding this request"},
-        503: {"model": ErrorResponse, "description": "overloaded / loading / shutting down; see Retry-After"},
+        503: {"model": ErrorResponse, "description": "overloaded / loading / restarting / stuck / shutting down; "
+                                                     "see Retry-After"},
+        504: {"model": ErrorResponse, "description": "the engine did not finish the batch within the deadline"},
     }
 
     class _ClientGone(Exception):
         pass
 
+    class _TooLarge(Exception):
+        pass
+
+    def _refusal() -> Optional[tuple[int, dict, bytes, str]]:
+        """A cheap answer for a request the server would refuse, from state alone (no body read)."""
+        if state.status != "ready":
+            kind = "not_ready" if state.status in ("loading", "failed") else "shutting_down"
+            msg = {"loading": "model is still loading", "failed": f"model failed to load: {state.load_error}"}.get(
+                state.status, "server is shutting down")
+            return (*_error_bytes(503, kind, msg, headers={"Retry-After": "1"}), kind)
+        engine_status, reason = state.model.health()
+        if engine_status != "ready":  # the engine process died or was killed: a new one loads, or restarts gave up
+            if engine_status in ("restarting", "loading"):
+                return (*_error_bytes(503, "not_ready", f"engine is restarting: {reason}", headers={"Retry-After": "1"}),
+                        "not_ready")
+            return (*_error_bytes(503, "not_ready", f"engine failed: {reason}"), "not_ready")
+        batcher = state.batcher
+        if batcher.stuck:
+            return (*_error_bytes(503, "not_ready", f"engine is stuck: {batcher.stuck}",
+                                  headers={"Retry-After": str(max(1, round(limits.batch_timeout_s)))}), "not_ready")
+        if batcher.closing:
+            return (*_error_bytes(503, "shutting_down", "server is shutting down", headers={"Retry-After": "1"}),
+                    "shutting_down")
+        if not batcher.admissible(state.reading):
+            retry = batcher.retry_after_s()
+            return (*_error_bytes(503, "overloaded", f"queue full: {batcher.queued_rows} samples waiting and "
+                                  f"{state.reading} request(s) being read, limit {batcher.max_queue} samples",
+                                  headers={"Retry-After": str(retry)}), "overloaded")
+        return None
+
+    def _request_id_error(request_id: str) -> Optional[tuple[int, dict, bytes]]:
+        if len(request_id) > limits.max_request_id_chars or not request_id.isprintable():
+            return _error_bytes(400, "invalid_request", f"X-Request-Id of {len(request_id)} characters: at most "
+                                f"{limits.max_request_id_chars} printable characters", field="X-Request-Id",
+                                allowed=f"1..{limits.max_request_id_chars} printable characters")
+        return None
+
     async def handle_predict(read_body: Callable[[], Awaitable[bytes]], content_length: Optional[str],
-                             request_id: Optional[str]) -> tuple[int, dict, bytes]:
-        """The whole predict exchange: (status, extra headers, JSON body). A request counts as
-        accepted once its body has been read in full; every accepted request gets one answer."""
+                             request_id: Optional[str], content_type: Optional[str] = None) -> tuple[int, dict, bytes]:
+        """The whole predict exchange: (status, extra headers, JSON body). Refusals are decided
+        from the headers and the server's state before the body is read; a request counts as
+        accepted once it is answered from its headers or its body has been read in full; every
+        accepted request gets one answer."""
         t0 = time.perf_counter()
         m = state.metrics
-        if content_length is not None and content_length.isdigit() and int(content_length) > settings.max_body_bytes:
+        bad_id = _request_id_error(request_id) if request_id is not None else None
+        refusal = _refusal() if bad_id is None else None
+        if bad_id is not None:
+            status, headers, body = bad_id
+            m.errors.inc(kind="invalid_request")
+            request_id = None  # not echoed
+            state.accepted += 1
+            state.answered += 1
+        elif refusal is not None:
+            status, headers, body, kind = refusal
+            m.errors.inc(kind=kind)
+            state.accepted += 1
+            state.answered += 1
+        elif content_length is not None and content_length.isdigit() and int(content_length) > settings.max_body_bytes:
             status, headers, body = _error_bytes(413, "invalid_request", f"body of {content_length} bytes exceeds "
-                                                 "the limit", field="body", allowed=f"<= {settings.max_body_bytes} bytes")
+                                                 "the limit", field="body", allowed=f"<= {settings.max_body_bytes} bytes",
+                                                 headers={"Connection": "close"})  # the body is not read
             m.errors.inc(kind="invalid_request")
         else:
-            raw = await read_body()  # _ClientGone propagates: nobody to answer
-            state.accepted += 1
+            state.reading += 1
+            released = False
             try:
-                status, headers, body = await _predict(raw)
-            except Exception as exc:  # noqa: BLE001 - every accepted request gets an answer
-                log.exception("predict failed unexpectedly")
-                m.errors.inc(kind="internal")
-                status, headers, body = _error_bytes(500, "internal", f"{type(exc).__name__}: {exc}")
-            state.answered += 1
+                try:
+                    raw = await read_body()  # _ClientGone propagates: nobody to answer
+                except _TooLarge:
+                    raw = None
+                state.accepted += 1
+                if raw is None:
+                    status, headers, body = _error_bytes(
+                        413, "invalid_request", f"body exceeds the limit of {settings.max_body_bytes} bytes (not read "
+                        "further)", field="body", allowed=f"<= {settings.max_body_bytes} bytes",
+                        headers={"Connection": "close"})
+                    m.errors.inc(kind="invalid_request")
+                else:
+                    def release() -> None:
+                        nonlocal released
+                        if not released:
+                            released = True
+                            state.reading -= 1
+
+                    try:
+                        status, headers, body = await _predict(raw, content_type, release)
+                    except Exception as exc:  # noqa: BLE001 - every accepted request gets an answer
+                        log.exception("predict failed unexpectedly")
+                        m.errors.inc(kind="internal")
+                        status, headers, body = _error_bytes(500, "internal", f"{type(exc).__name__}: {exc}")
+                state.answered += 1
+            finally:
+                if not released:
+                    state.reading -= 1
         if request_id is not None:
             headers["X-Request-Id"] = request_id
         if stopping is not None and stopping():
@@ -205,29 +323,19 @@ def create_app(settings: ServeSettings, loader: Callable[[ServeSettings], Loaded
         m.request_latency.observe(time.perf_counter() - t0)
         return status, headers, body
 
-    async def _predict(raw: bytes) -> tuple[int, dict, bytes]:
+    async def _predict(raw: bytes, content_type: Optional[str], release: Callable[[], None]) -> tuple[int, dict, bytes]:
         m = state.metrics
-        if state.status != "ready":
-            kind = "not_ready" if state.status in ("loading", "failed") else "shutting_down"
-            m.errors.inc(kind=kind)
-            msg = {"loading": "model is still loading", "failed": f"model failed to load: {state.load_error}"}.get(
-                state.status, "server is shutting down")
-            return _error_bytes(503, kind, msg, headers={"Retry-After": "1"})
-        engine_status, reason = state.model.health()
-        if engine_status != "ready":  # the engine process died: a new one loads, or restarts gave up
-            m.errors.inc(kind="not_ready")
-            if engine_status == "loading":
-                return _error_bytes(503, "not_ready", f"engine is restarting: {reason}", headers={"Retry-After": "1"})
-            return _error_bytes(503, "not_ready", f"engine failed: {reason}")
-        if len(raw) > settings.max_body_bytes:
-            m.errors.inc(kind="invalid_request")
-            return _error_bytes(413, "invalid_request", f"body of {len(raw)} bytes exceeds the limit",
-                                field="body", allowed=f"<= {settings.max_body_bytes} bytes")
         try:
-            parsed = state.validator.parse(raw)
+            if len(raw) > PARSE_INLINE_BYTES:  # keep the event loop free for the batcher and other requests
+                loop = asyncio.get_running_loop()
+                parsed = await loop.run_in_executor(state.parse_executor, state.validator.parse_fast, raw, content_type)
+            else:
+                parsed = state.validator.parse_fast(raw, content_type)
         except RequestError as exc:
             m.errors.inc(kind="invalid_request")
             return exc.status, {}, json.dumps(exc.body()).encode()
+        finally:
+            release()
         try:
             future = state.batcher.submit(parsed)
         except QueueFullError as exc:
@@ -240,6 +348,8 @@ def create_app(settings: ServeSettings, loader: Callable[[ServeSettings], Loaded
             probs = await asyncio.shield(future)  # a cancelled handler never cancels the batch
         except EngineError as exc:
             m.errors.inc(kind=f"engine_error:{exc.kind}")
+            if exc.kind == "EngineTimeout":
+                return _error_bytes(504, "engine_timeout", str(exc), engine_error=exc.kind)
             return _error_bytes(500, "engine_error", str(exc), engine_error=exc.kind)
         m.samples.inc(parsed.nr_samples)
         return 200, {}, b'{"predictions":' + json.dumps(probs.tolist()).encode() + b"}"
@@ -247,47 +357,90 @@ def create_app(settings: ServeSettings, loader: Callable[[ServeSettings], Loaded
     @app.post("/v1/predict", response_model=PredictResponse, responses=error_responses,
               openapi_extra={"requestBody": request_body})
     async def predict(request: Request) -> Response:
-        """Click probabilities for one sample or a list of samples, in order.
+        """Click probabilities for one sample, a list of samples, or a columnar batch, in order.
 
         (Served by the ASGI fast path below; this route documents the API and serves the same
         answers when the app is mounted without it.)"""
-        status, headers, body = await handle_predict(request.body, request.headers.get("content-length"),
-                                                     request.headers.get("x-request-id"))
+        async def read_body() -> bytes:
+            raw = await request.body()
+            if len(raw) > settings.max_body_bytes:
+                raise _TooLarge()
+            return raw
+
+        status, headers, body = await handle_predict(read_body, request.headers.get("content-length"),
+                                                     request.headers.get("x-request-id"),
+                                                     request.headers.get("content-type"))
         return Response(content=body, status_code=status, headers=headers, media_type="application/json")
 
     async def fast_predict(scope, receive, send) -> None:
         """POST /v1/predict straight on ASGI: skips FastAPI's routing, middleware and Request/
         Response objects, which cost about as much as the rest of a small request together."""
-        length = request_id = None
+        length = request_id = content_type = None
         for key, value in scope["headers"]:
             if key == b"content-length":
                 length = value.decode("latin-1")
             elif key == b"x-request-id":
                 request_id = value.decode("latin-1")
+            elif key == b"content-type":
+                content_type = value.decode("latin-1")
 
         async def read_body() -> bytes:
             chunks, size = [], 0
+            limit = settings.max_body_bytes
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
                     raise _ClientGone()
                 chunk = message.get("body", b"")
                 size += len(chunk)
-                if size <= settings.max_body_bytes:
-                    chunks.append(chunk)
-                else:
-                    chunks = [b" " * size]  # over the limit: keep only the size (answered 413)
+                if size > limit:  # stop reading: answered 413, the connection is closed
+                    raise _TooLarge()
+                chunks.append(chunk)
                 if not message.get("more_body", False):
                     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
         try:
-            status, headers, body = await handle_predict(read_body, length, request_id)
+            status, headers, body = await handle_predict(read_body, length, request_id, content_type)
         except _ClientGone:
             return
         raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         raw_headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
         await send({"type": "http.response.start", "status": status, "headers": raw_headers})
         await send({"type": "http.response.body", "body": body})
+
+    def refuse_early(raw_headers: list) -> Optional[tuple[bytes, bool, float]]:
+        """For the connection layer (:mod:`.protocol`): the whole answer to a predict request that
+        is refused from the server's state alone, built from its headers, whether to keep the
+        connection, and how long not to read it (an overloaded refusal's Retry-After); or None to
+        serve the request."""
+        request_id = None
+        for key, value in raw_headers:
+            if key == b"x-request-id":
+                request_id = value.decode("latin-1")
+                if _request_id_error(request_id) is not None:
+                    return None  # the app answers 400
+        refusal = _refusal()
+        if refusal is None:
+            return None
+        status, headers, body, kind = refusal
+        m = state.metrics
+        m.errors.inc(kind=kind)
+        m.requests.inc(code=str(status))
+        m.request_latency.observe(0.0)
+        state.accepted += 1
+        state.answered += 1
+        keep_alive = not (stopping is not None and stopping())
+        lines = [f"HTTP/1.1 {status} Service Unavailable", "content-type: application/json",
+                 f"content-length: {len(body)}"]
+        lines += [f"{k.lower()}: {v}" for k, v in headers.items()]
+        if request_id is not None:
+            lines.append(f"x-request-id: {request_id}")
+        if not keep_alive:
+            lines.append("connection: close")
+        pause_s = float(headers.get("Retry-After", 0)) if kind == "overloaded" else 0.0
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body, keep_alive, pause_s
+
+    _mount_docs(app)
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
@@ -326,17 +479,45 @@ def create_app(settings: ServeSettings, loader: Callable[[ServeSettings], Loaded
         return app.openapi_schema
 
     app.openapi = openapi
-    return PredictFastPath(app, fast_predict)
+    return PredictFastPath(app, fast_predict, refuse_early)
+
+
+def _mount_docs(app: FastAPI) -> None:
+    """``/docs``: Swagger UI from the assets the swagger_ui_bundle package ships (no CDN, so it
+    works offline); without that package /docs says how to get it, and /openapi.json still works."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import HTMLResponse
+
+    try:
+        from starlette.staticfiles import StaticFiles
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        swagger_ui_path = None
+
+    if swagger_ui_path is not None:
+        app.mount("/docs/assets", StaticFiles(directory=swagger_ui_path), name="swagger-ui-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        if swagger_ui_path is None:
+            return HTMLResponse("<p>Swagger UI needs the swagger-ui-bundle package (pip install swagger-ui-bundle); "
+                                "the API schema is at <a href='/openapi.json'>/openapi.json</a>.</p>", status_code=200)
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=app.title + " - docs",
+                                   swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs/assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs/assets/favicon-32x32.png")
 
 
 class PredictFastPath:
     """ASGI app: ``POST /v1/predict`` goes to ``handler``; everything else (other routes,
     lifespan, docs) to the FastAPI ``app``. ``.app`` and ``.state`` give the FastAPI app and the
-    server state."""
+    server state; ``.refuse_early(headers)`` answers a predict request the server refuses from
+    its state alone, for the connection layer."""
 
-    def __init__(self, app: FastAPI, handler):
+    def __init__(self, app: FastAPI, handler, refuse_early=None):
         self.app = app
         self.handler = handler
+        self.refuse_early = refuse_early
         self.state = app.state.updlrm
 
     async def __call__(self, scope, receive, send) -> None:

@@ -17,6 +17,20 @@ Each request's rows stay together and in order: the merged batch lists samples r
 request (``row_starts``), and the predictions ``[B]`` are cut back at the same boundaries, so
 samples of different requests never mix.
 
+A second batch can be formed while one runs: the loop keeps filling the queue while the engine
+works and takes the next batch as soon as an engine slot frees. ``max_inflight`` engine slots
+(default 1) let an engine that accepts a second batch before the first returns run two at once;
+``run_batch`` must then be safe to call from that many executor threads. Beyond those, one *full*
+batch (``max_batch`` samples) is staged: handed to the executor while the engine is busy, so the
+engine thread starts it the moment the running one returns, without waiting for the event loop
+(which, flooded with requests, may take tens of milliseconds per turn). A batch that is not full
+keeps growing until a slot frees, as before.
+
+Deadline: a batch the engine has not finished ``batch_timeout_s`` after it started fails all its
+requests at once with ``EngineError("EngineTimeout")`` (answered 504), ``on_timeout(reason)`` is
+called (the server kills and replaces an engine process there), and :attr:`stuck` gives the
+reason until the engine thread returns from it; its engine slot stays taken until then.
+
 Failure containment: a full queue raises :class:`QueueFullError` at once (the HTTP layer answers
 503 + Retry-After); an engine exception fails only the requests of the batch it hit (as
 :class:`EngineError`), is logged and counted, and the batcher goes on. If the engine rejects a
@@ -150,13 +164,23 @@ class DynamicBatcher:
 
     def __init__(self, run_batch: RunBatch, executor: Executor, *, max_batch: int = 64,
                  max_wait_s: float = 0.002, max_queue: int = 1024,
-                 observer: Callable[[BatchRecord], None] | None = None):
+                 observer: Callable[[BatchRecord], None] | None = None,
+                 batch_timeout_s: float | None = None, on_timeout: Callable[[str], None] | None = None,
+                 max_inflight: int = 1):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if max_wait_s < 0:
             raise ValueError(f"max_wait_s must be >= 0, got {max_wait_s}")
         if max_queue < 1:
             raise ValueError(f"max_queue must be >= 1, got {max_queue}")
+        if batch_timeout_s is not None and not batch_timeout_s > 0:
+            raise ValueError(f"batch_timeout_s must be > 0 or None, got {batch_timeout_s}")
+        if max_inflight < 1:
+            raise ValueError(f"max_inflight must be >= 1, got {max_inflight}")
+        self.batch_timeout_s = batch_timeout_s
+        self.on_timeout = on_timeout
+        self.max_inflight = int(max_inflight)
+        self._stuck: dict[int, str] = {}  # timed-out batches whose engine call has not returned
         self.run_batch = run_batch
         self.executor = executor
         self.max_batch = int(max_batch)
@@ -166,7 +190,7 @@ class DynamicBatcher:
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
         self._wakeup: asyncio.Event | None = None
-        self._engine_free: asyncio.Semaphore | None = None
+        self._running = 0  # batches handed to the executor and not returned (running or staged)
         self._task: asyncio.Task | None = None
         self._inflight: set[asyncio.Task] = set()
         self._closing = False
@@ -189,13 +213,23 @@ class DynamicBatcher:
     def closing(self) -> bool:
         return self._closing
 
+    @property
+    def stuck(self) -> Optional[str]:
+        """Why the engine is stuck (a batch ran past its deadline and has not returned), or None."""
+        return next(iter(self._stuck.values()), None)
+
+    def admissible(self, reserved: int = 0) -> bool:
+        """Whether a request may be read and parsed now: the queue has room for at least one more
+        sample beyond ``reserved`` requests already being read or parsed (cheap, before parsing)."""
+        return not self._closing and self._queued_rows + reserved < self.max_queue
+
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
         """Start the batching loop in the running event loop."""
         if self._task is not None:
             raise RuntimeError("batcher already started")
         self._wakeup = asyncio.Event()
-        self._engine_free = asyncio.Semaphore(1)
+        self._running = 0
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="updlrm-batcher")
         self._task.add_done_callback(self._loop_ended)
 
@@ -249,6 +283,40 @@ class DynamicBatcher:
             self._wakeup.set()
         return fut
 
+    async def _timed_out(self, taken: list[_Pending], call: asyncio.Future, start: float, staged: bool) -> None:
+        """Fail a batch past its deadline now; hold its engine slot until the engine returns."""
+        rows = sum(p.request.nr_samples for p in taken)
+        reason = (f"the engine did not finish a batch of {rows} sample(s) ({len(taken)} request(s)) within "
+                  f"{self.batch_timeout_s * (2 if staged else 1):g} s")
+        key = id(call)
+        self._stuck[key] = reason
+        log.error("%s: failing the batch's requests", reason)
+        error = EngineError("EngineTimeout", reason)
+        for p in taken:
+            if not p.future.done():
+                p.future.set_exception(error)
+        if self.observer is not None:
+            try:
+                self.observer(BatchRecord(nr_samples=rows, nr_requests=len(taken),
+                                          service_s=time.perf_counter() - start,
+                                          queue_waits_s=[p.started - p.enqueued for p in taken], error=error,
+                                          errors_by_request=[error] * len(taken)))
+            except Exception:  # noqa: BLE001
+                log.exception("batch observer failed")
+        if self.on_timeout is not None:
+            try:
+                self.on_timeout(reason)
+            except Exception:  # noqa: BLE001 - the batch is answered already
+                log.exception("on_timeout failed")
+        try:
+            await call
+        except BaseException:  # noqa: BLE001 - its requests were answered above
+            pass
+        finally:
+            self._stuck.pop(key, None)
+            self._release_slot()
+            log.warning("the engine returned from the batch that timed out, after %.1f s", time.perf_counter() - start)
+
     # -- the loop ---------------------------------------------------------------------------------
     async def _loop(self) -> None:
         while True:
@@ -268,7 +336,13 @@ class DynamicBatcher:
                     await asyncio.wait_for(self._wakeup.wait(), remaining)
                 except asyncio.TimeoutError:
                     break
-            await self._engine_free.acquire()  # overlap: the batch kept filling while the engine ran
+            # overlap: the batch kept filling while the engine ran; a full one is staged behind it
+            while not (self._running < self.max_inflight
+                       or (self._running == self.max_inflight and self._queued_rows >= self.max_batch)):
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            staged = self._running >= self.max_inflight
+            self._running += 1
             taken: list[_Pending] = []
             rows = 0
             while self._queue and (not taken or rows + self._queue[0].request.nr_samples <= self.max_batch):
@@ -276,7 +350,7 @@ class DynamicBatcher:
                 taken.append(p)
                 rows += p.request.nr_samples
             self._queued_rows -= rows
-            task = asyncio.get_running_loop().create_task(self._execute(taken))
+            task = asyncio.get_running_loop().create_task(self._execute(taken, staged))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
 
@@ -303,18 +377,30 @@ class DynamicBatcher:
                 return results, None, exc, time.perf_counter() - t0
             return [exc] * len(requests), None, exc, time.perf_counter() - t0
 
-    async def _execute(self, taken: list[_Pending]) -> None:
+    def _release_slot(self) -> None:
+        self._running -= 1
+        self._wakeup.set()
+
+    async def _execute(self, taken: list[_Pending], staged: bool = False) -> None:
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
         for p in taken:
             p.started = start
+        call: Optional[asyncio.Future] = None
         try:
-            results, stats, error, service_s = await loop.run_in_executor(
-                self.executor, self._run_in_thread, [p.request for p in taken])
+            call = loop.run_in_executor(self.executor, self._run_in_thread, [p.request for p in taken])
+            if self.batch_timeout_s is None:
+                results, stats, error, service_s = await call
+            else:
+                # a staged batch waits for the one ahead of it: its deadline covers both
+                timeout = self.batch_timeout_s * (2 if staged else 1)
+                results, stats, error, service_s = await asyncio.wait_for(asyncio.shield(call), timeout)
+        except asyncio.TimeoutError:
+            await self._timed_out(taken, call, start, staged)  # releases the engine slot when the engine returns
+            return
         except BaseException as exc:  # executor shut down, cancelled: still answer everyone
             results, stats, error, service_s = [exc] * len(taken), None, exc, time.perf_counter() - start
-        finally:
-            self._engine_free.release()
+        self._release_slot()
         self._service_ema_s = service_s if self._service_ema_s == 0 else 0.8 * self._service_ema_s + 0.2 * service_s
         if error is not None:
             log.error("engine error in a batch of %d request(s), %d sample(s): %s: %s", len(taken),

@@ -21,10 +21,15 @@ Crash recovery: if the child dies (e.g. the emulator crashes on some input, or i
 the batch it was running fails, with ``EngineError("EngineProcessDied", ...)`` naming the exit
 code; the death is logged, counted (:attr:`EngineProcess.restarts`, exported as
 ``updlrm_engine_restarts_total``) and a new child is started in the background. While it loads,
-:meth:`EngineProcess.health` says ``loading`` (``/healthz`` 503, new requests 503 + Retry-After)
+:meth:`EngineProcess.health` says ``restarting`` (``/healthz`` 503, new requests 503 + Retry-After)
 and batches already accepted wait for it; then ``ready`` again. Restarts are bounded: more than
 ``max_restarts`` deaths within ``restart_window_s`` seconds, or a restart that fails to load, make
 the engine ``failed`` for good, with the reason.
+
+A hung child (e.g. stopped by SIGSTOP, or stuck in a kernel) is handled the same way: when a batch
+runs past the server's deadline the batcher calls :meth:`EngineProcess.abort`, which kills the
+child (SIGKILL also ends a stopped process); the batch's requests were already answered 504, and
+the death restarts a new child as above.
 """
 
 from __future__ import annotations
@@ -177,13 +182,14 @@ class EngineProcess:
                              f"{self.restart_window_s}")
         self._lock = threading.Lock()  # one batch (or close) at a time
         self._cond = threading.Condition()  # guards the fields below
-        self._status = "loading"  # ready | loading (restarting) | failed | closed
+        self._status = "restarting"  # ready | restarting (a new child loads) | failed | closed
         self._reason: Optional[str] = None
         self._deaths: collections.deque[float] = collections.deque()  # monotonic times, in the window
         self.restarts = 0  # new children started after a death
         self._loading: Optional[_Child] = None  # a child being (re)loaded, so close() can kill it
         self._restarter: Optional[threading.Thread] = None
         self._stale: list[_Child] = []  # dead children whose pipes the engine thread closes
+        self._abort_reason: Optional[str] = None  # set by abort() until the killed child's death is handled
         child = _Child(self._ctx, settings, loader, generation=0)
         try:
             child.wait_loaded(load_timeout_s)
@@ -197,7 +203,7 @@ class EngineProcess:
 
     # -- health -----------------------------------------------------------------------------------
     def health(self) -> tuple[str, Optional[str]]:
-        """``(status, reason)``: ``("ready", None)``; ``("loading", why it restarts)`` while a new
+        """``(status, reason)``: ``("ready", None)``; ``("restarting", why)`` while a new
         child loads; ``("failed", why)`` once restarts are exhausted or a restart failed."""
         with self._cond:
             return self._status, self._reason
@@ -214,7 +220,9 @@ class EngineProcess:
 
         def wait() -> None:
             mp.connection.wait([child.process.sentinel])
-            self._died(child.generation, f"engine process exited (exit code {_exit_code(child.process)})")
+            reason = f"engine process exited (exit code {_exit_code(child.process)})"
+            aborted = self._abort_reason
+            self._died(child.generation, f"{reason}, killed as stuck: {aborted}" if aborted else reason)
 
         threading.Thread(target=wait, name=f"updlrm-engine-watch-{child.generation}", daemon=True).start()
 
@@ -223,6 +231,7 @@ class EngineProcess:
         with self._cond:
             if self._status != "ready" or self._child.generation != generation:
                 return  # already handled (the watcher and run_batch both report a death), or closing
+            self._abort_reason = None
             now = time.monotonic()
             self._stale.append(self._child)
             self._deaths.append(now)
@@ -236,7 +245,7 @@ class EngineProcess:
                 self._cond.notify_all()
                 return
             self.restarts += 1
-            self._status, self._reason = "loading", f"restarting the engine process after: {reason}"
+            self._status, self._reason = "restarting", f"restarting the engine process after: {reason}"
             log.error("%s; starting a new engine process (restart %d, %d death(s) in the last %g s, limit %d)",
                       reason, self.restarts, len(self._deaths), self.restart_window_s, self.max_restarts)
             self._restarter = threading.Thread(target=self._restart, args=(generation + 1, reason),
@@ -254,14 +263,14 @@ class EngineProcess:
         try:
             child = _Child(self._ctx, self._settings, self._loader, generation)
             with self._cond:
-                if self._status != "loading":  # closed meanwhile
+                if self._status != "restarting":  # closed meanwhile
                     child.kill()
                     return
                 self._loading = child
             child.wait_loaded(self._load_timeout_s)
         except Exception as exc:  # noqa: BLE001 - the engine is failed, with the reason
             with self._cond:
-                if self._status == "loading":
+                if self._status == "restarting":
                     self._status = "failed"
                     self._reason = f"the engine process could not be restarted ({type(exc).__name__}: {exc}) " \
                                    f"after: {cause}"
@@ -271,13 +280,27 @@ class EngineProcess:
             return
         with self._cond:
             self._loading = None
-            if self._status != "loading":  # closed while loading
+            if self._status != "restarting":  # closed while loading
                 child.kill()
                 return
             self._child, self._status, self._reason = child, "ready", None
             self._cond.notify_all()
         self._watch(child)
         log.warning("engine process restarted in %.2f s; serving again", time.perf_counter() - t0)
+
+    def abort(self, reason: str) -> None:
+        """Kill the running child because it is stuck (``reason`` says why); the death is handled
+        as any other: the batch in flight fails and a new child is started."""
+        with self._cond:
+            if self._status != "ready":
+                return
+            child = self._child
+            self._abort_reason = reason
+        log.error("killing engine process %s: %s", child.process.pid, reason)
+        try:
+            child.process.kill()
+        except (OSError, ValueError):
+            pass
 
     # -- batches ----------------------------------------------------------------------------------
     def run_batch(self, merged: MergedBatch) -> tuple[np.ndarray, Any]:
@@ -286,7 +309,7 @@ class EngineProcess:
         batch (which starts a new one) or the engine has failed for good."""
         with self._lock:
             with self._cond:
-                while self._status == "loading":
+                while self._status == "restarting":
                     self._cond.wait()
                 if self._status != "ready":
                     raise EngineError("EngineProcessDied", self._reason or f"engine is {self._status}")
@@ -298,8 +321,11 @@ class EngineProcess:
                 child.conn.send(("run", merged.dense, merged.indices, merged.offsets))
                 reply = child.conn.recv()
             except (EOFError, OSError) as exc:
+                aborted = self._abort_reason
                 reason = (f"engine process died during a batch of {merged.batch_size} sample(s) "
                           f"({type(exc).__name__}; exit code {_exit_code(child.process)})")
+                if aborted:
+                    reason = f"engine process killed as stuck ({aborted})"
                 self._died(child.generation, reason)
                 raise EngineError("EngineProcessDied", reason) from None
         if reply[0] == "ok":

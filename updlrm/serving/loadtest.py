@@ -11,8 +11,10 @@ counts, per request, exactly one outcome: an HTTP answer (by status and the serv
 or a transport failure: ``connect_error`` (the connection was refused: the request never went
 out), ``closed_before_answer`` (the request went out but the server closed the connection
 before sending a byte: it may never have read it, as when a server closes idle keep-alive
-connections at shutdown), ``broken_answer`` (the connection broke inside a response) or
-``timeout``. ``lost`` counts requests that went out and got no answer (the last three kinds),
+connections at shutdown), ``server_closed`` (the server had already closed the kept-alive
+connection when the request was to be written: it never went out, the worker reconnects),
+``broken_answer`` (the connection broke inside a response), ``timeout``, or ``client_error:<type>``
+(anything else that went wrong in the load generator for that request). ``lost`` counts requests that went out and got no answer (the last three kinds),
 ``mismatched`` answers carrying another request's id, ``duplicates`` ids answered twice; "every
 request answered exactly once" holds when all three are 0. (Whether the *server* answered every
 request it accepted is its own count: ``updlrm serve`` logs accepted and answered at exit.)
@@ -29,7 +31,7 @@ import json
 import socket
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 from urllib.parse import urlsplit
 
@@ -54,6 +56,8 @@ class LoadtestReport:
     lost: int  # sent, no answer
     mismatched: int  # answered with another request's id
     duplicates: int  # more than one answer for an id
+    body_format: str = "samples"
+    no_retry_after: int = 0  # 503 answers without a Retry-After header
 
     @property
     def ok(self) -> int:
@@ -78,6 +82,7 @@ class LoadtestReport:
     def to_dict(self) -> dict:
         return {
             "url": self.url, "concurrency": self.concurrency, "samples_per_request": self.samples_per_request,
+            "body_format": self.body_format, "rejections_without_retry_after": self.no_retry_after,
             "wall_s": self.wall_s, "sent": self.sent, "ok": self.ok, "qps": self.qps,
             "samples_per_s": self.qps * self.samples_per_request,
             "latency_ms": {"p50": self.percentile_ms(50), "p90": self.percentile_ms(90),
@@ -90,11 +95,13 @@ class LoadtestReport:
         d = self.to_dict()
         lat = d["latency_ms"]
         lines = [
-            f"url {self.url}  concurrency {self.concurrency}  samples/request {self.samples_per_request}",
+            f"url {self.url}  concurrency {self.concurrency}  samples/request {self.samples_per_request}  "
+            f"format {self.body_format}",
             f"sent {self.sent}  ok {self.ok}  in {self.wall_s:.2f} s  ->  {self.qps:.1f} req/s "
             f"({d['samples_per_s']:.1f} samples/s)",
             f"latency ms  p50 {lat['p50']:.2f}  p90 {lat['p90']:.2f}  p99 {lat['p99']:.2f}  max {lat['max']:.2f}",
-            "errors " + (", ".join(f"{k}: {v}" for k, v in sorted(self.errors.items())) or "none"),
+            "errors " + (", ".join(f"{k}: {v}" for k, v in sorted(self.errors.items())) or "none")
+            + (f"  ({self.no_retry_after} 503 answer(s) without Retry-After)" if self.no_retry_after else ""),
             f"every request answered exactly once: {'yes' if self.every_request_answered_once else 'NO'} "
             f"(lost {self.lost}, mismatched {self.mismatched}, duplicates {self.duplicates})",
         ]
@@ -132,17 +139,25 @@ class _Connection:
             self.writer.close()
         self.reader = self.writer = None
 
-    async def post(self, path: str, body: bytes, request_id: str) -> tuple[str, int, dict, bytes]:
+    async def post(self, path: str, body: bytes, request_id: str,
+                   content_type: str = "application/json") -> tuple[str, int, dict, bytes]:
         """Returns (stage, status, headers, body); stage 'connect' or 'sent' on failure raises."""
+        if self.writer is not None and (self.writer.is_closing() or self.reader.at_eof()):
+            self.close()  # the server closed this kept-alive connection since the last answer
+            raise _TransportError("server_closed", "the server had closed the kept-alive connection")
         if self.writer is None:
             try:
                 await self._open()
             except (OSError, asyncio.TimeoutError) as exc:
                 raise _TransportError("connect_error", str(exc)) from None
-        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
+        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: {content_type}\r\n"
                 f"Content-Length: {len(body)}\r\nX-Request-Id: {request_id}\r\n\r\n").encode()
         try:
             self.writer.write(head + body)
+        except (RuntimeError, OSError) as exc:  # uvloop raises RuntimeError on a transport closed under it
+            self.close()
+            raise _TransportError("server_closed", f"{type(exc).__name__}: {exc}") from None
+        try:
             return await asyncio.wait_for(self._read_response(), self.timeout_s)
         except asyncio.TimeoutError:
             self.close()
@@ -211,22 +226,50 @@ def _outcome(status: int, body: bytes) -> str:
     return f"{status}:{kind}" if kind else f"http_{status}"
 
 
-def build_bodies(model_info: dict, count: int, samples_per_request: int, lookups: int, seed: int) -> list[bytes]:
-    """``count`` distinct JSON request bodies of random valid samples for the served model."""
+BODY_FORMATS = ("samples", "columnar", "msgpack")
+
+
+def build_bodies(model_info: dict, count: int, samples_per_request: int, lookups: int, seed: int,
+                 body_format: str = "samples") -> list[bytes]:
+    """``count`` distinct request bodies of random valid samples for the served model: JSON samples
+    (one object for one sample, else ``{"samples": [...]}``), a JSON columnar ``{"batch": ...}``, or
+    that batch in MessagePack with raw little-endian arrays (``body_format``)."""
     from updlrm.client import random_samples
 
+    if body_format not in BODY_FORMATS:
+        raise ValueError(f"body_format must be one of {BODY_FORMATS}, got {body_format!r}")
     rng = np.random.default_rng(seed)
     samples = random_samples(model_info, count * samples_per_request, rng, lookups=lookups)
-    if samples_per_request == 1:
-        return [json.dumps(s).encode() for s in samples]
     k = samples_per_request
-    return [json.dumps({"samples": samples[i * k:(i + 1) * k]}).encode() for i in range(count)]
+    if body_format == "samples":
+        if k == 1:
+            return [json.dumps(s).encode() for s in samples]
+        return [json.dumps({"samples": samples[i * k:(i + 1) * k]}).encode() for i in range(count)]
+    import msgspec
+
+    names = [t["name"] for t in model_info["tables"]]
+    out = []
+    for i in range(count):
+        chunk = samples[i * k:(i + 1) * k]
+        dense = [s["dense"] for s in chunk]
+        ids = {n: [x for s in chunk for x in s["sparse"][n]] for n in names}
+        lengths = {n: [len(s["sparse"][n]) for s in chunk] for n in names}
+        if body_format == "columnar":
+            out.append(json.dumps({"batch": {"dense": dense, "sparse": {
+                n: {"ids": ids[n], "lengths": lengths[n]} for n in names}}}).encode())
+        else:
+            out.append(msgspec.msgpack.encode({"batch": {
+                "dense": np.asarray(dense, dtype="<f4").tobytes(),
+                "sparse": {n: {"ids": np.asarray(ids[n], dtype="<i8").tobytes(),
+                               "lengths": np.asarray(lengths[n], dtype="<i8").tobytes()} for n in names}}}))
+    return out
 
 
 async def run_loadtest_async(url: str, concurrency: int = 64, requests: int = 1000, duration_s: float = 10.0,
                              samples_per_request: int = 1, lookups: int = 1, seed: int = 0,
                              timeout_s: float = 30.0, allow_remote: bool = False,
-                             distinct_bodies: int = 512, warmup_requests: int = 0) -> LoadtestReport:
+                             distinct_bodies: int = 512, warmup_requests: int = 0,
+                             body_format: str = "samples") -> LoadtestReport:
     """Run the load test; see the module docstring. Raises ValueError on bad arguments."""
     parts = urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
@@ -250,18 +293,20 @@ async def run_loadtest_async(url: str, concurrency: int = 64, requests: int = 10
         r = await http.get("/v1/model")
         r.raise_for_status()
         info = r.json()
-    bodies = build_bodies(info, max(1, min(distinct_bodies, requests)), samples_per_request, lookups, seed)
+    bodies = build_bodies(info, max(1, min(distinct_bodies, requests)), samples_per_request, lookups, seed,
+                          body_format)
+    content_type = "application/msgpack" if body_format == "msgpack" else "application/json"
 
     outcomes: Counter = Counter()
     latencies: list[float] = []
     answers: Counter = Counter()
-    state = {"next": 0, "lost": 0, "mismatched": 0}
+    state = {"next": 0, "lost": 0, "mismatched": 0, "no_retry_after": 0}
     path = "/v1/predict"
 
     async def warm(conn: _Connection, n: int) -> None:
         for i in range(n):
             try:
-                await conn.post(path, bodies[i % len(bodies)], f"warmup-{i}")
+                await conn.post(path, bodies[i % len(bodies)], f"warmup-{i}", content_type)
             except _TransportError:
                 return
 
@@ -279,13 +324,18 @@ async def run_loadtest_async(url: str, concurrency: int = 64, requests: int = 10
             rid = f"lt-{i}"
             t0 = time.perf_counter()
             try:
-                _, status, headers, body = await conn.post(path, bodies[i % len(bodies)], rid)
+                _, status, headers, body = await conn.post(path, bodies[i % len(bodies)], rid, content_type)
             except _TransportError as exc:
                 outcomes[exc.kind] += 1
-                if exc.kind != "connect_error":
+                if exc.kind not in ("connect_error", "server_closed"):
                     state["lost"] += 1
                 if exc.kind == "connect_error":
                     await asyncio.sleep(0.05)
+                continue
+            except Exception as exc:  # noqa: BLE001 - counted by kind; the report is always printed
+                conn.close()
+                outcomes[f"client_error:{type(exc).__name__}"] += 1
+                state["lost"] += 1
                 continue
             elapsed = time.perf_counter() - t0
             echoed = headers.get("x-request-id")
@@ -294,11 +344,13 @@ async def run_loadtest_async(url: str, concurrency: int = 64, requests: int = 10
             answers[echoed] += 1
             kind = _outcome(status, body)
             outcomes[kind] += 1
+            if status == 503 and "retry-after" not in headers:
+                state["no_retry_after"] += 1
             if kind == "ok":
                 latencies.append(elapsed)
 
     try:
-        await asyncio.gather(*(worker(c) for c in conns))
+        await asyncio.gather(*(worker(c) for c in conns), return_exceptions=True)
     finally:
         for c in conns:
             c.close()
@@ -306,7 +358,8 @@ async def run_loadtest_async(url: str, concurrency: int = 64, requests: int = 10
     duplicates = sum(n - 1 for n in answers.values() if n > 1)
     return LoadtestReport(url=url, concurrency=concurrency, samples_per_request=samples_per_request, wall_s=wall,
                           sent=state["next"], outcomes=dict(outcomes), latencies_s=np.asarray(latencies),
-                          lost=state["lost"], mismatched=state["mismatched"], duplicates=duplicates)
+                          lost=state["lost"], mismatched=state["mismatched"], duplicates=duplicates,
+                          body_format=body_format, no_retry_after=state["no_retry_after"])
 
 
 def run_loadtest(*args, **kwargs) -> LoadtestReport:

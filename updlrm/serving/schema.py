@@ -8,22 +8,36 @@ by table name, the list of row ids pooled into that table's bag; an empty list i
     {"samples": [{"dense": [...], "sparse": {...}}, ...]}                               # a list
     [{"dense": [...], "sparse": {...}}, ...]                                            # also a list
 
+Clients sending many samples may use the compact columnar form instead: all dense rows, and per
+table one flat id array with the bag sizes (``lengths`` omitted: one id per sample)::
+
+    {"batch": {"dense": [[...n_dense], ...n rows],
+               "sparse": {"C1": {"ids": [4, 9, ...]}, "C2": {"ids": [17, 3, 5], "lengths": [2, 0, 1]}, ...}}}
+
+The same document may be sent as MessagePack (``Content-Type: application/msgpack``), where
+``dense`` may also be raw little-endian float32 bytes (n x n_dense, row-major) and ``ids`` /
+``lengths`` raw little-endian int64 bytes, i.e. NumPy's ``tobytes()``: no number is parsed.
+
 The answer is ``{"predictions": [p_0, ...]}``: one click probability per sample, in order.
 
-Validation happens in two steps, both before anything is queued: the structure (types, finite
-numbers, no unknown fields) with pydantic, then the content against the model (dense width,
-known and complete table names, row ids inside ``[0, rows)``) with NumPy over all ids at once.
-Every failure raises :class:`RequestError` whose message names the field, the sample position,
-the table, the id position and the allowed range; nothing is changed by a rejected request.
+Validation happens before anything is queued. The fast path decodes the body with msgspec
+straight into typed structs built for the served model (table names as fields, each table's id
+range and the size limits as constraints), so a valid body is checked in C and turned into NumPy
+arrays without a Python object per id. A body the fast path refuses is examined again by the
+slow path (the stdlib JSON parser and pydantic), only to name what is wrong: every failure raises
+:class:`RequestError` whose message names the field, the sample position, the table, the id
+position and the allowed range; nothing is changed by a rejected request.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from itertools import chain
-from typing import Annotated, Any, Optional, Sequence
+from typing import Annotated, Any, Optional, Sequence, Union
 
+import msgspec
 import numpy as np
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
@@ -53,6 +67,38 @@ class SampleList(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
     samples: list[Sample]
+
+
+class TableColumn(BaseModel):
+    """One table's ids for every sample of a columnar batch."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    ids: Union[list[RowId], bytes] = Field(
+        description="the row ids of all bags of this table, sample after sample (ids of sample 0's bag, then "
+        "sample 1's, ...); in MessagePack also raw little-endian int64 bytes")
+    lengths: Optional[Union[list[int], bytes]] = Field(
+        None, description="bag size of each sample (n values, summing to len(ids)); omitted: one id per sample; "
+        "in MessagePack also raw little-endian int64 bytes")
+
+
+class ColumnarBatch(BaseModel):
+    """Many samples in columns: the compact form for clients that send many samples."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    dense: Union[list[list[FiniteFloat]], bytes] = Field(
+        description="n rows of n_dense dense features; in MessagePack also raw little-endian float32 bytes "
+        "(n x n_dense, row-major, i.e. numpy's tobytes())")
+    sparse: dict[str, TableColumn] = Field(description="for every embedding table, by name, its column")
+
+
+class BatchRequest(BaseModel):
+    """``{"batch": {...}}``: a columnar batch (JSON, or MessagePack with Content-Type application/msgpack)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    batch: ColumnarBatch
 
 
 class PredictResponse(BaseModel):
@@ -151,6 +197,148 @@ class RequestValidator:
         self.max_request_samples = int(max_request_samples)
         self.max_lookups_per_bag = int(max_lookups_per_bag)
         self._table_set = set(self.table_names)
+        self._build_fast_decoders()
+
+    # -- fast path: msgspec structs built for this model ----------------------------------------
+    def _build_fast_decoders(self) -> None:
+        names = self.table_names
+        fields = [f"t{k}" for k in range(len(names))]
+        rename = dict(zip(fields, names))
+        dense_t = Annotated[list[float], msgspec.Meta(min_length=self.n_dense, max_length=self.n_dense)]
+        bag_t = [Annotated[list[Annotated[int, msgspec.Meta(ge=0, lt=max(int(r), 1))]],
+                           msgspec.Meta(max_length=self.max_lookups_per_bag)] for r in self.table_rows]
+        sparse_t = msgspec.defstruct("Sparse", list(zip(fields, bag_t)), rename=rename, forbid_unknown_fields=True)
+        sample_t = msgspec.defstruct("FastSample", [("dense", dense_t), ("sparse", sparse_t)],
+                                     forbid_unknown_fields=True)
+        samples_t = Annotated[list[sample_t], msgspec.Meta(min_length=1, max_length=self.max_request_samples)]
+        column_t = [msgspec.defstruct(f"Column{k}", [
+            ("ids", Union[bytes, list[Annotated[int, msgspec.Meta(ge=0, lt=max(int(r), 1))]]]),
+            ("lengths", Optional[Union[bytes, list[Annotated[int, msgspec.Meta(ge=0)]]]], None)],
+            forbid_unknown_fields=True) for k, r in enumerate(self.table_rows)]
+        columns_t = msgspec.defstruct("Columns", list(zip(fields, column_t)), rename=rename,
+                                      forbid_unknown_fields=True)
+        batch_t = msgspec.defstruct("Batch", [("dense", Union[bytes, list[dense_t]]), ("sparse", columns_t)],
+                                    forbid_unknown_fields=True)
+        top_t = msgspec.defstruct("Body", [("dense", Optional[dense_t], None), ("sparse", Optional[sparse_t], None),
+                                           ("samples", Optional[samples_t], None), ("batch", Optional[batch_t], None)],
+                                  forbid_unknown_fields=True)
+        self._json = msgspec.json.Decoder(Union[top_t, samples_t])
+        self._msgpack = msgspec.msgpack.Decoder(top_t)
+
+    def parse_fast(self, body: bytes, content_type: str = "application/json") -> ParsedRequest:
+        """Body bytes -> validated arrays via msgspec; :class:`RequestError` naming the field if the
+        body is invalid (the slow path is asked to name it where it can)."""
+        msgpack = is_msgpack(content_type)
+        try:
+            doc = self._msgpack.decode(body) if msgpack else self._json.decode(body)
+        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError, ValueError) as exc:
+            if msgpack or b'"batch"' in body[:64]:
+                raise _msgspec_error(exc, self.table_names) from None
+            self.parse(body)  # the slow path names the problem (raises) ...
+            raise _msgspec_error(exc, self.table_names) from None  # ... or, if it finds none, msgspec's words
+        if isinstance(doc, list):
+            return self._from_samples(doc, "samples")
+        given = [k for k in ("dense", "sparse", "samples", "batch") if getattr(doc, k) is not None]
+        if doc.batch is not None and given == ["batch"]:
+            return self._from_batch(doc.batch)
+        if doc.samples is not None and given == ["samples"]:
+            return self._from_samples(doc.samples, "samples")
+        if doc.samples is None and doc.batch is None and doc.dense is not None and doc.sparse is not None:
+            return self._from_samples([doc], "sample")
+        if msgpack or doc.batch is not None:
+            raise RequestError(f"body must hold exactly one of a sample (dense + sparse), 'samples' or 'batch'; "
+                               f"got {given or 'none of them'}", field="body",
+                               allowed="{dense, sparse} | {samples} | {batch}")
+        self.parse(body)
+        raise RequestError("body must be a sample object, a list of samples, or {\"samples\": [...]}", field="body")
+
+    def _from_samples(self, samples: list, prefix: str) -> ParsedRequest:
+        n, nr_tables = len(samples), len(self.table_names)
+        astuple = msgspec.structs.astuple
+        if n == 1:
+            bags = astuple(samples[0].sparse)
+        else:
+            rows = [astuple(s.sparse) for s in samples]
+            bags = [r[t] for t in range(nr_tables) for r in rows]  # table-major
+        lengths = np.fromiter(map(len, bags), dtype=np.int64, count=n * nr_tables).reshape(nr_tables, n)
+        indices = np.fromiter(chain.from_iterable(bags), dtype=np.int64, count=int(lengths.sum()))
+        with np.errstate(over="ignore"):
+            dense = np.array([s.dense for s in samples], dtype=np.float32).reshape(n, self.n_dense)
+        self._check_dense(dense, lambda i, j: f"{prefix if prefix == 'sample' else f'{prefix}[{i}]'}.dense[{j}]")
+        return ParsedRequest(dense=dense, lengths=lengths, indices=indices)
+
+    def _check_dense(self, dense: np.ndarray, where) -> None:
+        if not np.isfinite(dense).all():  # finite doubles may still overflow float32; bytes may hold NaN
+            i, j = (int(x) for x in np.argwhere(~np.isfinite(dense))[0])
+            field = where(i, j)
+            raise RequestError(f"{field} overflows float32 or is not finite", field=field, allowed="finite, |x| < 3.4e38")
+
+    def _from_batch(self, batch) -> ParsedRequest:
+        if isinstance(batch.dense, bytes):
+            width = 4 * self.n_dense
+            if len(batch.dense) % width:
+                raise RequestError(f"batch.dense has {len(batch.dense)} bytes, not a multiple of n_dense x 4 = "
+                                   f"{width}", field="batch.dense", allowed=f"n x {width} bytes (float32, little-endian)")
+            dense = np.frombuffer(batch.dense, dtype="<f4").reshape(-1, self.n_dense).astype(np.float32)
+        else:
+            with np.errstate(over="ignore"):
+                dense = np.array(batch.dense, dtype=np.float32).reshape(-1, self.n_dense)
+        n = dense.shape[0]
+        if n == 0:
+            raise RequestError("request has no samples", field="batch.dense", allowed=f"1..{self.max_request_samples}")
+        if n > self.max_request_samples:
+            raise RequestError(f"request has {n} samples, more than the server's limit", field="batch.dense",
+                               allowed=f"1..{self.max_request_samples}", status=413)
+        self._check_dense(dense, lambda i, j: f"batch.dense[{i}][{j}]")
+        names, nr_tables = self.table_names, len(self.table_names)
+        cols = msgspec.structs.astuple(batch.sparse)
+        # all tables at once (a few NumPy calls per batch, not per table): ids, then lengths [T, n]
+        if all(type(c.ids) is bytes and len(c.ids) % 8 == 0 for c in cols):  # raw bytes: one join, one view
+            counts = np.fromiter((len(c.ids) >> 3 for c in cols), dtype=np.int64, count=nr_tables)
+            indices = np.frombuffer(b"".join(c.ids for c in cols), dtype="<i8").astype(np.int64)
+        else:
+            ids_parts = [_int64s(c.ids, f"batch.sparse.{name}.ids", name) for name, c in zip(names, cols)]
+            counts = np.fromiter((x.shape[0] for x in ids_parts), dtype=np.int64, count=nr_tables)
+            indices = np.concatenate(ids_parts) if ids_parts else np.zeros(0, dtype=np.int64)
+        packed = all(type(c.lengths) is bytes and len(c.lengths) == 8 * n for c in cols)
+        if packed:
+            lengths = np.frombuffer(b"".join(c.lengths for c in cols), dtype="<i8").reshape(nr_tables, n).astype(np.int64)
+        else:
+            lengths = np.ones((nr_tables, n), dtype=np.int64)
+        for t, (name, c) in enumerate(zip(names, cols)):
+            if c.lengths is not None and not packed:
+                lens = _int64s(c.lengths, f"batch.sparse.{name}.lengths", name)
+                if lens.shape[0] != n:
+                    raise RequestError(f"batch.sparse.{name}.lengths has {lens.shape[0]} values for {n} samples",
+                                       field=f"batch.sparse.{name}.lengths", table=name,
+                                       allowed=f"exactly {n} values (one bag size per sample)")
+                lengths[t] = lens
+        bad_len = (lengths < 0) | (lengths > self.max_lookups_per_bag)
+        if bad_len.any():
+            t, i = (int(x) for x in np.argwhere(bad_len)[0])
+            name, value = names[t], int(lengths[t, i])
+            raise RequestError(f"batch.sparse.{name}.lengths[{i}] = {value}: a bag holds 0..{self.max_lookups_per_bag} "
+                               "ids", field=f"batch.sparse.{name}.lengths[{i}]", table=name, position=i,
+                               allowed=f"0..{self.max_lookups_per_bag}", status=413 if value > 0 else 422)
+        sums = lengths.sum(axis=1)
+        if not np.array_equal(sums, counts):
+            t = int(np.flatnonzero(sums != counts)[0])
+            raise RequestError(f"batch.sparse.{names[t]}: lengths sum to {int(sums[t])} but there are {int(counts[t])} "
+                               "ids", field=f"batch.sparse.{names[t]}.ids", table=names[t],
+                               allowed="len(ids) == sum(lengths)")
+        limit = np.repeat(self.table_rows, counts)
+        bad = np.flatnonzero(indices.view(np.uint64) >= limit.view(np.uint64))  # ids < 0 wrap to >= 2^63
+        if bad.size:
+            k = int(bad[0])
+            t = int(np.searchsorted(np.cumsum(counts), k, side="right"))
+            pos = k - int(counts[:t].sum())
+            name, rows = names[t], int(self.table_rows[t])
+            raise RequestError(f"batch.sparse.{name}.ids[{pos}]: row id {int(indices[k])} is out of range for table "
+                               f"{name!r} ({rows} rows; allowed [0, {rows}))"
+                               f"{'' if bad.size == 1 else f' ({bad.size - 1} more bad id(s))'}",
+                               field=f"batch.sparse.{name}.ids[{pos}]", table=name, position=pos,
+                               allowed=f"[0, {rows})")
+        return ParsedRequest(dense=np.ascontiguousarray(dense), lengths=lengths, indices=indices)
 
     # -- step 0: bytes -> samples --------------------------------------------------------------
     def parse_json(self, body: bytes) -> tuple[list[Sample], str]:
@@ -158,6 +346,11 @@ class RequestValidator:
         try:
             doc = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RequestError(f"malformed JSON body: {exc}", field="body") from None
+        except RecursionError:
+            raise RequestError("malformed JSON body: nested too deeply", field="body",
+                               allowed="a sample, a list of samples, {\"samples\": [...]} or {\"batch\": {...}}") from None
+        except ValueError as exc:  # e.g. an integer of thousands of digits
             raise RequestError(f"malformed JSON body: {exc}", field="body") from None
         if isinstance(doc, dict) and "samples" in doc:
             extra = sorted(set(doc) - {"samples"})
@@ -181,6 +374,8 @@ class RequestValidator:
                                field=prefix, allowed=f"1..{self.max_request_samples}", status=413)
         try:
             samples = _SAMPLES.validate_python(raw)
+        except RecursionError:
+            raise RequestError("request nested too deeply", field=prefix) from None
         except pydantic.ValidationError as exc:
             err = exc.errors(include_url=False)[0]
             full = list(err["loc"])  # (sample index, field, ...)
@@ -249,6 +444,46 @@ class RequestValidator:
         return ParsedRequest(dense=dense, lengths=lengths, indices=indices)
 
     def parse(self, body: bytes) -> ParsedRequest:
-        """Body bytes -> validated arrays, or :class:`RequestError`."""
+        """Body bytes -> validated arrays, or :class:`RequestError` (the slow path: pydantic objects
+        per sample and id; :meth:`parse_fast` gives the same arrays and calls this only to name
+        what is wrong with a body it refuses)."""
         samples, prefix = self.parse_json(body)
         return self.to_arrays(samples, prefix)
+
+
+MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
+
+
+def is_msgpack(content_type: Optional[str]) -> bool:
+    return bool(content_type) and content_type.split(";", 1)[0].strip().lower() in MSGPACK_TYPES
+
+
+def _int64s(values, field: str, table: str) -> np.ndarray:
+    """A column's ids or lengths as int64: from raw little-endian bytes or a (validated) list."""
+    if isinstance(values, bytes):
+        if len(values) % 8:
+            raise RequestError(f"{field} has {len(values)} bytes, not a multiple of 8", field=field, table=table,
+                               allowed="little-endian int64 bytes")
+        return np.frombuffer(values, dtype="<i8")  # read-only view; np.concatenate copies it
+    return np.fromiter(values, dtype=np.int64, count=len(values))
+
+
+_AT = re.compile(r"^(.*?) - at `\$(.*)`$", re.S)
+
+
+def _msgspec_error(exc: BaseException, table_names: Sequence[str]) -> RequestError:
+    """A RequestError from msgspec's message, its path made a field like ``batch.sparse.C1.ids[3]``."""
+    if isinstance(exc, RecursionError):
+        return RequestError("malformed body: nested too deeply", field="body")
+    text = str(exc)
+    m = _AT.match(text)
+    if not m:
+        return RequestError(f"invalid body: {text}", field="body")
+    what, path = m.group(1), m.group(2)
+    field = path.lstrip(".") or "body"
+    table = position = None
+    sm = re.search(r"\.sparse\.(.+?)(?:\.ids|\.lengths)?(?:\[(\d+)\])?$", path)
+    if sm and sm.group(1) in table_names:
+        table = sm.group(1)
+        position = int(sm.group(2)) if sm.group(2) else None
+    return RequestError(f"{field}: {what}", field=field, table=table, position=position)
