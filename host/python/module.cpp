@@ -183,7 +183,7 @@ class Runtime {
             if (s.shard_local[i] >= s.nr_shards_on_dpu[s.shard_dpu[i]] || seen[base[s.shard_dpu[i]] + s.shard_local[i]]++)
                 throw py::value_error("plan spec: shard " + std::to_string(i) + " has a bad or repeated descriptor index");
         }
-        if (s.dtype == UPDLRM_DTYPE_INT32 && s.col_scale.size() != s.width)
+        if (s.dtype != UPDLRM_DTYPE_FP32 && s.col_scale.size() != s.width)
             throw py::value_error("plan spec: col_scale must have one entry per result column");
         auto packer = std::make_shared<Packer>(std::move(s));
         std::lock_guard<std::mutex> lock(mu_);  // GIL held: see close()
@@ -244,7 +244,7 @@ class Runtime {
             double m0 = now_s();
             const unsigned mthreads = packer->threads_for(uint64_t(batch_size) * spec.width);
             std::vector<int64_t> &acc = acc_;  // reused between batches (no page faults)
-            if (spec.dtype == UPDLRM_DTYPE_INT32) acc.resize(size_t(batch_size) * spec.width);
+            if (spec.dtype != UPDLRM_DTYPE_FP32) acc.resize(size_t(batch_size) * spec.width);
             else acc.clear();
             packer->clear(res, acc.empty() ? nullptr : acc.data(), batch_size, mthreads);
             merge_s += now_s() - m0;
@@ -301,7 +301,7 @@ class Runtime {
                 packer->merge(L, output.data(), ostride, res, acc.empty() ? nullptr : acc.data(), batch_size, mthreads);
                 merge_s += now_s() - m1;
             }
-            if (err_kind.empty() && spec.dtype == UPDLRM_DTYPE_INT32) {
+            if (err_kind.empty() && spec.dtype != UPDLRM_DTYPE_FP32) {
                 double m2 = now_s();
                 packer->finish_int32(acc.data(), batch_size, res, mthreads);
                 merge_s += now_s() - m2;
@@ -367,10 +367,9 @@ class Runtime {
         auto table = to_vec<uint32_t>(d, "table");
         if (!d.contains("dtype")) throw py::value_error("shard spec lacks 'dtype'");
         uint32_t dtype = d["dtype"].cast<uint32_t>();
-        if (dtype != UPDLRM_DTYPE_FP32 && dtype != UPDLRM_DTYPE_INT32)
-            throw py::value_error("write_shards: dtype " + std::to_string(dtype) + " is not UPDLRM_DTYPE_FP32 (" +
-                                  std::to_string(UPDLRM_DTYPE_FP32) + ") or UPDLRM_DTYPE_INT32 (" +
-                                  std::to_string(UPDLRM_DTYPE_INT32) + ")");
+        if (UPDLRM_DTYPE_BYTES(dtype) == 0)
+            throw py::value_error("write_shards: dtype " + std::to_string(dtype) + " is not one of UPDLRM_DTYPE_* (0.." +
+                                  std::to_string(UPDLRM_NR_DTYPES - 1) + ")");
         size_t ns = dpu.size();
         for (const auto *v : {&local, &off, &rows, &cols, &rb, &table})
             if (v->size() != ns) throw py::value_error("write_shards: per-shard arrays differ in length");
@@ -438,6 +437,9 @@ PYBIND11_MODULE(UPDLRM_MODULE_NAME, m) {
     m.attr("BAG_BYTES") = sizeof(struct updlrm_bag);
     m.attr("DTYPE_FP32") = UPDLRM_DTYPE_FP32;
     m.attr("DTYPE_INT32") = UPDLRM_DTYPE_INT32;
+    m.attr("DTYPE_INT16") = UPDLRM_DTYPE_INT16;
+    m.attr("DTYPE_INT8") = UPDLRM_DTYPE_INT8;
+    m.attr("SUM_BYTES") = UPDLRM_SUM_BYTES;
     m.attr("ELEM_BYTES") = UPDLRM_ELEM_BYTES;
     m.attr("MRAM_ALIGN") = UPDLRM_MRAM_ALIGN;
     m.attr("MRAM_HEAP_SYMBOL") = DPU_MRAM_HEAP_POINTER_NAME;  // the MRAM heap's symbol for copies

@@ -516,7 +516,7 @@ std::string Packer::pack(const int32_t *grp, const uint32_t *lrow, const int64_t
 void Packer::merge(const Launch &launch, const uint8_t *output, size_t output_stride, float *result,
                    int64_t *acc, uint32_t batch_size, unsigned threads) const {
     const uint32_t W = spec_.width;
-    const bool is_int = spec_.dtype == UPDLRM_DTYPE_INT32;
+    const bool is_int = spec_.dtype != UPDLRM_DTYPE_FP32;  // int32 / int16 / int8: int32 partial sums
     const unsigned parts = std::max(1u, threads);
     run_parts(parts, [&](unsigned p) {
         uint32_t b0, b1;

@@ -9,8 +9,8 @@
 //
 // The merger adds every partial sum into the [B, W] float32 result (W = sum of table dims,
 // table t at columns [col_offset_t, col_offset_t + dim_t)): row shards add up, column slices land
-// side by side, and int32 fixed point partials are summed exactly in int64 and converted back
-// once per element (value = q / scale_t).
+// side by side, and integer partials (every dtype but fp32: int32 partial sums) are summed exactly
+// in int64 and converted back once per element (value = q / col_scale[column]).
 #pragma once
 
 #include <cstddef>
@@ -29,12 +29,13 @@ struct PlanSpec {
     uint32_t width = 0;  // W: columns of the concatenated result row
     uint32_t dtype = UPDLRM_DTYPE_FP32;
     // Per shard (global shard id s).
+    // shard_row_bytes: bytes of one partial-sum row of the shard (UPDLRM_OUT_ROW_BYTES(ncols)).
     std::vector<uint32_t> shard_dpu, shard_local, shard_col, shard_ncols, shard_row_bytes, shard_table;
     // Group g's replicas are replicas[group_rep_ptr[g] .. group_rep_ptr[g+1]); replica r's shards
     // are rep_shards[rep_shard_ptr[r] .. rep_shard_ptr[r+1]).
     std::vector<uint32_t> group_rep_ptr, rep_shard_ptr, rep_shards;
     std::vector<uint32_t> nr_shards_on_dpu;  // descriptors written to each DPU
-    std::vector<double> col_scale;           // [W] int32: scale of the column's table; fp32: unused
+    std::vector<double> col_scale;           // [W] integer dtypes: scale of the column; fp32: unused
     // MRAM layout, bytes from the heap (same on every DPU).
     uint32_t request_offset = 0, request_capacity = 0, output_offset = 0, output_capacity = 0;
 };
