@@ -102,8 +102,16 @@ class PimBackend(Backend):
         self.device = device
         self.max_bag_lookups = int(max_bag_lookups)
         weights = [w.detach().to(torch.float32).cpu().contiguous().numpy() for w in model.embedding_weights()]
+        # quantization options only when set (PimEmbedding stand-ins need not know them)
+        qopts = {}
+        if quant != "table":
+            qopts["quant"] = quant
+        if group_cols != 4:
+            qopts["group_cols"] = group_cols
+        if calibrate_on is not None:
+            qopts["calibrate_on"] = calibrate_on
         self._pim = PimEmbedding(weights, plan, dtype=dtype, device=device, max_bag_lookups=self.max_bag_lookups,
-                                 quant=quant, group_cols=group_cols, calibrate_on=calibrate_on)
+                                 **qopts)
 
     @property
     def plan(self):
@@ -145,7 +153,8 @@ class PimBackend(Backend):
         if self.dtype == "fp32":
             return None
         lens = lengths.numpy()  # [T, B]
-        bound = np.asarray(self._pim.pooled_error_bound(lens), dtype=np.float64)
+        bound_fn = getattr(self._pim, "pooled_error_bound", None) or self._pim.fixed_point_bound
+        bound = np.asarray(bound_fn(lens), dtype=np.float64)
         if bound.ndim == 1:  # one bound per table
             bound = bound[:, None]
         return torch.from_numpy(np.broadcast_to(bound, lens.shape).copy())
