@@ -108,7 +108,7 @@ class TimingModelLatency:
         self.model = model if model is not None else tm.TimingModel.default()
         self.nr_tasklets = nr_tasklets
         self.dtype = dtype
-        self.name = f"updlrm.timing_model ({dtype})"
+        self.name = f"updlrm.timing_model ({dtype} adds for 4-byte rows, int16/int8 rows at their own cost)"
 
     def __call__(self, load: DpuLoad, topology: Topology) -> dict[str, Any]:
         # 4-byte plans (fp32 / int32) are priced with self.dtype (int32 by default, as placements
