@@ -35,7 +35,8 @@ class PimBackend(Backend):
     passed to make_plan), ``max_bag_lookups`` (int32: the largest bag the fixed-point scale
     allows; larger bags are rejected), ``plan_options`` (extra make_plan keyword arguments),
     ``quant`` ("table" or "group" scales), ``group_cols`` (columns per group), ``calibrate_on``
-    (an AccessProfile or per-table access counts: hot rows set the scales)."""
+    (an AccessProfile or per-table access counts: hot rows set the scales), ``coverage`` (the share
+    of accesses those hot rows cover, default 0.999)."""
 
     name = "pim"
 
@@ -54,6 +55,7 @@ class PimBackend(Backend):
         quant: str = "table",
         group_cols: int = 4,
         calibrate_on=None,
+        coverage: float | None = None,
         **unused,
     ):
         super().__init__(model)
@@ -110,6 +112,8 @@ class PimBackend(Backend):
             qopts["group_cols"] = group_cols
         if calibrate_on is not None:
             qopts["calibrate_on"] = calibrate_on
+        if coverage is not None:
+            qopts["coverage"] = coverage
         self._pim = PimEmbedding(weights, plan, dtype=dtype, device=device, max_bag_lookups=self.max_bag_lookups,
                                  **qopts)
 
