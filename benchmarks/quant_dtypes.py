@@ -207,9 +207,9 @@ def _md(res: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--row-scale", type=float, default=1e-3, help="share of Kaggle's rows (default 1e-3)")
-    ap.add_argument("--train-samples", type=int, default=200_000)
+    ap.add_argument("--train-samples", type=int, default=400_000)
     ap.add_argument("--test-samples", type=int, default=20_000)
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--alpha", type=float, default=1.05)
     ap.add_argument("--group-cols", type=int, default=4)
     ap.add_argument("--max-bag-lookups", type=int, default=4096)
