@@ -199,6 +199,12 @@ def _md(res: dict) -> str:
     L.append("- DMA bytes, ops and bytes pulled are the emulator's exact counts (request staging included); "
              "DPU time is modeled (updlrm/data_files/timing_constants.json: int16/int8 add costs are guessed "
              "equal to int32's); emulator wall time is this machine running the kernel, not a DPU latency.")
+    L.append("- Capacity of the Criteo Terabyte / MLPerf table shapes in int8 on one 2,560-DPU system "
+             "(`updlrm partition --dtype int8`) and their full-scale what-if: [capacity_int8.md](capacity_int8.md).")
+    L.append("- TorchRec INT8 row-wise tables: not compared. torchrec 1.9.2 installs without another torch, but "
+             "its FBGEMM operators (fbgemm-gpu-cpu 1.9.0, fbgemm-gpu-nightly-cpu 2026.10.16) fail to load against "
+             "torch 2.13.0+cpu (undefined C++ symbols: built for another torch), and installing a matching torch "
+             "is not allowed here.")
     L.append(f"- Machine: {m.get('cpu_model', m.get('processor'))}, {m.get('cpu_count', '?')} CPUs, load average "
              f"{res['load_average_start']} at start, {res['load_average_end']} at end; {m.get('date_utc')}.")
     return "\n".join(L) + "\n"

@@ -145,3 +145,38 @@ def test_a_model_too_big_for_fp32_fits_in_int8_and_the_error_says_so():
         make_plan(tables, topo, "row_uniform")
     plan = make_plan(tables, topo, "row_uniform", dtype="int8")
     assert per_dpu_table_bytes(plan).max() <= topo.mram_heap_bytes - plan.request_bytes - plan.output_bytes
+
+
+# ---- timing model and lab by dtype ------------------------------------------------------------
+
+
+def test_timing_model_prices_int8_elements_and_estimates_their_dma_bytes():
+    from updlrm import timing_model as tm
+
+    model = tm.TimingModel.default()
+    assert {"instr_per_element_int16", "instr_per_element_int8"} <= set(model.constants)
+    k8 = tm.synthetic_kernel_counters(2, 16, "int8", lookups_per_tasklet=10, elements_per_lookup=16)
+    k32 = tm.synthetic_kernel_counters(2, 16, "int32", lookups_per_tasklet=10, elements_per_lookup=16)
+    c8, c32 = model.kernel_cycles(k8)["instructions"], model.kernel_cycles(k32)["instructions"]
+    per = 16 * 10 * 16  # elements per DPU
+    assert np.allclose(c8 - c32, per * (model.constants["instr_per_element_int8"] - model.constants["instr_per_element_int32"]))
+    # SDK builds (no DMA counters): rows of 16 int8 elements are 16 B per lookup, 64 B in int32
+    base = {"nr_tasklets": 4, "lookups": [8], "bags": [2], "elements": [8 * 16], "request_bytes": [64],
+            "output_bytes": [128], "pushed_bytes": [64], "pulled_bytes": [128]}
+    est8 = tm._normalise_native({**base, "dtype": "int8"})
+    est32 = tm._normalise_native({**base, "dtype": "int32"})
+    assert np.sum(est8["dma_read_bytes"]) == 8 * 16 + 64 and np.sum(est32["dma_read_bytes"]) == 8 * 64 + 64
+
+
+def test_the_lab_plans_in_the_dtype_and_reports_mram_use():
+    from updlrm.partition.lab import compare, format_reports, zipf_workload
+
+    tables = [TableSpec(f"t{i}", 20_000, 16) for i in range(3)]
+    wl = zipf_workload(tables, batch_size=256, profile_batches=1, eval_batches=1)
+    rows = {d: compare(tables, Topology(nr_dpus=8), wl, 256, ["row_uniform"], dtype=d)[0] for d in ("fp32", "int8")}
+    assert rows["int8"]["dtype"] == "int8"
+    buffers = 8 * 2**20  # request + output, 4 MiB each
+    assert (rows["fp32"]["mram_bytes_max"] - buffers) == 4 * (rows["int8"]["mram_bytes_max"] - buffers)
+    assert rows["int8"]["mram_use_max"] == rows["int8"]["mram_bytes_max"] / 2**26
+    text = format_reports([rows["int8"]])
+    assert "MRAM max %" in text and "tables stored as int8" in text
