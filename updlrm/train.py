@@ -146,7 +146,7 @@ def train_dlrm(config: DLRMConfig, data: ClickData, batch_size: int = 1024, epoc
             opt.step()
             step += 1
             if progress is not None:
-                progress(step, steps, float(loss))
+                progress(step, steps, loss.item())
     return model.eval()
 
 
