@@ -96,9 +96,15 @@ def hot_rows(counts: np.ndarray, coverage: float) -> np.ndarray:
     return order[: min(k, c.size)]
 
 
-def _group_absmax(w: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """max |w| of every column group: float64 [nr_groups]."""
-    col = np.abs(w).max(axis=0).astype(np.float64) if w.shape[0] else np.zeros(w.shape[1])
+def _col_absmax(w: np.ndarray) -> np.ndarray:
+    """max |w| of every column: float64 [dim] (zeros for a table without rows)."""
+    if not w.shape[0]:
+        return np.zeros(w.shape[1])
+    return np.maximum(w.max(axis=0), -w.min(axis=0)).astype(np.float64)  # no |w| copy of the table
+
+
+def _group_max(col: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Largest value of ``col`` [dim] in every column group: float64 [nr_groups]."""
     out = np.zeros(int(groups.max()) + 1 if groups.size else 0)
     np.maximum.at(out, groups, col)
     return out
@@ -151,19 +157,18 @@ class Quantization:
         for t, w in enumerate(weights):
             w = np.asarray(w)
             groups = column_groups(w.shape[1], granularity, group_cols)
-            full = _group_absmax(w, groups)
-            ref = full
+            amax = _col_absmax(w)
+            ref = _group_max(amax, groups)
             if calibrate_on is not None:
                 cnt = np.asarray(calibrate_on[t])
                 if cnt.shape != (w.shape[0],):
                     raise ValueError(f"calibrate_on[{t}] has shape {cnt.shape}, table {t} has {w.shape[0]} rows")
                 hot = hot_rows(cnt, float(coverage))
                 if hot.size:
-                    ref = _group_absmax(w[np.sort(hot)], groups)
+                    ref = _group_max(_col_absmax(w[np.sort(hot)]), groups)
             # a group of zeros (or never-hot zeros) gets scale L: any value, its elements are 0
             g_scale = np.where(ref > 0, limit / np.where(ref > 0, ref, 1.0), float(limit))
             s = g_scale[groups]
-            amax = (np.abs(w).max(axis=0).astype(np.float64) if w.shape[0] else np.zeros(w.shape[1]))
             e = np.maximum(0.5 / s, amax - limit / s)
             scales.append(s)
             absmax.append(amax)
