@@ -173,3 +173,46 @@ def test_a_kernel_of_another_abi_version_is_refused(tmp_path):
     with PimEmbedding([w], plan, dtype="int8", kernel_path=str(kernel)) as pim:
         with pytest.raises(DpuFaultError, match=r"ABI version 2, host expects 3"):
             pim.lookup(np.array([1, 2], dtype=np.int64), np.array([0, 2], dtype=np.int64), 1)
+
+
+def test_engine_int8_group_wise_stays_within_its_pooled_and_probability_bounds():
+    from updlrm import configs
+    from updlrm.batch import random_batch
+    from updlrm.engine import Engine
+    from updlrm.model import DLRM
+
+    cfg = configs.get("tiny")
+    model = DLRM(cfg)
+    batch = random_batch(cfg, 64, pooling=5, seed=3)
+    with Engine(model, backend="cpu") as cpu, Engine(model, backend="pim", nr_dpus=3, dtype="int8", quant="group",
+                                                      group_cols=2, max_bag_lookups=16) as pim:
+        assert pim.plan.dtype == "int8" and pim.backend.pim.quant.granularity == "group"
+        p_cpu, pooled_cpu = cpu.predict_with_pooled(batch)
+        p_pim, pooled_pim = pim.predict_with_pooled(batch)
+        bound = pim.pooled_error_bound(batch)  # [B, T, 1]
+        assert torch.all((pooled_pim.double() - pooled_cpu.double()).abs() <= bound)
+        x = model.bottom(batch.dense)
+        pbound = model.probability_error_bound(x, pooled_cpu, bound) + 1e-6
+        assert torch.all((p_pim.double() - p_cpu.double()).abs() <= pbound)
+        assert pim.last_stats.counters["dtype"] == "int8"
+
+
+def test_partition_cli_saves_an_int8_plan_that_the_engine_loads(tmp_path, capsys):
+    from updlrm.cli import main
+    from updlrm.partition import load_plan
+
+    out = tmp_path / "p.json"
+    rc = main(["partition", "--model", "tiny", "--dpus", "4", "--dtype", "int8", "--batch-size", "64",
+               "--profile-batches", "1", "--eval-batches", "1", "--strategies", "row_uniform",
+               "--plan-strategy", "row_uniform", "--save-plan", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "tables stored as int8" in text and "MRAM max %" in text
+    plan = load_plan(out)
+    assert plan.dtype == "int8"
+    w = [np.ones((t.rows, t.dim), dtype=np.float32) for t in plan.tables]
+    with PimEmbedding(w, plan, dtype="int8") as pim:
+        B = 2
+        offs = np.arange(len(w) * B + 1, dtype=np.int64)
+        got = pim.lookup_list(np.zeros(len(w) * B, dtype=np.int64), offs, B)
+        assert all(np.all(g == 1.0) for g in got)
