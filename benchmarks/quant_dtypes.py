@@ -8,7 +8,8 @@ each dtype costs on the DPU side, in one run.
    of ``--group-cols``; per group calibrated on the training set's access counts): AUC and log
    loss on the *cpu reference* (a CPU DLRM whose tables are the dequantized integers
    ``q / s``) and on the *pim backend* (emulated DPUs, ``--acc-dpus``), the largest probability
-   difference from the fp32 model, and the largest pim-vs-cpu-reference difference.
+   difference from the fp32 model, and the largest pim-vs-cpu-reference difference; and a table
+   quantized row-wise to int8 by FBGEMM's rule (TorchRec's INT8 scheme) then requantized to ours.
 3. **Cost** of each dtype on the trained model at 64 and 2,560 DPUs (row_uniform, per-table
    scales), on Zipf batches of ``--batch-size`` x ``--pooling``: MRAM bytes of tables on the
    fullest DPU, DMA reads (ops, bytes, bytes per DMA: request staging included), bytes pulled,
@@ -37,6 +38,7 @@ from updlrm import configs
 from updlrm.batch import random_batch
 from updlrm.bench import machine_info
 from updlrm.engine import Engine
+from updlrm.pim.quant import dequantize_rowwise, rowwise_int8
 from updlrm.timing_model import TimingModel
 from updlrm.train import TeacherClicks, auc_score, log_loss, predict, train_dlrm
 
@@ -98,6 +100,30 @@ def accuracy(model, cfg, train, test, args) -> list[dict]:
             "max_prob_diff_pim_vs_cpu_ref": float(np.abs(p_pim - p_ref).max()),
             "max_element_error": None if qz is None else qz.describe()["max_element_error"],
         })
+    # A table that arrives row-wise int8 (FBGEMM's / TorchRec's scheme, rule implemented in
+    # updlrm.pim.quant): its own lookup (cpu ref) against the same table requantized to our int8
+    # group-wise format on the DPUs.
+    _progress("accuracy: row-wise int8 tables requantized to int8 group-wise")
+    rw = copy.deepcopy(model)
+    with torch.no_grad():
+        for bag in rw.embeddings:
+            bag.weight.copy_(torch.from_numpy(dequantize_rowwise(*rowwise_int8(bag.weight.detach().numpy()))))
+    rw.eval()
+    p_ref = predict(rw, test)
+    with Engine(rw, backend="pim", nr_dpus=args.acc_dpus, dtype="int8", quant="group", group_cols=args.group_cols,
+                max_bag_lookups=args.max_bag_lookups) as eng:
+        p_pim = _engine_probs(eng, test)
+        qz = eng.backend.pim.quant
+    rows.append({
+        "variant": "row-wise int8 (FBGEMM rule) -> int8 group-wise", "dtype": "int8", "quant": "group",
+        "calibrated": False, "rowwise_source": True,
+        "auc_cpu_ref": auc_score(test.labels, p_ref), "log_loss_cpu_ref": log_loss(test.labels, p_ref),
+        "auc_pim": auc_score(test.labels, p_pim), "log_loss_pim": log_loss(test.labels, p_pim),
+        "max_prob_diff_vs_fp32": float(np.abs(p_pim - p_fp32).max()),
+        "mean_prob_diff_vs_fp32": float(np.abs(p_pim - p_fp32).mean()),
+        "max_prob_diff_pim_vs_cpu_ref": float(np.abs(p_pim - p_ref).max()),
+        "max_element_error": qz.describe()["max_element_error"],
+    })
     return rows
 
 
@@ -150,7 +176,7 @@ def _md(res: dict) -> str:
     c = res["cost"]
     m = res["machine"]
     args = res["args"]
-    acc_by = {r["dtype"]: r for r in a if r["quant"] in (None, "table")}
+    acc_by = {r["dtype"]: r for r in a if r["quant"] in (None, "table") and not r.get("rowwise_source")}
     L = ["# Embedding table dtypes on the DPUs: accuracy and cost", ""]
     L.append(f"Trained Kaggle-shaped DLRM (26 tables, dim 16, rows x {args['row_scale']:g}): held-out AUC and log loss "
              f"on the pim backend ({args['acc_dpus']} emulated DPUs, per-table scales, 1 id per table). DPU side on "
@@ -180,7 +206,11 @@ def _md(res: dict) -> str:
     L += ["", "## Accuracy by scale granularity", ""]
     L.append(f"Teacher (the best possible model) AUC {res['teacher']['auc']:.4f}, log loss {res['teacher']['log_loss']:.4f}; "
              f"{res['test_samples']:,} held-out samples, click rate {res['click_rate']:.3f}. *cpu ref*: a CPU DLRM whose "
-             "tables are the dequantized integers; *pim*: the same integers summed in int32 on emulated DPUs.")
+             "tables are the dequantized integers; *pim*: the same integers summed in int32 on emulated DPUs. "
+             "Last row: the fp32 tables quantized row-wise to int8 by FBGEMM's rule (per-row min/max, as TorchRec's "
+             "INT8 tables; our implementation), that row-wise table's own lookup as the cpu ref, and the same table "
+             "requantized to our int8 group-wise format on the DPUs (so its last-but-one column is the error the "
+             "conversion adds).")
     L.append("")
     L.append("| variant | AUC cpu ref | AUC pim | log loss cpu ref | log loss pim | max abs prob. diff vs fp32 | "
              "mean abs prob. diff vs fp32 | max abs prob. diff pim vs cpu ref | max element error |")

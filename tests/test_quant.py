@@ -180,3 +180,21 @@ def test_the_lab_plans_in_the_dtype_and_reports_mram_use():
     assert rows["int8"]["mram_use_max"] == rows["int8"]["mram_bytes_max"] / 2**26
     text = format_reports([rows["int8"]])
     assert "MRAM max %" in text and "tables stored as int8" in text
+
+
+def test_rowwise_int8_follows_its_definition_and_requantizes_within_the_bound():
+    from updlrm.pim.quant import dequantize_rowwise, rowwise_int8
+
+    rng = np.random.default_rng(6)
+    w = rng.standard_normal((200, 12)).astype(np.float32)
+    w[5] = 0.25  # a constant row
+    q, scale, bias = rowwise_int8(w)
+    assert q.dtype == np.uint8 and q.min() == 0 and q.max() == 255
+    np.testing.assert_array_equal(bias, w.min(axis=1))
+    np.testing.assert_allclose(scale[np.arange(200) != 5], ((w.max(axis=1) - w.min(axis=1)) / 255)[np.arange(200) != 5])
+    deq = dequantize_rowwise(q, scale, bias)
+    assert np.all(np.abs(deq - w) <= 0.5 * scale[:, None] * (1 + 1e-5))
+    assert np.all(deq[5] == 0.25)
+    qz = Quantization.build([deq], "int8", 32, "group", group_cols=4)
+    back = qz.dequantize(0, qz.quantize(0, deq))
+    assert np.all(np.abs(back - deq).max(axis=0) <= qz.col_error * (1 + 1e-12))

@@ -82,6 +82,7 @@ class PimEmbedding:
         group_cols: columns per group for ``quant="group"``.
         calibrate_on: integer dtypes: per-table access counts (list of [rows_t] arrays, or an
             ``AccessProfile``): the hot rows covering ``coverage`` of the accesses set the scales.
+        coverage: share of a table's accesses whose rows decide a calibrated scale (default 0.999).
     """
 
     def __init__(

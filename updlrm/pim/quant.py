@@ -40,6 +40,10 @@ Example::
     qz = Quantization.build(weights, "int8", max_bag_lookups=128, granularity="group", group_cols=4)
     q0 = qz.quantize(0, weights[0])          # int8 [rows_0, dim_0]
     qz.pooled_error_bound(20)                # [T] max abs error of a bag of 20 lookups
+
+A table that arrives row-wise quantized (FBGEMM / TorchRec INT8: per-row scale and bias) is
+brought in with :func:`dequantize_rowwise` and quantized again here; :func:`rowwise_int8` makes
+such tables from float weights, for comparisons.
 """
 
 from __future__ import annotations
@@ -108,6 +112,27 @@ def _group_max(col: np.ndarray, groups: np.ndarray) -> np.ndarray:
     out = np.zeros(int(groups.max()) + 1 if groups.size else 0)
     np.maximum.at(out, groups, col)
     return out
+
+
+def rowwise_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row-wise asymmetric 8-bit quantization, the rule of FBGEMM's fused 8-bit row-wise tables
+    (TorchRec's INT8 inference tables), written here from its definition: per row
+    ``bias = min(row)``, ``scale = (max(row) - min(row)) / 255``, ``q = rint((w - bias) / scale)``
+    in 0..255. Returns ``(q uint8 [rows, dim], scale float32 [rows], bias float32 [rows])``;
+    a constant row gets scale 1 (its q are 0)."""
+    w = np.asarray(w, dtype=np.float32)
+    lo = w.min(axis=1) if w.shape[1] else np.zeros(w.shape[0], np.float32)
+    hi = w.max(axis=1) if w.shape[1] else np.zeros(w.shape[0], np.float32)
+    scale = ((hi - lo) / np.float32(255.0)).astype(np.float32)
+    scale[scale == 0] = 1.0
+    q = np.rint((w - lo[:, None]) / scale[:, None])
+    return np.clip(q, 0, 255).astype(np.uint8), scale, lo.astype(np.float32)
+
+
+def dequantize_rowwise(q: np.ndarray, scale: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """The float32 table a row-wise 8-bit table stands for: ``q * scale + bias`` per row."""
+    return (np.asarray(q, dtype=np.float32) * np.asarray(scale, np.float32)[:, None]
+            + np.asarray(bias, np.float32)[:, None])
 
 
 @dataclass(frozen=True)
