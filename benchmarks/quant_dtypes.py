@@ -46,6 +46,7 @@ from updlrm.train import TeacherClicks, auc_score, log_loss, predict, train_dlrm
 VARIANTS = [
     ("fp32", "fp32", "table", False),
     ("int32 per table", "int32", "table", False),
+    ("int32 group-wise", "int32", "group", False),
     ("int16 per table", "int16", "table", False),
     ("int16 group-wise", "int16", "group", False),
     ("int8 per table", "int8", "table", False),
