@@ -31,7 +31,7 @@ import torch
 from updlrm import configs
 from updlrm.batch import random_batch
 from updlrm.bench import machine_info
-from updlrm.partition import Topology, make_plan
+from updlrm.partition import Topology, make_plan, per_dpu_table_bytes
 from updlrm.partition.cost import CostEstimator, timing_counters
 from updlrm.partition.profile import profile_trace
 from updlrm.timing_model import TimingModel
@@ -68,14 +68,18 @@ def main(argv: list[str] | None = None) -> int:
     # profile for popularity-aware strategies: a separate trace (seed 10_000), same hot rows
     profile_batch = random_batch(cfg, 8192, pooling=args.pooling, alpha=args.alpha, seed=10_000)
     profile = profile_trace(profile_batch, tables, source="random_batch seed 10000, 8192 samples")
-    plans = {}
+    plans = {}  # (strategy, dtype) -> Plan; rows are sized in the dtype (int8: 1 B per element)
+    dtypes = args.dtypes.split(",")
     for s in args.strategies.split(","):
-        t0 = time.perf_counter()
-        try:
-            plans[s] = make_plan(tables, topo, s, profile if s != "row_uniform" else None)
-            print(f"plan {s}: {len(plans[s].shards)} shards ({time.perf_counter() - t0:.1f} s)", flush=True)
-        except Exception as exc:  # report and go on: a strategy may not fit these tables
-            print(f"plan {s}: failed: {exc}", flush=True)
+        for dtype in dtypes:
+            t0 = time.perf_counter()
+            try:
+                plans[s, dtype] = make_plan(tables, topo, s, profile if s != "row_uniform" else None, dtype=dtype)
+                mram = per_dpu_table_bytes(plans[s, dtype])
+                print(f"plan {s}/{dtype}: {len(plans[s, dtype].shards)} shards, tables {mram.max() / 2**20:.1f} MiB max "
+                      f"/ {mram.mean() / 2**20:.1f} MiB mean per DPU ({time.perf_counter() - t0:.1f} s)", flush=True)
+            except Exception as exc:  # report and go on: a strategy may not fit these tables
+                print(f"plan {s}/{dtype}: failed: {exc}", flush=True)
     estimator = CostEstimator()
 
     cpu_engine = None
@@ -109,32 +113,34 @@ def main(argv: list[str] | None = None) -> int:
                              "embed_min": float(np.min(emb)) * 1e3}
             mlp_s = float(np.median(mlp))
         rec["pim"] = {}
-        for s, plan in plans.items():
-            for dtype in args.dtypes.split(","):
-                res = []
-                for batch in batches[1:]:
-                    routed = estimator.router(plan).route(batch.indices.numpy(), batch.offsets.numpy(), b)
-                    load = estimator.dpu_load(plan, routed, b)
-                    k, tr = timing_counters(load, topo.nr_tasklets, dtype, control_transfers=True)
-                    res.append((model.model_batch(topo, k, tr, plan), load))
-                mb = [m for m, _ in res]
-                phases = {p.name: float(np.median([m.get(p.name).seconds for m in mb])) * 1e3 for p in mb[0].phases}
-                dpu_ms = float(np.median([m.seconds for m in mb])) * 1e3
-                host_ms = args.host_ns_per_lookup * rec["lookups"] * 1e-6
-                total = dpu_ms + mlp_s * 1e3 + host_ms
-                loads = [ld for _, ld in res]
-                entry = {
-                    "phases_ms": phases, "dpu_side_ms": dpu_ms, "end_to_end_ms": total,
-                    "bound_ms": float(np.median([m.bound.seconds for m in mb])) * 1e3,
-                    "imbalance": float(np.median([ld.lookups.max() / max(ld.lookups.mean(), 1e-9) for ld in loads])),
-                    "kernel_limiter": mb[0].get("kernel").detail["limiter"],
-                }
-                if "cpu_ms" in rec:
-                    entry["speedup_over_cpu"] = rec["cpu_ms"]["p50"] / total
-                    # the embedding layer alone: CPU EmbeddingBags vs DPU phases (+ host pack/merge)
-                    entry["embedding_speedup_over_cpu"] = rec["cpu_ms"]["embed_p50"] / (dpu_ms + host_ms)
-                    entry["embedding_speedup_over_cpu_best"] = rec["cpu_ms"]["embed_min"] / (dpu_ms + host_ms)
-                rec["pim"][f"{s}/{dtype}"] = entry
+        for (s, dtype), plan in plans.items():
+            res = []
+            for batch in batches[1:]:
+                routed = estimator.router(plan).route(batch.indices.numpy(), batch.offsets.numpy(), b)
+                load = estimator.dpu_load(plan, routed, b)
+                k, tr = timing_counters(load, topo.nr_tasklets, dtype, control_transfers=True)
+                res.append((model.model_batch(topo, k, tr, plan), load))
+            mb = [m for m, _ in res]
+            phases = {p.name: float(np.median([m.get(p.name).seconds for m in mb])) * 1e3 for p in mb[0].phases}
+            dpu_ms = float(np.median([m.seconds for m in mb])) * 1e3
+            host_ms = args.host_ns_per_lookup * rec["lookups"] * 1e-6
+            total = dpu_ms + mlp_s * 1e3 + host_ms
+            loads = [ld for _, ld in res]
+            entry = {
+                "phases_ms": phases, "dpu_side_ms": dpu_ms, "end_to_end_ms": total,
+                "bound_ms": float(np.median([m.bound.seconds for m in mb])) * 1e3,
+                "imbalance": float(np.median([ld.lookups.max() / max(ld.lookups.mean(), 1e-9) for ld in loads])),
+                "kernel_limiter": mb[0].get("kernel").detail["limiter"],
+                "mram_table_bytes_max": int(per_dpu_table_bytes(plan).max()),
+                "mram_read_bytes_max": float(np.median([ld.mram_read_bytes.max() for ld in loads])),
+                "pulled_bytes_max": float(np.median([ld.output_bytes.max() for ld in loads])),
+            }
+            if "cpu_ms" in rec:
+                entry["speedup_over_cpu"] = rec["cpu_ms"]["p50"] / total
+                # the embedding layer alone: CPU EmbeddingBags vs DPU phases (+ host pack/merge)
+                entry["embedding_speedup_over_cpu"] = rec["cpu_ms"]["embed_p50"] / (dpu_ms + host_ms)
+                entry["embedding_speedup_over_cpu_best"] = rec["cpu_ms"]["embed_min"] / (dpu_ms + host_ms)
+            rec["pim"][f"{s}/{dtype}"] = entry
         rows.append(rec)
         _print_row(rec)
 

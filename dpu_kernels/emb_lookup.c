@@ -12,9 +12,11 @@
  *   3. tasklet t takes the bags whose first_lookup lies in [t*L/T, (t+1)*L/T) (L lookups,
  *      T tasklets: shared by lookups, not by bags), found by binary search over the bag array in
  *      MRAM. Bag descriptors and local row ids are staged in WRAM in blocks. For each bag and each
- *      column block of its shard's row (<= COL_BLOCK bytes, one DMA per row and block), rows are
- *      read and summed in WRAM (fp32 or int32 per shard dtype), and the block of the sum is
- *      written to the bag's output slot;                                    barrier
+ *      column block of its shard's row (COL_BLOCK / 4 columns: one DMA per row and block of
+ *      COL_BLOCK bytes for fp32/int32, a quarter / half of that for int8 / int16), rows are read
+ *      and summed in WRAM (fp32 for fp32 shards; int32 for int32, int16 and int8 shards, with
+ *      plain integer adds of the sign-extended elements), and the block of the sum (4 bytes per
+ *      column) is written to the bag's output slot;                          barrier
  *   4. tasklet 0 publishes the first error (lowest bag index) in updlrm_status.
  * Every MRAM address is checked against the args/shard descriptors before it is used: a bad request
  * yields an error code in updlrm_status, never an out-of-range DMA.
@@ -48,7 +50,8 @@
 #define UPDLRM_PER_TASKLET_BYTES \
     ((UPDLRM_WRAM_BYTES - UPDLRM_WRAM_RESERVED - NR_TASKLETS * UPDLRM_STACK_BYTES) / NR_TASKLETS)
 
-/* Per tasklet: an accumulator and a row buffer of COL_BLOCK bytes each, ID_BLOCK local row ids,
+/* Per tasklet: an accumulator and a row buffer of COL_BLOCK bytes each (a column block is
+ * COL_BLOCK / 4 columns: its sums fill the accumulator, its stored elements at most the row buffer), ID_BLOCK local row ids,
  * BAG_BLOCK bag descriptors, one shard descriptor. Largest blocks that fit are chosen. */
 #define BAG_BLOCK 8u
 #define STAGE_FIXED_BYTES (BAG_BLOCK * 16u + 32u)
@@ -138,10 +141,10 @@ static uint32_t check_args(const struct updlrm_launch_args *a, uint32_t *value)
 /* Checks one shard descriptor: alignment, row width, and that its rows end below the request. */
 static uint32_t check_shard(const struct updlrm_shard *s)
 {
-    if (s->dtype != UPDLRM_DTYPE_FP32 && s->dtype != UPDLRM_DTYPE_INT32)
+    if (UPDLRM_DTYPE_BYTES(s->dtype) == 0)
         return UPDLRM_ERR_BAD_DTYPE;
     if ((s->mram_offset & 7u) != 0 || s->nr_cols == 0 || s->nr_cols > (1u << 24)
-        || s->row_bytes != ((s->nr_cols * UPDLRM_ELEM_BYTES + 7u) & ~7u))
+        || s->row_bytes != UPDLRM_ROW_BYTES(s->nr_cols, s->dtype))
         return UPDLRM_ERR_BAD_SHARD_DESC;
     if ((uint64_t)s->mram_offset + (uint64_t)s->nr_rows * s->row_bytes > UPDLRM_ARGS.bags_offset)
         return UPDLRM_ERR_BAD_SHARD_DESC;
@@ -198,22 +201,68 @@ static inline void add_int32(uint32_t *acc, const uint32_t *row, uint32_t words)
         acc[k] += row[k];
 }
 
+/* int16 / int8: the first row sets the sums, later rows add to them (sign extension + add). */
+static inline void set_int16(uint32_t *acc, const uint32_t *row, uint32_t n)
+{
+    int32_t *a = (int32_t *)acc;
+    const int16_t *r = (const int16_t *)row;
+    for (uint32_t k = 0; k < n; k++)
+        a[k] = r[k];
+}
+
+static inline void add_int16(uint32_t *acc, const uint32_t *row, uint32_t n)
+{
+    int32_t *a = (int32_t *)acc;
+    const int16_t *r = (const int16_t *)row;
+    for (uint32_t k = 0; k < n; k++)
+        a[k] += r[k];
+}
+
+static inline void set_int8(uint32_t *acc, const uint32_t *row, uint32_t n)
+{
+    int32_t *a = (int32_t *)acc;
+    const int8_t *r = (const int8_t *)row;
+    for (uint32_t k = 0; k < n; k++)
+        a[k] = r[k];
+}
+
+static inline void add_int8(uint32_t *acc, const uint32_t *row, uint32_t n)
+{
+    int32_t *a = (int32_t *)acc;
+    const int8_t *r = (const int8_t *)row;
+    for (uint32_t k = 0; k < n; k++)
+        a[k] += r[k];
+}
+
 /* Sums one bag into its output slot, column block by column block. Returns 0 or an error code
- * (then *bad holds the offending value). */
+ * (then *bad holds the offending value).
+ *
+ * A block is `n` columns (n <= COL_BLOCK / 4): `n * 4` bytes of sums (a multiple of 8, as the
+ * partial-sum row is padded to 8) and `rblock` stored bytes from byte `n0 * esize` of each row:
+ * n * esize rounded up to 8, never past the row. Both are DMA sizes 8..2048, multiples of 8, at
+ * 8-aligned MRAM offsets (row strides and block starts are multiples of 8). Padding columns are
+ * zero in MRAM and sum to zero. */
 static uint32_t do_bag(uint32_t t, const struct updlrm_bag *bag, struct id_window *win, uint32_t *bad)
 {
     struct tasklet_bufs *b = &bufs[t];
     const struct updlrm_shard *s = b->shard;
+    const uint32_t dtype = s->dtype;
+    const uint32_t esize = UPDLRM_DTYPE_BYTES(dtype);
+    const uint32_t out_row = UPDLRM_OUT_ROW_BYTES(s->nr_cols);
     uint32_t out_addr = heap_base + UPDLRM_ARGS.out_offset + bag->out_offset;
 
-    for (uint32_t off = 0; off < s->row_bytes; off += COL_BLOCK) {
-        uint32_t block = s->row_bytes - off;
-        if (block > COL_BLOCK)
-            block = COL_BLOCK;
-        uint32_t words = block / 4u;
-        uint32_t base = heap_base + s->mram_offset + off;
+    for (uint32_t n0 = 0; n0 * UPDLRM_SUM_BYTES < out_row; n0 += COL_BLOCK / UPDLRM_SUM_BYTES) {
+        uint32_t sum_bytes = out_row - n0 * UPDLRM_SUM_BYTES;
+        if (sum_bytes > COL_BLOCK)
+            sum_bytes = COL_BLOCK;
+        uint32_t n = sum_bytes / UPDLRM_SUM_BYTES;
+        uint32_t row_off = n0 * esize;
+        uint32_t rblock = (n * esize + 7u) & ~7u;
+        if (rblock > s->row_bytes - row_off)
+            rblock = s->row_bytes - row_off;
+        uint32_t base = heap_base + s->mram_offset + row_off;
         if (bag->nr_lookups == 0) {
-            for (uint32_t k = 0; k < words; k++)
+            for (uint32_t k = 0; k < n; k++)
                 b->acc[k] = 0;
         }
         for (uint32_t j = 0; j < bag->nr_lookups; j++) {
@@ -223,17 +272,33 @@ static uint32_t do_bag(uint32_t t, const struct updlrm_bag *bag, struct id_windo
                 return UPDLRM_ERR_BAD_ROW;
             }
             uint32_t addr = base + r * s->row_bytes;
-            if (j == 0) {
-                mram_read(mram_at(addr), b->acc, block);
+            if (esize == 4u) {
+                /* fp32 / int32: the row block is the sum block's size; the first row is the sum */
+                if (j == 0) {
+                    mram_read(mram_at(addr), b->acc, rblock);
+                    continue;
+                }
+                mram_read(mram_at(addr), b->row, rblock);
+                if (dtype == UPDLRM_DTYPE_INT32)
+                    add_int32(b->acc, b->row, n);
+                else
+                    add_fp32(b->acc, b->row, n);
                 continue;
             }
-            mram_read(mram_at(addr), b->row, block);
-            if (s->dtype == UPDLRM_DTYPE_INT32)
-                add_int32(b->acc, b->row, words);
-            else
-                add_fp32(b->acc, b->row, words);
+            mram_read(mram_at(addr), b->row, rblock);
+            if (esize == 2u) {
+                if (j == 0)
+                    set_int16(b->acc, b->row, n);
+                else
+                    add_int16(b->acc, b->row, n);
+            } else {
+                if (j == 0)
+                    set_int8(b->acc, b->row, n);
+                else
+                    add_int8(b->acc, b->row, n);
+            }
         }
-        mram_write(b->acc, mram_at(out_addr + off), block);
+        mram_write(b->acc, mram_at(out_addr + n0 * UPDLRM_SUM_BYTES), sum_bytes);
     }
     return UPDLRM_OK;
 }
@@ -265,7 +330,7 @@ static uint32_t run_bags(uint32_t t, uint32_t first, uint32_t end)
             }
             if (bag->nr_lookups > UPDLRM_ARGS.nr_lookups || bag->first_lookup > UPDLRM_ARGS.nr_lookups - bag->nr_lookups
                 || (bag->out_offset & 7u) != 0 || bag->out_offset > UPDLRM_ARGS.out_bytes
-                || b->shard->row_bytes > UPDLRM_ARGS.out_bytes - bag->out_offset) {
+                || UPDLRM_OUT_ROW_BYTES(b->shard->nr_cols) > UPDLRM_ARGS.out_bytes - bag->out_offset) {
                 set_error(t, UPDLRM_ERR_BAD_BAG, j, bag->first_lookup);
                 return done;
             }

@@ -256,7 +256,7 @@ static const char *kernel_code_name(uint32_t code)
     case UPDLRM_ERR_BAD_SHARD: return "bag names a shard id >= nr_shards";
     case UPDLRM_ERR_BAD_ROW: return "local row id >= the shard's nr_rows";
     case UPDLRM_ERR_BAD_LAYOUT: return "launch args regions overlap, are unaligned or exceed MRAM";
-    case UPDLRM_ERR_BAD_DTYPE: return "shard dtype is neither fp32 nor int32";
+    case UPDLRM_ERR_BAD_DTYPE: return "shard dtype is not one of UPDLRM_DTYPE_*";
     case UPDLRM_ERR_BAD_SHARD_DESC: return "inconsistent shard descriptor";
     case UPDLRM_ERR_BAD_BAG: return "bag lookups or output slot out of range";
     default: return "unknown kernel error";

@@ -19,7 +19,7 @@ from .planner import (
     register_strategy,
     strategy_names,
 )
-from .types import ELEM_BYTES, MIB, MRAM_ALIGN, Plan, RowGroup, Shard, TableSpec, Topology, row_bytes
+from .types import DTYPES, ELEM_BYTES, MIB, MRAM_ALIGN, Plan, RowGroup, Shard, TableSpec, Topology, dtype_bytes, row_bytes, sum_row_bytes
 from .validate import MAX_SHARDS_PER_DPU, assign_offsets, per_dpu_table_bytes, shard_arrays, tables_end_bytes, validate_plan
 
 __all__ = [

@@ -25,7 +25,7 @@ import numpy as np
 from .errors import PlanDoesNotFitError, fmt_bytes
 from .interfaces import Placement, Strategy
 from .packing import column_bounds, even_bounds, lpt_assign
-from .types import RowGroup, Shard, row_bytes
+from .types import RowGroup, Shard
 
 
 class TableWise(Strategy):
@@ -41,7 +41,7 @@ class TableWise(Strategy):
         groups: list[RowGroup] = []
         sizes, labels = [], []
         for t, spec in enumerate(tables):
-            rb = row_bytes(spec.dim)
+            rb = budget.row_bytes(spec.dim)
             nbytes = spec.rows * rb
             parts = 1
             if nbytes > cap:
@@ -118,7 +118,7 @@ class ColumnWise(Strategy):
         else:
             counts = [1] * len(tables)
             # give one more slice to the table whose slices are biggest, until ~nr_dpus slices
-            heap = [(-tables[t].rows * row_bytes(tables[t].dim), t) for t in range(len(tables)) if maxs[t] > 1]
+            heap = [(-tables[t].rows * budget.row_bytes(tables[t].dim), t) for t in range(len(tables)) if maxs[t] > 1]
             heapq.heapify(heap)
             total = len(tables)
             while heap and total < n:
@@ -128,9 +128,9 @@ class ColumnWise(Strategy):
                 if counts[t] < maxs[t]:
                     b = column_bounds(tables[t].dim, counts[t])
                     widest = int(np.diff(b).max())
-                    heapq.heappush(heap, (-tables[t].rows * row_bytes(widest), t))
+                    heapq.heappush(heap, (-tables[t].rows * budget.row_bytes(widest), t))
         for t, spec in enumerate(tables):
-            narrow = spec.rows * row_bytes(int(np.diff(column_bounds(spec.dim, counts[t])).max()))
+            narrow = spec.rows * budget.row_bytes(int(np.diff(column_bounds(spec.dim, counts[t])).max()))
             if narrow > budget.table_bytes:
                 raise PlanDoesNotFitError(
                     f"column_wise keeps all {spec.rows:,} rows of table {t} {spec.name!r} in every slice; its widest "
@@ -145,7 +145,7 @@ class ColumnWise(Strategy):
             b = column_bounds(spec.dim, counts[t]).tolist()
             for i in range(len(b) - 1):
                 items.append((t, b[i], b[i + 1]))
-                sizes.append(spec.rows * row_bytes(b[i + 1] - b[i]))
+                sizes.append(spec.rows * budget.row_bytes(b[i + 1] - b[i]))
                 labels.append(f"table {t} {spec.name!r} columns [{b[i]}, {b[i + 1]})")
         dpus = lpt_assign(np.array(sizes), n, budget.table_bytes, labels)
         shards = [Shard(table=t, group=t, replica=0, dpu=int(d), col_lo=lo, col_hi=hi) for (t, lo, hi), d in zip(items, dpus)]

@@ -40,7 +40,7 @@ import numpy as np
 from .errors import PlanError
 from .interfaces import Budget, Placement, Strategy
 from .popularity import balanced_ranges, smoothed_load, table_ordered_ranges
-from .types import RowGroup, Shard, row_bytes
+from .types import RowGroup, Shard
 
 
 #: (hot_threshold, min_cached_share) pairs tried by ``CacheAware(tune=True)``.
@@ -116,7 +116,7 @@ class CacheAware(Strategy):
                 tried.append({"hot_threshold": thr, "min_cached_share": share, "error": str(exc)})
                 continue
             plan = Plan(list(tables), topology, pl.groups, pl.shards, request_bytes=budget.request_bytes,
-                        output_bytes=budget.output_bytes)
+                        output_bytes=budget.output_bytes, dtype=budget.dtype)
             assign_offsets(plan)
             lat = float(np.mean([est.batch_cost(plan, i, o, b).latency_us for i, o, b in batches]))
             tried.append({"hot_threshold": thr, "min_cached_share": share, "latency_us": lat})
@@ -161,7 +161,7 @@ class CacheAware(Strategy):
         else:
             need = np.ceil(np.log2(np.maximum(hot_w / thr, 1.0))).astype(np.int64)
             log_r = np.clip(need, int(np.ceil(np.log2(self.min_replicas))), max_log)
-        rbytes = np.array([row_bytes(s.dim) for s in tables], dtype=np.int64)
+        rbytes = np.array([budget.row_bytes(s.dim) for s in tables], dtype=np.int64)
         cache_cap = int(self.cache_budget * budget.table_bytes)
         # hottest first (already sorted); keep rows while the per-DPU cache bytes (row_bytes x R / n) fit
 

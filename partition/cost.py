@@ -44,7 +44,8 @@ class DpuLoad:
 
     lookups: row-slice reads; mram_read_bytes: row bytes read (padded rows); elements: elements
     accumulated; bags: partial sums written; request_bytes: bag descriptors + lookup ids pushed;
-    output_bytes: partial-sum bytes read back.
+    output_bytes: partial-sum bytes read back. dtype: the plan's stored element type (row bytes
+    above are already in it; latency models may price its adds).
     """
 
     lookups: np.ndarray
@@ -54,6 +55,7 @@ class DpuLoad:
     request_bytes: np.ndarray
     output_bytes: np.ndarray
     dma_reads: np.ndarray  # row reads in DMAs of <= 2,048 B
+    dtype: str = "fp32"
 
     @property
     def nr_dpus(self) -> int:
@@ -106,10 +108,13 @@ class TimingModelLatency:
         self.model = model if model is not None else tm.TimingModel.default()
         self.nr_tasklets = nr_tasklets
         self.dtype = dtype
-        self.name = f"updlrm.timing_model ({dtype})"
+        self.name = f"updlrm.timing_model ({dtype} adds for 4-byte rows, int16/int8 rows at their own cost)"
 
     def __call__(self, load: DpuLoad, topology: Topology) -> dict[str, Any]:
-        kc, tc = timing_counters(load, int(self.nr_tasklets or topology.nr_tasklets), self.dtype)
+        # 4-byte plans (fp32 / int32) are priced with self.dtype (int32 by default, as placements
+        # always were compared); int16 / int8 plans with their own element cost.
+        dtype = load.dtype if getattr(load, "dtype", "fp32") in ("int16", "int8") else self.dtype
+        kc, tc = timing_counters(load, int(self.nr_tasklets or topology.nr_tasklets), dtype)
         mb = self.model.model_batch(topology, kc, tc)
         phases = {p.name: p.seconds * 1e6 for p in mb.phases}
         cycles = self.model.kernel_cycles(kc)["cycles"]
@@ -266,16 +271,18 @@ class CostEstimator:
         read = np.bincount(routed.dpu, weights=rb, minlength=n).astype(np.int64)
         cols = (sh["col_hi"] - sh["col_lo"])[routed.shard]
         elements = np.bincount(routed.dpu, weights=cols, minlength=n).astype(np.int64)
-        dmas = np.bincount(routed.dpu, weights=-(-rb // MAX_DMA_BYTES), minlength=n).astype(np.int64)
+        # the kernel reads a row in column blocks of 512 sums (2 KB of int32): one DMA per block
+        dmas = np.bincount(routed.dpu, weights=-(-sh["sum_bytes"][routed.shard] // MAX_DMA_BYTES),
+                           minlength=n).astype(np.int64)
         nsh = len(plan.shards)
         key = np.sort(routed.bag * nsh + routed.shard, kind="stable")  # bag-major already: timsort is ~linear
         pair = key[np.concatenate(([True], key[1:] != key[:-1]))] if key.size else key
         p_shard = pair % nsh
         p_dpu = sh["dpu"][p_shard]
         bags = np.bincount(p_dpu, minlength=n).astype(np.int64)
-        out = np.bincount(p_dpu, weights=sh["row_bytes"][p_shard], minlength=n).astype(np.int64)
+        out = np.bincount(p_dpu, weights=sh["sum_bytes"][p_shard], minlength=n).astype(np.int64)
         req = _pad8(bags * BAG_DESC_BYTES) + _pad8(lookups * LOOKUP_ID_BYTES)
-        return DpuLoad(lookups, read, elements, bags, req, out, dmas)
+        return DpuLoad(lookups, read, elements, bags, req, out, dmas, plan.dtype)
 
     def batch_cost(self, plan: Plan, indices: np.ndarray, offsets: np.ndarray, batch_size: int) -> BatchCost:
         """Cost of one batch (table-major indices, offsets [T*B+1])."""
@@ -417,8 +424,9 @@ def expected_load(plan: Plan, profile: Any, batch_size: int, pooling: float = 20
         elements=bc(entries * (a["col_hi"] - a["col_lo"])),
         bags=bag_n,
         request_bytes=_pad8(bag_n * BAG_DESC_BYTES) + _pad8(lookups * LOOKUP_ID_BYTES),
-        output_bytes=bc(bags * a["row_bytes"]),
-        dma_reads=bc(entries * -(-a["row_bytes"] // MAX_DMA_BYTES)),
+        output_bytes=bc(bags * a["sum_bytes"]),
+        dma_reads=bc(entries * -(-a["sum_bytes"] // MAX_DMA_BYTES)),
+        dtype=plan.dtype,
     )
 
 

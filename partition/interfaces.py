@@ -18,7 +18,7 @@ from typing import Any, Callable, ClassVar, Optional, Sequence
 
 import numpy as np
 
-from .types import RowGroup, Shard, TableSpec, Topology
+from .types import RowGroup, Shard, TableSpec, Topology, row_bytes
 
 
 @dataclass(frozen=True)
@@ -26,11 +26,17 @@ class Budget:
     """Per-DPU MRAM budget of a plan, bytes.
 
     ``table_bytes`` = topology heap - ``request_bytes`` - ``output_bytes``: what shards may use.
+    ``dtype``: element type of the stored tables; strategies size rows with :meth:`row_bytes`.
     """
 
     heap_bytes: int
     request_bytes: int
     output_bytes: int
+    dtype: str = "fp32"
+
+    def row_bytes(self, nr_cols: int) -> int:
+        """MRAM bytes of one stored row of ``nr_cols`` elements in this budget's dtype."""
+        return row_bytes(nr_cols, self.dtype)
 
     @property
     def table_bytes(self) -> int:

@@ -14,7 +14,7 @@ from typing import Union
 import numpy as np
 
 from .errors import PlanError
-from .types import Plan, RowGroup, Shard, TableSpec, Topology
+from .types import DTYPES, Plan, RowGroup, Shard, TableSpec, Topology
 from .validate import validate_plan
 
 #: Version of the JSON layout; load_plan refuses other versions.
@@ -63,6 +63,7 @@ def save_plan(plan: Plan, path: Union[str, os.PathLike]) -> None:
         "strategy": plan.strategy,
         "request_bytes": int(plan.request_bytes),
         "output_bytes": int(plan.output_bytes),
+        "dtype": plan.dtype,
         "tables": [dataclasses.asdict(t) for t in plan.tables],
         "topology": _jsonify(dataclasses.asdict(plan.topology)),
         "groups": groups,
@@ -77,6 +78,14 @@ def save_plan(plan: Plan, path: Union[str, os.PathLike]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(doc, separators=(",", ":")))
     os.replace(tmp, path)
+
+
+def _dtype(doc: dict, path) -> str:
+    """The plan file's dtype (files from before dtypes existed are fp32 plans)."""
+    dtype = doc.get("dtype", "fp32")
+    if dtype not in DTYPES:
+        raise PlanError(f"plan file {str(path)!r} has dtype {dtype!r}; known: {', '.join(DTYPES)}")
+    return dtype
 
 
 def load_plan(path: Union[str, os.PathLike], validate: bool = True) -> Plan:
@@ -122,6 +131,7 @@ def load_plan(path: Union[str, os.PathLike], validate: bool = True) -> Plan:
         request_bytes=doc["request_bytes"],
         output_bytes=doc["output_bytes"],
         meta=doc.get("meta", {}),
+        dtype=_dtype(doc, path),
     )
     if validate:
         validate_plan(plan)

@@ -74,26 +74,28 @@ def zipf_workload(tables: Sequence[TableSpec], alpha: float = 1.05, pooling: int
 
 def compare(tables: Sequence[TableSpec], topology: Topology, workload: Workload, batch_size: int,
             strategies: Optional[Sequence[str]] = None, estimator: Optional[CostEstimator] = None,
-            options: Optional[dict] = None, keep_plans: bool = False, progress=None) -> list[dict]:
+            options: Optional[dict] = None, keep_plans: bool = False, progress=None, dtype: str = "fp32") -> list[dict]:
     """Make a plan per strategy (profile from trace A), evaluate it on trace B; one row per strategy.
 
     A strategy that cannot place the model (e.g. column_wise with a table larger than a DPU) gets a
     row with ``error`` set instead of metrics. ``options``: {strategy: {option: value}} (default
     :data:`LAB_OPTIONS`).
-    Returns dicts (PlanReport fields + plan_seconds, eval_seconds, error, plan when keep_plans).
-    ``progress``: optional callable taking one line of text per strategy.
+    Returns dicts (PlanReport fields + plan_seconds, eval_seconds, error, plan when keep_plans, dtype,
+    ``mram_use_max``: the fullest DPU's MRAM share, tables + request + output buffers).
+    ``progress``: optional callable taking one line of text per strategy. ``dtype``: the element type
+    the tables are stored in (``"int8"`` plans hold 4x the rows of ``"fp32"`` ones per DPU).
     """
     est = estimator or CostEstimator()
     names = list(strategies or strategy_names())
     options = LAB_OPTIONS if options is None else options
     rows = []
     for s in names:
-        row: dict[str, Any] = {"strategy": s, "nr_dpus": topology.nr_dpus, "batch_size": batch_size}
+        row: dict[str, Any] = {"strategy": s, "nr_dpus": topology.nr_dpus, "batch_size": batch_size, "dtype": dtype}
         if progress:
             progress(f"{s}: planning on {topology.nr_dpus:,} DPUs and evaluating on {workload.eval_trace.name}")
         t0 = time.perf_counter()
         try:
-            plan = make_plan(tables, topology, s, profile=workload.profile, **options.get(s, {}))
+            plan = make_plan(tables, topology, s, profile=workload.profile, dtype=dtype, **options.get(s, {}))
         except PlanError as exc:
             row["error"] = str(exc)
             rows.append(row)
@@ -102,7 +104,8 @@ def compare(tables: Sequence[TableSpec], topology: Topology, workload: Workload,
         rep = est.evaluate(plan, workload.eval_trace, batch_size, profile=workload.profile)
         t2 = time.perf_counter()
         row.update(rep.as_dict())
-        row.update({"plan_seconds": t1 - t0, "eval_seconds": t2 - t1, "error": ""})
+        row.update({"plan_seconds": t1 - t0, "eval_seconds": t2 - t1, "error": "",
+                    "mram_use_max": row["mram_bytes_max"] / topology.mram_bytes})
         if keep_plans:
             row["plan"] = plan
         rows.append(row)
@@ -118,7 +121,7 @@ COLUMNS = [("strategy", "{}", "strategy"), ("imbalance", "{:.3f}", "imbalance*")
            ("cpu_to_dpu_us", "{:,.0f}", "cpu->dpu us*"), ("dpu_to_cpu_us", "{:,.0f}", "dpu->cpu us*"),
            ("speedup_vs_row_uniform", "{:.2f}x", "vs row_uniform*"), ("replica_hit_rate", "{:.1%}", "replica hits*"),
            ("request_bytes_padded", "{:,.0f}", "req B (padded)*"), ("output_bytes_padded", "{:,.0f}", "out B (padded)*"),
-           ("mram_bytes_max", "{:,}", "MRAM max B"), ("nr_shards", "{:,}", "shards")]
+           ("mram_bytes_max", "{:,}", "MRAM max B"), ("mram_use_max", "{:.1%}", "MRAM max %"), ("nr_shards", "{:,}", "shards")]
 #: COLUMNS keys that are means over the evaluation batches (marked ``*`` in the header).
 MEAN_COLUMNS = ("imbalance", "latency_us", "kernel_us", "cpu_to_dpu_us", "dpu_to_cpu_us", "speedup_vs_row_uniform",
                 "replica_hit_rate", "request_bytes_padded", "output_bytes_padded")
@@ -150,6 +153,7 @@ def format_reports(rows: Sequence[dict]) -> str:
         lines.append(f"profiled on: {r['profile_source']} (fingerprint {r['profile_fingerprint']})")
         lines.append(f"evaluated on: {r['eval_source']} (fingerprint {r['eval_fingerprint']}), {r['batches']} batch(es) of {r['batch_size']:,}")
         lines.append(f"latency model: {r['latency_model']}; imbalance = max/mean lookups per DPU; padded bytes = largest DPU x {r['nr_dpus']:,} DPUs")
+        lines.append(f"tables stored as {r.get('dtype', 'fp32')}; MRAM max = the fullest DPU: tables + request + output buffers")
     return "\n".join(lines)
 
 
@@ -162,7 +166,7 @@ def machine_info() -> dict:
 def sweep(tables_fn, dpus: Iterable[int], alphas: Iterable[float], batch_sizes: Iterable[int],
           strategies: Optional[Sequence[str]] = None, pooling: int = 20, profile_batches: int = 4,
           eval_batches: int = 1, seed: int = 0, estimator: Optional[CostEstimator] = None, options: Optional[dict] = None,
-          progress=None) -> list[dict]:
+          progress=None, dtype: str = "fp32") -> list[dict]:
     """Compare strategies over a grid of DPU counts x Zipf alphas x batch sizes.
 
     tables_fn() -> the model's tables. One workload per (alpha, batch size), reused for every DPU
@@ -175,7 +179,7 @@ def sweep(tables_fn, dpus: Iterable[int], alphas: Iterable[float], batch_sizes: 
         for b in batch_sizes:
             wl = zipf_workload(tables, alpha, pooling, b, profile_batches, eval_batches, seed)
             for n in dpus:
-                rows = compare(tables, Topology(nr_dpus=int(n)), wl, b, strategies, est, options)
+                rows = compare(tables, Topology(nr_dpus=int(n)), wl, b, strategies, est, options, dtype=dtype)
                 for r in rows:
                     r["alpha"] = alpha
                     r["pooling"] = pooling
@@ -185,10 +189,10 @@ def sweep(tables_fn, dpus: Iterable[int], alphas: Iterable[float], batch_sizes: 
     return out
 
 
-CSV_FIELDS = ["strategy", "nr_dpus", "alpha", "batch_size", "pooling", "imbalance", "imbalance_max", "latency_us",
+CSV_FIELDS = ["strategy", "dtype", "nr_dpus", "alpha", "batch_size", "pooling", "imbalance", "imbalance_max", "latency_us",
               "kernel_us", "cpu_to_dpu_us", "dpu_to_cpu_us", "speedup_vs_row_uniform", "replica_hit_rate",
               "request_bytes_padded", "request_bytes_useful", "output_bytes_padded", "output_bytes_useful",
-              "mram_bytes_max", "mram_bytes_mean", "nr_shards", "batches", "plan_seconds", "eval_seconds",
+              "mram_bytes_max", "mram_bytes_mean", "mram_use_max", "nr_shards", "batches", "plan_seconds", "eval_seconds",
               "latency_model", "profile_source", "profile_fingerprint", "eval_source", "eval_fingerprint", "error"]
 
 

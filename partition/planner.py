@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence, Union
 
 from .errors import PlanError
 from .interfaces import Budget, Strategy
-from .types import MIB, Plan, TableSpec, Topology
+from .types import DTYPES, MIB, Plan, TableSpec, Topology
 from .validate import assign_offsets, check_model_fits, check_tables, validate_plan
 
 #: Default per-DPU MRAM reserved for one launch's request (bags + lookups) and for its partial sums.
@@ -60,7 +60,9 @@ class Planner:
     """Make validated plans with one strategy and one MRAM budget.
 
     strategy: a registered name or a :class:`Strategy` instance. request_bytes / output_bytes:
-    per-DPU MRAM reserved for one launch's request and partial sums (multiples of 8).
+    per-DPU MRAM reserved for one launch's request and partial sums (multiples of 8). dtype: the
+    element type the tables will be stored in (``"fp32"``, ``"int32"``, ``"int16"``, ``"int8"``):
+    sets the row bytes every budget and offset is computed with.
 
     Example::
 
@@ -73,8 +75,12 @@ class Planner:
         strategy: Union[str, Strategy] = "row_uniform",
         request_bytes: int = DEFAULT_REQUEST_BYTES,
         output_bytes: int = DEFAULT_OUTPUT_BYTES,
+        dtype: str = "fp32",
         **options: Any,
     ):
+        if dtype not in DTYPES:
+            raise PlanError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        self.dtype = dtype
         if isinstance(strategy, Strategy):
             if options:
                 raise PlanError(f"options {sorted(options)} given with a Strategy instance: pass them to its constructor")
@@ -97,8 +103,8 @@ class Planner:
             raise PlanError(f"topology must be a Topology, got {type(topology).__name__}")
         if self.strategy.needs_profile and profile is None:
             raise PlanError(f"strategy {self.strategy.name!r} needs an access profile (profile=AccessProfile...)")
-        check_model_fits(tables, topology, self.request_bytes, self.output_bytes)
-        budget = Budget(topology.mram_heap_bytes, self.request_bytes, self.output_bytes)
+        check_model_fits(tables, topology, self.request_bytes, self.output_bytes, self.dtype)
+        budget = Budget(topology.mram_heap_bytes, self.request_bytes, self.output_bytes, self.dtype)
         placement = self.strategy.place(tables, topology, budget, profile)
         meta = {"strategy_options": self.strategy.describe(), **placement.meta}
         if profile is not None and getattr(profile, "source", None) is not None:
@@ -112,6 +118,7 @@ class Planner:
             request_bytes=self.request_bytes,
             output_bytes=self.output_bytes,
             meta=meta,
+            dtype=self.dtype,
         )
         assign_offsets(plan)
         validate_plan(plan, tables)
@@ -128,7 +135,8 @@ def make_plan(
     """Place ``tables`` on ``topology`` with ``strategy``; returns a validated Plan.
 
     options: ``request_bytes`` / ``output_bytes`` (per-DPU MRAM for one launch's request and
-    partial sums, default 4 MiB each) and the strategy's own options (e.g. ``split_oversized`` of
+    partial sums, default 4 MiB each), ``dtype`` (stored element type, default ``"fp32"``; an
+    ``"int8"`` plan sizes rows at 1 byte per element) and the strategy's own options (e.g. ``split_oversized`` of
     table_wise). Raises PlanDoesNotFitError naming the shortfall, PlanError for bad arguments.
 
     Example::
@@ -138,7 +146,8 @@ def make_plan(
     """
     req = options.pop("request_bytes", DEFAULT_REQUEST_BYTES)
     out = options.pop("output_bytes", DEFAULT_OUTPUT_BYTES)
-    return Planner(strategy, request_bytes=req, output_bytes=out, **options).plan(tables, topology, profile)
+    dtype = options.pop("dtype", "fp32")
+    return Planner(strategy, request_bytes=req, output_bytes=out, dtype=dtype, **options).plan(tables, topology, profile)
 
 
 _builtin_loaded = False

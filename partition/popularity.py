@@ -21,7 +21,7 @@ import numpy as np
 from .errors import PlanError
 from .interfaces import Budget, Placement, Strategy
 from .packing import lpt_assign, weighted_cuts
-from .types import RowGroup, Shard, row_bytes
+from .types import RowGroup, Shard
 
 
 def smoothed_load(counts: np.ndarray, smoothing: float) -> np.ndarray:
@@ -46,7 +46,7 @@ def balanced_ranges(tables, topology, budget: Budget, loads: list[np.ndarray], g
     bytes_unit = max(free / 4.0, 1.0)
     groups, sizes, weights, labels = [], [], [], []
     for t, spec in enumerate(tables):
-        rb = row_bytes(spec.dim)
+        rb = budget.row_bytes(spec.dim)
         b = weighted_cuts(loads[t], rb, load_unit, bytes_unit)
         cl = np.concatenate(([0.0], np.cumsum(loads[t])))
         w = cl[b[1:]] - cl[b[:-1]]
@@ -83,7 +83,7 @@ def table_ordered_ranges(tables, topology, budget: Budget, loads: list[np.ndarra
     bytes_unit = max(budget.table_bytes / 4.0, 1.0)
     groups, shards = [], []
     for t, spec in enumerate(tables):
-        rb = row_bytes(spec.dim)
+        rb = budget.row_bytes(spec.dim)
         total = float(loads[t].sum())
         k = min(n, spec.rows)
         load_unit = max(total / k, 1e-12) if total > 0 else 1.0

@@ -68,7 +68,7 @@ class TileUniform(Strategy):
         for s in cands:
             groups, shards = _tiles(tables, n, s)
             plan = Plan(list(tables), topology, groups, shards, request_bytes=budget.request_bytes,
-                        output_bytes=budget.output_bytes)
+                        output_bytes=budget.output_bytes, dtype=budget.dtype)
             a = shard_arrays(plan)
             used = np.bincount(a["dpu"], weights=a["nbytes"], minlength=n)
             if used.max() > budget.table_bytes:

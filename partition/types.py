@@ -35,14 +35,34 @@ import numpy as np
 MIB = 1 << 20
 KIB = 1 << 10
 
-#: Bytes per stored element (fp32 and int32 fixed point are both 4 bytes wide).
+#: Bytes per fp32 / int32 element, and per element of a partial sum (fp32 or int32 for every dtype).
 ELEM_BYTES = 4
+#: Element types a table may be stored in (UPDLRM_DTYPE_* of dpu_kernels/include/updlrm_abi.h)
+#: and the bytes of one stored element of each.
+DTYPE_BYTES = {"fp32": 4, "int32": 4, "int16": 2, "int8": 1}
+DTYPES = tuple(DTYPE_BYTES)
 #: MRAM offsets and row strides are multiples of this (UPMEM DMA rule).
 MRAM_ALIGN = 8
 
 
-def row_bytes(nr_cols: int) -> int:
-    """Bytes one stored row of ``nr_cols`` elements takes in MRAM (padded to 8 bytes)."""
+def dtype_bytes(dtype: str) -> int:
+    """Bytes of one stored element of ``dtype`` (ValueError naming the allowed dtypes)."""
+    try:
+        return DTYPE_BYTES[dtype]
+    except (KeyError, TypeError):
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}") from None
+
+
+def row_bytes(nr_cols: int, dtype: str = "fp32") -> int:
+    """Bytes one stored row of ``nr_cols`` elements of ``dtype`` takes in MRAM (packed, padded to 8).
+
+    Example: dim 16 is 64 B in fp32/int32, 32 B in int16, 16 B in int8; dim 3 in int8 is 8 B.
+    """
+    return (nr_cols * dtype_bytes(dtype) + MRAM_ALIGN - 1) // MRAM_ALIGN * MRAM_ALIGN
+
+
+def sum_row_bytes(nr_cols: int) -> int:
+    """Bytes of one partial-sum row the kernel writes for ``nr_cols`` columns (4-byte sums, padded to 8)."""
     return (nr_cols * ELEM_BYTES + MRAM_ALIGN - 1) // MRAM_ALIGN * MRAM_ALIGN
 
 
@@ -146,6 +166,9 @@ class Plan:
     ``strategy`` names the policy that made it and ``meta`` carries its parameters (for reports).
     ``request_bytes`` / ``output_bytes`` are the per-DPU MRAM capacities reserved for one launch's
     request (bags + lookups) and partial sums; the engine cuts larger batches into several launches.
+    ``dtype`` is the element type the tables are stored in (:data:`DTYPES`): it sets every shard's
+    row bytes, hence MRAM offsets and capacity. fp32 and int32 plans are interchangeable (both
+    4 bytes per element); an int8 plan holds four times the rows of an fp32 one per DPU.
     """
 
     tables: list[TableSpec]
@@ -156,6 +179,10 @@ class Plan:
     request_bytes: int = 4 * MIB
     output_bytes: int = 4 * MIB
     meta: dict = field(default_factory=dict)
+    dtype: str = "fp32"
+
+    def __post_init__(self) -> None:
+        dtype_bytes(self.dtype)  # ValueError naming the allowed dtypes
 
     def assign_offsets(self) -> None:
         """Pack each DPU's shards from heap+0 in plan order (see :func:`partition.validate.assign_offsets`)."""

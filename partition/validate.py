@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .errors import PlanDoesNotFitError, PlanError, fmt_bytes
-from .types import ELEM_BYTES, MRAM_ALIGN, Plan, TableSpec, Topology
+from .types import DTYPES, MRAM_ALIGN, Plan, TableSpec, Topology, dtype_bytes
 
 #: Shard descriptors one DPU can hold (UPDLRM_MAX_SHARDS in dpu_kernels/include/updlrm_abi.h).
 MAX_SHARDS_PER_DPU = 4096
@@ -22,10 +22,10 @@ MAX_SHARDS_PER_DPU = 4096
 GROUP_KINDS = ("base", "cache")
 
 
-def row_bytes_array(nr_cols: np.ndarray) -> np.ndarray:
-    """Vectorized :func:`types.row_bytes`: bytes per stored row (padded to 8 B), int64 array."""
+def row_bytes_array(nr_cols: np.ndarray, dtype: str = "fp32") -> np.ndarray:
+    """Vectorized :func:`types.row_bytes`: bytes per stored row of ``dtype`` (padded to 8 B), int64 array."""
     nr_cols = np.asarray(nr_cols, dtype=np.int64)
-    return (nr_cols * ELEM_BYTES + MRAM_ALIGN - 1) // MRAM_ALIGN * MRAM_ALIGN
+    return (nr_cols * dtype_bytes(dtype) + MRAM_ALIGN - 1) // MRAM_ALIGN * MRAM_ALIGN
 
 
 def table_budget_bytes(topology: Topology, request_bytes: int, output_bytes: int) -> int:
@@ -42,7 +42,8 @@ def shard_arrays(plan: Plan) -> dict[str, np.ndarray]:
     """The plan's shards as parallel int64 arrays, each of shape [nr_shards].
 
     Keys: ``table``, ``group``, ``replica``, ``dpu``, ``col_lo``, ``col_hi``, ``mram_offset``
-    (bytes), ``nr_rows`` (rows of the shard's group), ``row_bytes`` (bytes per stored row, 8-aligned),
+    (bytes), ``nr_rows`` (rows of the shard's group), ``row_bytes`` (bytes per stored row of
+    ``plan.dtype``, 8-aligned), ``sum_bytes`` (bytes of one partial-sum row, 4 B per column, 8-aligned),
     ``nbytes`` (MRAM bytes of the shard = nr_rows * row_bytes).
     """
     n = len(plan.shards)
@@ -55,7 +56,8 @@ def shard_arrays(plan: Plan) -> dict[str, np.ndarray]:
     nr_rows = np.zeros(n, dtype=np.int64)
     nr_rows[ok] = g_rows[grp[ok]]
     out["nr_rows"] = nr_rows
-    out["row_bytes"] = row_bytes_array(out["col_hi"] - out["col_lo"])
+    out["row_bytes"] = row_bytes_array(out["col_hi"] - out["col_lo"], plan.dtype)
+    out["sum_bytes"] = row_bytes_array(out["col_hi"] - out["col_lo"], "fp32")
     out["nbytes"] = nr_rows * out["row_bytes"]
     return out
 
@@ -104,11 +106,12 @@ def tables_end_bytes(plan: Plan) -> int:
     return int((a["mram_offset"] + a["nbytes"]).max())
 
 
-def check_model_fits(tables: Sequence[TableSpec], topology: Topology, request_bytes: int, output_bytes: int) -> None:
+def check_model_fits(tables: Sequence[TableSpec], topology: Topology, request_bytes: int, output_bytes: int,
+                     dtype: str = "fp32") -> None:
     """Raise PlanDoesNotFitError when the tables cannot fit in all DPUs together, whatever the plan.
 
-    The message gives the total shortfall in bytes: tables (rows x dim x 4 B, rows padded to 8 B)
-    against ``nr_dpus`` x (MRAM heap - request - output).
+    The message gives the total shortfall in bytes: tables (rows x dim x bytes of ``dtype``, rows
+    padded to 8 B) against ``nr_dpus`` x (MRAM heap - request - output).
     """
     budget = table_budget_bytes(topology, request_bytes, output_bytes)
     heap = topology.mram_heap_bytes
@@ -121,14 +124,16 @@ def check_model_fits(tables: Sequence[TableSpec], topology: Topology, request_by
         )
     rows = np.array([t.rows for t in tables], dtype=np.int64)
     dims = np.array([t.dim for t in tables], dtype=np.int64)
-    need = int((rows * row_bytes_array(dims)).sum())
+    need = int((rows * row_bytes_array(dims, dtype)).sum())
     have = budget * topology.nr_dpus
     if need > have:
+        smaller = [d for d in ("int16", "int8") if dtype_bytes(d) < dtype_bytes(dtype)]
+        hint = f", a smaller dtype ({' or '.join(smaller)})" if smaller else ""
         raise PlanDoesNotFitError(
-            f"the model's {len(tables)} tables need {fmt_bytes(need)} of MRAM but {topology.nr_dpus:,} DPUs "
+            f"the model's {len(tables)} tables in {dtype} need {fmt_bytes(need)} of MRAM but {topology.nr_dpus:,} DPUs "
             f"hold {fmt_bytes(have)} for tables ({topology.nr_dpus:,} x ({fmt_bytes(heap)} heap - request "
             f"{fmt_bytes(request_bytes)} - output {fmt_bytes(output_bytes)})): {fmt_bytes(need - have)} short; "
-            f"use more DPUs, smaller buffers, or fewer rows",
+            f"use more DPUs, smaller buffers{hint}, or fewer rows",
             shortfall_bytes=need - have,
         )
 
@@ -159,6 +164,8 @@ def validate_plan(plan: Plan, tables: Optional[Sequence[TableSpec]] = None) -> N
     Returns None; never modifies the plan.
     """
     check_tables(plan.tables)
+    if plan.dtype not in DTYPES:
+        raise PlanError(f"plan dtype {plan.dtype!r} is not one of {', '.join(DTYPES)}")
     if tables is not None:
         _check_shapes(plan, tables)
     topo = plan.topology

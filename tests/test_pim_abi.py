@@ -54,6 +54,8 @@ def test_module_matches_header(mod):
     assert mod.BAG_BYTES == _struct_size("updlrm_bag")
     assert mod.DTYPE_FP32 == _macro("UPDLRM_DTYPE_FP32")
     assert mod.DTYPE_INT32 == _macro("UPDLRM_DTYPE_INT32")
+    assert mod.DTYPE_INT16 == _macro("UPDLRM_DTYPE_INT16")
+    assert mod.DTYPE_INT8 == _macro("UPDLRM_DTYPE_INT8")
     assert mod.MAX_SHARDS == _macro("UPDLRM_MAX_SHARDS")
     assert mod.MAX_TASKLETS == _macro("UPDLRM_MAX_TASKLETS")
     assert mod.MRAM_BYTES == _macro("UPDLRM_MRAM_BYTES")
@@ -65,7 +67,8 @@ def test_python_values_are_the_modules(mod):
     a = native.abi(mod)
     assert (a.version, a.launch_args_bytes, a.status_bytes, a.shard_bytes) == (
         mod.ABI_VERSION, mod.LAUNCH_ARGS_BYTES, mod.STATUS_BYTES, mod.SHARD_BYTES)
-    assert a.dtype_codes == {"fp32": mod.DTYPE_FP32, "int32": mod.DTYPE_INT32}
+    assert a.dtype_codes == {"fp32": mod.DTYPE_FP32, "int32": mod.DTYPE_INT32, "int16": mod.DTYPE_INT16,
+                             "int8": mod.DTYPE_INT8}
     assert (a.max_shards, a.max_tasklets, a.mram_bytes, a.heap_symbol) == (
         mod.MAX_SHARDS, mod.MAX_TASKLETS, mod.MRAM_BYTES, mod.MRAM_HEAP_SYMBOL)
     import updlrm.pim.embedding as emb
@@ -105,7 +108,7 @@ def test_write_shards_rejects_bad_descriptors(mod):
     rt = mod.Runtime(native.kernel_path("emulator", 16, mod), 2, native.PROFILES["emulator"])
     try:
         data = [np.zeros(8, np.uint8), np.zeros(8, np.uint8)]
-        with pytest.raises(ValueError, match="dtype 7 is not UPDLRM_DTYPE_FP32"):
+        with pytest.raises(ValueError, match=r"dtype 7 is not one of UPDLRM_DTYPE_\* \(0\.\.3\)"):
             rt.write_shards(data, _spec(mod, dtype=7))
         with pytest.raises(ValueError, match="shard 1 repeats descriptor 0 of DPU 0"):
             rt.write_shards(data, _spec(mod, local=np.array([0, 0], np.uint32)))

@@ -85,7 +85,7 @@ class BenchConfig:
         pooling: lookups per bag; alpha: Zipf skew of the ids (``batch.random_batch``).
         backends: subset of :data:`BACKEND_NAMES` (``"cuda"`` = both cuda variants).
         nr_dpus, strategies: PIM sweep (every combination).
-        dtype: PIM table type, ``"fp32"`` or ``"int32"``; nr_tasklets: per DPU.
+        dtype: PIM table type, ``"fp32"``, ``"int32"``, ``"int16"`` or ``"int8"``; nr_tasklets: per DPU.
         warmup, repeats: batches run and discarded / measured per point.
         seed: batch seed (batch i of a point uses seed + i; the same for every backend).
         timing_constants: optional JSON file overriding the timing model's constants.
@@ -132,8 +132,8 @@ class BenchConfig:
                 raise ValueError(f"BenchConfig.{name} must be a non-empty list of positive integers, got {values}")
         if not self.strategies:
             raise ValueError("BenchConfig.strategies must not be empty")
-        if self.dtype not in ("fp32", "int32"):
-            raise ValueError(f"BenchConfig.dtype must be 'fp32' or 'int32', got {self.dtype!r}")
+        if self.dtype not in ("fp32", "int32", "int16", "int8"):
+            raise ValueError(f"BenchConfig.dtype must be one of fp32, int32, int16, int8, got {self.dtype!r}")
         if self.repeats < 1 or self.warmup < 0:
             raise ValueError(f"BenchConfig needs repeats >= 1 and warmup >= 0, got {self.repeats}, {self.warmup}")
         if self.pooling < 0:

@@ -68,13 +68,17 @@ class Engine:
         nr_dpus: pim: DPUs to place the tables on (default 64). With a Plan, the plan's topology
             applies and ``nr_dpus`` / ``nr_tasklets`` are not used (see ``engine.plan.topology``).
         strategy: pim: a partitioning strategy name (``updlrm.partition.strategy_names()``) or a Plan.
-        dtype: pim: "fp32" or "int32" (fixed point with a per-table scale; see ``max_bag_lookups``).
+        dtype: pim: "fp32", or "int32" / "int16" / "int8" integer tables summed in int32 on the DPUs
+            (scales per table, or per column group with ``quant="group"``; see ``max_bag_lookups``
+            and :mod:`updlrm.pim.quant`).
         device: pim: "emulator" (always there), "simulator" or "hw" (need the UPMEM SDK build).
         nr_tasklets: pim: tasklets per DPU (default 16).
         profile: pim: access profile passed to ``make_plan`` for popularity-aware strategies.
         plan: pim: a ready Plan (same as ``strategy=plan``); it must match the model's tables.
         **options: backend extras: ``cuda_mode="hybrid"|"gpu"``, ``cuda_device``,
-            ``max_bag_lookups`` (pim int32, default 4096), ``plan_options`` (dict for make_plan).
+            ``max_bag_lookups`` (pim integer dtypes, default 4096), ``plan_options`` (dict for
+            make_plan), ``quant="table"|"group"``, ``group_cols``, ``calibrate_on`` (an access
+            profile or per-table counts: hot rows decide the scales).
 
     Attributes: ``last_stats`` (:class:`updlrm.stats.BatchStats` of the last successful call),
     ``tables`` (the model's TableSpecs), ``plan`` (pim placement, else None), ``backend_name``.
@@ -242,7 +246,7 @@ class Engine:
         from the exact sums of a validated ``batch``.
 
         fp32: ``max(1e-5, 2*n*2^-24) * sum_i |w_i|`` per bag of n lookups (reordered fp32 sums);
-        int32 (pim): the PimEmbedding's fixed-point bound for a bag of n lookups, plus the fp32 term.
+        integer dtypes (pim): the PimEmbedding's quantization bound for a bag of n lookups, plus the fp32 term.
         """
         validate_batch(batch, self.config.tables, self.config.n_dense)
         lengths = batch.lengths().to(torch.float64)  # [T, B]

@@ -70,7 +70,9 @@ import numpy as np
 from updlrm.partition import Topology
 from updlrm.stats import BatchStats, Phase
 
-DTYPES = ("int32", "fp32")
+DTYPES = ("int32", "fp32", "int16", "int8")
+#: Bytes of one stored element of each dtype (rows are packed and padded to 8 bytes).
+DTYPE_BYTES = {"int32": 4, "fp32": 4, "int16": 2, "int8": 1}
 
 #: The names of the model's constants (keys of timing_constants.json).
 CONSTANT_NAMES = (
@@ -81,6 +83,8 @@ CONSTANT_NAMES = (
     "issue_interval_cycles",
     "instr_per_element_int32",
     "instr_per_element_fp32",
+    "instr_per_element_int16",
+    "instr_per_element_int8",
     "instr_per_lookup",
     "instr_per_bag",
     "kernel_fixed_cycles",
@@ -131,7 +135,9 @@ class KernelCounters:
 
     Attributes:
         nr_tasklets: tasklets the kernel ran with (NR_TASKLETS).
-        dtype: ``"int32"`` (integer add) or ``"fp32"`` (software float add on a real DPU).
+        dtype: ``"int32"`` (integer add), ``"fp32"`` (software float add on a real DPU), or
+            ``"int16"`` / ``"int8"`` (sign-extending load + int32 add; narrower rows, so fewer DMA
+            bytes, which the DMA counters already hold).
         lookups: [D] lookups (rows accumulated) per DPU.
         bags: [D] bags (partial sums written) per DPU.
         elements: [D] elements accumulated per DPU (sum over lookups of the shard's columns).
@@ -307,7 +313,7 @@ def _normalise_native(d: Mapping[str, Any]) -> dict:
 def _estimate_dma(out: dict) -> None:
     """DMA counters for a batch run where nobody counted them (SDK builds: simulator or hardware),
     from what the packer knows, as the kernel behaves: tasklet 0 stages the request in 2,048-byte
-    reads, every lookup reads its row slice (elements*4 bytes rounded up to 8 per lookup, one DMA
+    reads, every lookup reads its row slice (elements x bytes of the dtype, rounded up to 8 per lookup, one DMA
     per lookup), every bag writes its partial sum (``output_bytes``). Spread evenly over tasklets;
     flagged ``dma_estimated``. Needs lookups, bags, elements, nr_tasklets, and the request/output
     bytes per DPU; leaves ``out`` unchanged otherwise."""
@@ -327,7 +333,8 @@ def _estimate_dma(out: dict) -> None:
         return  # let counters_from_dict report the malformed field
     if lookups.ndim != 1 or not (elements.shape == bags.shape == request.shape == output.shape == lookups.shape):
         return
-    row_bytes = np.where(lookups > 0, np.ceil(elements * 4 / np.maximum(lookups, 1) / 8) * 8, 0)
+    esize = DTYPE_BYTES.get(str(out.get("dtype", "int32")), 4)
+    row_bytes = np.where(lookups > 0, np.ceil(elements * esize / np.maximum(lookups, 1) / 8) * 8, 0)
     slots = max(nt, 1)
 
     def spread(x):
@@ -563,7 +570,7 @@ class TimingModel:
         c = self.constants
         nt = counters.nr_tasklets
         lk, bg, el = counters.per_tasklet()
-        per_elem = c["instr_per_element_int32"] if counters.dtype == "int32" else c["instr_per_element_fp32"]
+        per_elem = c["instr_per_element_" + counters.dtype]
         instr = lk * c["instr_per_lookup"] + bg * c["instr_per_bag"] + el * per_elem  # [D, nt]
         r_ops, r_bytes = counters.dma_read_ops[:, :nt], counters.dma_read_bytes[:, :nt]
         w_ops, w_bytes = counters.dma_write_ops[:, :nt], counters.dma_write_bytes[:, :nt]

@@ -9,10 +9,12 @@
  *
  * MRAM layout of one DPU (all offsets are bytes from DPU_MRAM_HEAP_POINTER, multiples of 8):
  *
- *   heap + 0                    table shards: row-major rows, each row padded to 8 bytes
+ *   heap + 0                    table shards: row-major rows of the shard's dtype, packed, each row
+ *                               padded to 8 bytes (UPDLRM_ROW_BYTES)
  *   heap + args.bags_offset     struct updlrm_bag[args.nr_bags]        } the request, pushed by
  *   heap + args.lookups_offset  uint32_t local_row[args.nr_lookups]    } the host each batch
- *   heap + args.out_offset      per-bag partial sums, each bag at bag.out_offset, one padded row
+ *   heap + args.out_offset      per-bag partial sums, each bag at bag.out_offset, one padded row of
+ *                               4-byte sums (fp32 for fp32 shards, int32 otherwise: UPDLRM_OUT_ROW_BYTES)
  *
  * Shard descriptors live in the MRAM array UPDLRM_SYM_SHARDS (written once when tables load).
  */
@@ -21,13 +23,28 @@
 
 #include <stdint.h>
 
-/* v2: status._pad became status.bad_tasklet; codes 6 and 7 added; UPDLRM_MRAM_BYTES added. */
-#define UPDLRM_ABI_VERSION 2u
+/* v2: status._pad became status.bad_tasklet; codes 6 and 7 added; UPDLRM_MRAM_BYTES added.
+ * v3: dtypes INT16 and INT8 (packed rows, summed in int32, int32 partial sums); a shard's row_bytes
+ *     follows its dtype (UPDLRM_ROW_BYTES), its partial-sum row is UPDLRM_OUT_ROW_BYTES. */
+#define UPDLRM_ABI_VERSION 3u
 
-/* Element types of a shard. Both are 4 bytes wide. */
+/* Element types of a shard. Every integer type is summed in int32 and returned as int32 partial
+ * sums: value = q_sum / scale(column), applied by the host (the DPU never multiplies). */
 #define UPDLRM_DTYPE_FP32 0u  /* IEEE fp32, accumulated in fp32 (software float on a real DPU) */
-#define UPDLRM_DTYPE_INT32 1u /* int32 fixed point: value = q / scale(table), host converts back */
+#define UPDLRM_DTYPE_INT32 1u /* int32 fixed point */
+#define UPDLRM_DTYPE_INT16 2u /* int16, 2 bytes per element */
+#define UPDLRM_DTYPE_INT8 3u  /* int8, 1 byte per element */
+#define UPDLRM_NR_DTYPES 4u
+/* Bytes of one fp32 / int32 element and of one partial-sum element (any dtype). */
 #define UPDLRM_ELEM_BYTES 4u
+#define UPDLRM_SUM_BYTES 4u
+/* Bytes per stored element of a dtype (any value >= UPDLRM_NR_DTYPES is invalid: 0). */
+#define UPDLRM_DTYPE_BYTES(dtype)                                                         \
+    ((dtype) == UPDLRM_DTYPE_INT8 ? 1u : (dtype) == UPDLRM_DTYPE_INT16 ? 2u               \
+     : ((dtype) == UPDLRM_DTYPE_FP32 || (dtype) == UPDLRM_DTYPE_INT32) ? 4u : 0u)
+/* Bytes of one stored row of nr_cols elements (padded to 8), and of its partial-sum row. */
+#define UPDLRM_ROW_BYTES(nr_cols, dtype) ((((nr_cols) * UPDLRM_DTYPE_BYTES(dtype)) + 7u) & ~7u)
+#define UPDLRM_OUT_ROW_BYTES(nr_cols) ((((nr_cols) * UPDLRM_SUM_BYTES) + 7u) & ~7u)
 
 /* Limits. */
 #define UPDLRM_MAX_SHARDS 4096u   /* shard descriptors per DPU */
@@ -74,7 +91,7 @@ struct updlrm_shard {
     uint32_t mram_offset; /* byte offset of local row 0 from the MRAM heap, multiple of 8 */
     uint32_t nr_rows;     /* local rows in this shard */
     uint32_t nr_cols;     /* elements per row (row width before padding) */
-    uint32_t row_bytes;   /* bytes per stored row: nr_cols * 4 rounded up to a multiple of 8 */
+    uint32_t row_bytes;   /* bytes per stored row: UPDLRM_ROW_BYTES(nr_cols, dtype) */
     uint32_t dtype;       /* UPDLRM_DTYPE_* */
     uint32_t table;       /* the model's table index, for error reports only */
     uint32_t _pad[2];
@@ -83,7 +100,7 @@ UPDLRM_STATIC_ASSERT(sizeof(struct updlrm_shard) == 32, "updlrm_shard must be 32
 
 /* One bag (one sample of one table, restricted to one shard): sum nr_lookups rows of `shard`
  * whose local row ids are local_row[first_lookup .. first_lookup + nr_lookups), and write the
- * sum (one padded row of the shard's dtype) at out_offset bytes from args.out_offset.
+ * sum (UPDLRM_OUT_ROW_BYTES(nr_cols) bytes: fp32 or int32) at out_offset bytes from args.out_offset.
  * Bags are stored in increasing first_lookup order with no gaps: tasklets split them by
  * lookup count using first_lookup. */
 struct updlrm_bag {

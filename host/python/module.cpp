@@ -487,10 +487,9 @@ class Runtime {
         auto table = to_vec<uint32_t>(d, "table");
         if (!d.contains("dtype")) throw py::value_error("shard spec lacks 'dtype'");
         uint32_t dtype = d["dtype"].cast<uint32_t>();
-        if (dtype != UPDLRM_DTYPE_FP32 && dtype != UPDLRM_DTYPE_INT32)
-            throw py::value_error("write_shards: dtype " + std::to_string(dtype) + " is not UPDLRM_DTYPE_FP32 (" +
-                                  std::to_string(UPDLRM_DTYPE_FP32) + ") or UPDLRM_DTYPE_INT32 (" +
-                                  std::to_string(UPDLRM_DTYPE_INT32) + ")");
+        if (UPDLRM_DTYPE_BYTES(dtype) == 0)
+            throw py::value_error("write_shards: dtype " + std::to_string(dtype) + " is not one of UPDLRM_DTYPE_* (0.." +
+                                  std::to_string(UPDLRM_NR_DTYPES - 1) + ")");
         size_t ns = dpu.size();
         for (const auto *v : {&local, &off, &rows, &cols, &rb, &table})
             if (v->size() != ns) throw py::value_error("write_shards: per-shard arrays differ in length");
@@ -633,6 +632,9 @@ PYBIND11_MODULE(UPDLRM_MODULE_NAME, m) {
     m.attr("BAG_BYTES") = sizeof(struct updlrm_bag);
     m.attr("DTYPE_FP32") = UPDLRM_DTYPE_FP32;
     m.attr("DTYPE_INT32") = UPDLRM_DTYPE_INT32;
+    m.attr("DTYPE_INT16") = UPDLRM_DTYPE_INT16;
+    m.attr("DTYPE_INT8") = UPDLRM_DTYPE_INT8;
+    m.attr("SUM_BYTES") = UPDLRM_SUM_BYTES;
     m.attr("ELEM_BYTES") = UPDLRM_ELEM_BYTES;
     m.attr("MRAM_ALIGN") = UPDLRM_MRAM_ALIGN;
     m.attr("MRAM_HEAP_SYMBOL") = DPU_MRAM_HEAP_POINTER_NAME;  // the MRAM heap's symbol for copies

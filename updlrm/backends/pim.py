@@ -19,7 +19,7 @@ from updlrm.stats import BatchStats
 
 from .base import Backend
 
-DTYPES = ("fp32", "int32")
+DTYPES = ("fp32", "int32", "int16", "int8")
 DEVICES = ("emulator", "simulator", "hw")
 #: Default topology when neither nr_dpus nor a plan is given.
 DEFAULT_NR_DPUS = 64
@@ -29,11 +29,14 @@ DEFAULT_NR_TASKLETS = 16
 class PimBackend(Backend):
     """Lookups on DPUs. Options: ``nr_dpus`` (default 64; ignored when a Plan is given: the
     plan's topology applies), ``strategy`` (a strategy name or a
-    Plan), ``plan`` (a Plan; alternative to passing it as strategy), ``dtype`` ("fp32" or
-    "int32" fixed point), ``device`` ("emulator", or "simulator"/"hw" with the SDK module),
+    Plan), ``plan`` (a Plan; alternative to passing it as strategy), ``dtype`` ("fp32", or
+    "int32" / "int16" / "int8" integer tables: see :mod:`updlrm.pim.quant`), ``device`` ("emulator", or "simulator"/"hw" with the SDK module),
     ``nr_tasklets`` (default 16), ``profile`` (access profile for popularity-aware strategies,
     passed to make_plan), ``max_bag_lookups`` (int32: the largest bag the fixed-point scale
-    allows; larger bags are rejected), ``plan_options`` (extra make_plan keyword arguments)."""
+    allows; larger bags are rejected), ``plan_options`` (extra make_plan keyword arguments),
+    ``quant`` ("table" or "group" scales), ``group_cols`` (columns per group), ``calibrate_on``
+    (an AccessProfile or per-table access counts: hot rows set the scales), ``coverage`` (the share
+    of accesses those hot rows cover, default 0.999)."""
 
     name = "pim"
 
@@ -49,6 +52,10 @@ class PimBackend(Backend):
         profile=None,
         max_bag_lookups: int = 4096,
         plan_options: dict | None = None,
+        quant: str = "table",
+        group_cols: int = 4,
+        calibrate_on=None,
+        coverage: float | None = None,
         **unused,
     ):
         super().__init__(model)
@@ -74,7 +81,9 @@ class PimBackend(Backend):
                 nr_dpus=DEFAULT_NR_DPUS if nr_dpus is None else int(nr_dpus),
                 nr_tasklets=DEFAULT_NR_TASKLETS if nr_tasklets is None else int(nr_tasklets),
             )
-            plan = make_plan(tables, topology, strategy, profile, **(plan_options or {}))
+            opts = dict(plan_options or {})
+            opts.setdefault("dtype", dtype)  # rows sized in the dtype they are stored in
+            plan = make_plan(tables, topology, strategy, profile, **opts)
         else:
             if not isinstance(plan, Plan):
                 raise TypeError(f"plan must be an updlrm.partition.Plan, got {type(plan).__name__}")
@@ -95,7 +104,18 @@ class PimBackend(Backend):
         self.device = device
         self.max_bag_lookups = int(max_bag_lookups)
         weights = [w.detach().to(torch.float32).cpu().contiguous().numpy() for w in model.embedding_weights()]
-        self._pim = PimEmbedding(weights, plan, dtype=dtype, device=device, max_bag_lookups=self.max_bag_lookups)
+        # quantization options only when set (PimEmbedding stand-ins need not know them)
+        qopts = {}
+        if quant != "table":
+            qopts["quant"] = quant
+        if group_cols != 4:
+            qopts["group_cols"] = group_cols
+        if calibrate_on is not None:
+            qopts["calibrate_on"] = calibrate_on
+        if coverage is not None:
+            qopts["coverage"] = coverage
+        self._pim = PimEmbedding(weights, plan, dtype=dtype, device=device, max_bag_lookups=self.max_bag_lookups,
+                                 **qopts)
 
     @property
     def plan(self):
@@ -107,7 +127,7 @@ class PimBackend(Backend):
         return self._pim
 
     def check(self, batch: Batch) -> None:
-        if self.dtype != "int32":
+        if self.dtype == "fp32":
             return
         lengths = batch.lengths()  # [T, B]
         longest = int(lengths.max()) if lengths.numel() else 0
@@ -115,7 +135,7 @@ class PimBackend(Backend):
             t, b = (int(v) for v in np.unravel_index(int(torch.argmax(lengths)), tuple(lengths.shape)))
             raise InvalidBatchError(
                 f"table {t} ({self.model.tables[t].name!r}), sample {b}: bag of {longest} lookups exceeds "
-                f"max_bag_lookups={self.max_bag_lookups}, the largest bag the int32 fixed-point scale "
+                f"max_bag_lookups={self.max_bag_lookups}, the largest bag the {self.dtype} scale "
                 f"was chosen for (build the engine with a larger max_bag_lookups)"
             )
 
@@ -168,12 +188,13 @@ class PimBackend(Backend):
             yield batch, pooled, stats
 
     def pooled_error_bound(self, lengths: torch.Tensor) -> torch.Tensor | None:
-        """int32: max abs error per element of each bag, ``[T, B]`` float64, from the
-        PimEmbedding's fixed-point bound; None for fp32 (the engine uses a float bound)."""
-        if self.dtype != "int32":
+        """Integer dtypes: max abs error per element of each bag, ``[T, B]`` float64, from the
+        PimEmbedding's quantization bound; None for fp32 (the engine uses a float bound)."""
+        if self.dtype == "fp32":
             return None
         lens = lengths.numpy()  # [T, B]
-        bound = np.asarray(self._pim.fixed_point_bound(lens), dtype=np.float64)
+        bound_fn = getattr(self._pim, "pooled_error_bound", None) or self._pim.fixed_point_bound
+        bound = np.asarray(bound_fn(lens), dtype=np.float64)
         if bound.ndim == 1:  # one bound per table
             bound = bound[:, None]
         return torch.from_numpy(np.broadcast_to(bound, lens.shape).copy())

@@ -44,8 +44,9 @@ def add_parser(subparsers) -> None:
                    help="benchmark pim with a saved plan (`updlrm partition --save-plan FILE`) instead of "
                         "--nr-dpus/--strategies/--nr-tasklets; it must match the model's table shapes "
                         "(default: none)")
-    p.add_argument("--dtype", default=None, choices=("fp32", "int32"),
-                   help="element type of the tables on the DPUs (default fp32)")
+    p.add_argument("--dtype", default=None, choices=("fp32", "int32", "int16", "int8"),
+                   help="element type of the tables on the DPUs: fp32, or int32 / int16 / int8 integers summed in "
+                        "int32 (default fp32)")
     p.add_argument("--device", default=None, choices=("emulator", "simulator", "hw"),
                    help="pim device (default emulator: DPU phases modeled; simulator/hw need the SDK build)")
     p.add_argument("--nr-tasklets", type=int, default=None, help="tasklets per DPU (default 16)")

@@ -84,9 +84,10 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument(
         "--dtype",
-        choices=("fp32", "int32"),
+        choices=("fp32", "int32", "int16", "int8"),
         default="fp32",
-        help="element type of the tables on the DPUs: fp32, or int32 fixed point (default fp32)",
+        help="element type of the tables on the DPUs: fp32, or int32 / int16 / int8 integers summed in int32 "
+        "(per-table scales; default fp32). A --plan must have been made with the same dtype",
     )
     p.add_argument(
         "--row-scale",

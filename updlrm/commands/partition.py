@@ -65,6 +65,9 @@ def add_parser(subparsers) -> None:
                    help="a strategy option, repeatable (e.g. --set cache_aware.tune=true --set cache_aware.hot_threshold=0.02)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.add_argument("--save-plan", metavar="FILE", help="save the plan of --plan-strategy to FILE (JSON, + .rows.npz)")
+    p.add_argument("--dtype", choices=("fp32", "int32", "int16", "int8"), default="fp32",
+                   help="element type the tables are stored in on the DPUs; sets row bytes, hence MRAM use and "
+                        "what fits (default fp32; int8 stores 4x the rows per DPU)")
     p.add_argument("--plan-strategy", default="cache_aware", help="strategy whose plan --save-plan writes (default cache_aware)")
     p.add_argument("--sweep", action="store_true", help="run the grid below instead of one comparison")
     p.add_argument("--sweep-dpus", type=_ints, default=[64, 256, 1024, 2048, 2560], help="DPU counts (default 64,256,1024,2048,2560)")
@@ -97,7 +100,8 @@ def run(args) -> int:
         if args.sweep:
             rows = sweep(lambda: tables, args.sweep_dpus, args.sweep_alphas, args.sweep_batch_sizes, strategies,
                          pooling=args.pooling, profile_batches=args.profile_batches, eval_batches=args.eval_batches,
-                         seed=args.seed, estimator=est, options=options, progress=lambda m: print(m, file=sys.stderr))
+                         seed=args.seed, estimator=est, options=options, progress=lambda m: print(m, file=sys.stderr),
+                         dtype=args.dtype)
             write_csv(rows, f"{args.out}.csv")
             files = plot_sweep(rows, args.out)
             print(f"wrote {args.out}.csv ({len(rows)} rows)" + "".join(f", {f}" for f in files))
@@ -107,18 +111,19 @@ def run(args) -> int:
                            args.eval_batches, args.seed)
         topo = Topology(nr_dpus=args.dpus)
         rows = compare(tables, topo, wl, args.batch_size, strategies, est, options,
-                       progress=None if args.json else (lambda m: print(m, file=sys.stderr)))
+                       progress=None if args.json else (lambda m: print(m, file=sys.stderr)), dtype=args.dtype)
         if args.json:
             print(json.dumps(rows, indent=1, default=str))
         else:
-            print(f"model {cfg.name} ({len(tables)} tables, {sum(t.rows for t in tables):,} rows), {args.dpus:,} DPUs, "
-                  f"batch {args.batch_size:,}, pooling {args.pooling}, Zipf alpha {args.alpha}")
+            print(f"model {cfg.name} ({len(tables)} tables, {sum(t.rows for t in tables):,} rows, {args.dtype}), "
+                  f"{args.dpus:,} DPUs, batch {args.batch_size:,}, pooling {args.pooling}, Zipf alpha {args.alpha}")
             print(format_reports(rows))
         if rows and all(r.get("error") for r in rows):
             print("updlrm partition: no strategy could place the model (see above)", file=sys.stderr)
             return 1
         if args.save_plan:
-            plan = make_plan(tables, topo, args.plan_strategy, profile=wl.profile, **options.get(args.plan_strategy, {}))
+            plan = make_plan(tables, topo, args.plan_strategy, profile=wl.profile, dtype=args.dtype,
+                             **options.get(args.plan_strategy, {}))
             save_plan(plan, args.save_plan)
             print(f"saved the {args.plan_strategy} plan to {args.save_plan}")
     except PlanError as exc:

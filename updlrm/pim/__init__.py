@@ -7,7 +7,8 @@ pooling on the DPUs, requests packed and partial sums merged natively on the hos
 """
 
 from .embedding import PimEmbedding
+from .quant import Quantization
 from .layout import fixed_point_scales
 from .module import PIMEmbeddingBag
 
-__all__ = ["PimEmbedding", "PIMEmbeddingBag", "fixed_point_scales"]
+__all__ = ["PimEmbedding", "PIMEmbeddingBag", "Quantization", "fixed_point_scales"]

@@ -30,6 +30,11 @@ Element types:
   ``|err| <= n * 0.5 / scale_t`` from rounding each weight, plus the fp32 rounding of the final
   value (``<= 2**-24 * n * max|w_t|``); :meth:`PimEmbedding.fixed_point_bound` returns the sum.
   Bags longer than M raise :class:`~updlrm.errors.InvalidBatchError`.
+* ``int16`` / ``int8``: rows stored packed at 2 / 1 bytes per element, summed in int32 on the DPUs,
+  int32 partial sums; scales per table or per (table, column group), optionally calibrated on an
+  access profile (``quant=``, ``group_cols=``, ``calibrate_on=``): see :mod:`updlrm.pim.quant`,
+  whose bound :meth:`PimEmbedding.pooled_error_bound` returns. int32 uses the same code with
+  L = floor((2**31 - 1) / M).
 """
 
 from __future__ import annotations
@@ -42,12 +47,14 @@ import numpy as np
 
 from updlrm.errors import DpuFaultError, InvalidBatchError, NativeError
 from updlrm.partition import Plan, PlanError, TableSpec, validate_plan
+from updlrm.partition.types import DTYPE_BYTES
 from updlrm.stats import BatchStats
 
 from . import native
-from .layout import fixed_point_scales, plan_layout, shard_images
+from .layout import plan_layout, shard_images
+from .quant import DEFAULT_COVERAGE, DEFAULT_GROUP_COLS, Quantization
 
-DTYPES = ("fp32", "int32")
+DTYPES = ("fp32", "int32", "int16", "int8")
 #: Where the transfer/kernel phases come from, per device (updlrm.stats.SOURCES).
 DEVICE_SOURCE = {"emulator": "emulator-wall", "simulator": "simulator", "hw": "hardware"}
 
@@ -72,10 +79,16 @@ class PimEmbedding:
     Args:
         weights: one [rows_t, dim_t] float array (or tensor) per table of ``plan.tables``.
         plan: a :class:`~updlrm.partition.Plan` for these tables (validated here).
-        dtype: "fp32" or "int32" (fixed point, see the module docstring).
+        dtype: "fp32", "int32", "int16" or "int8" (integer dtypes: see the module docstring). The
+            plan must be sized for the same element width (``plan.dtype``; fp32 and int32 mix).
         device: "emulator" (default), or "simulator" / "hw" (need the SDK build).
-        max_bag_lookups: int32 only: the largest bag the scale is chosen for.
+        max_bag_lookups: integer dtypes: the largest bag the scale is chosen for.
         kernel_path: use this kernel binary instead of the built one for plan.topology.nr_tasklets.
+        quant: integer dtypes: ``"table"`` (one scale per table) or ``"group"`` (per column group).
+        group_cols: columns per group for ``quant="group"``.
+        calibrate_on: integer dtypes: per-table access counts (list of [rows_t] arrays, or an
+            ``AccessProfile``): the hot rows covering ``coverage`` of the accesses set the scales.
+        coverage: share of a table's accesses whose rows decide a calibrated scale (default 0.999).
     """
 
     def __init__(
@@ -86,6 +99,10 @@ class PimEmbedding:
         device: str = "emulator",
         max_bag_lookups: int = 4096,
         kernel_path: str | None = None,
+        quant: str = "table",
+        group_cols: int = DEFAULT_GROUP_COLS,
+        calibrate_on=None,
+        coverage: float = DEFAULT_COVERAGE,
     ):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
@@ -100,6 +117,12 @@ class PimEmbedding:
         ws = [_as_weight(w, t) for t, w in enumerate(weights)]
         specs = [TableSpec(plan.tables[t].name, int(w.shape[0]), int(w.shape[1])) for t, w in enumerate(ws)]
         validate_plan(plan, specs)  # PlanError naming the table whose shape differs
+        if DTYPE_BYTES[plan.dtype] != DTYPE_BYTES[dtype]:
+            raise PlanError(
+                f"the plan was sized for {plan.dtype} rows ({DTYPE_BYTES[plan.dtype]} B per element) but dtype is "
+                f"{dtype!r} ({DTYPE_BYTES[dtype]} B): make the plan with dtype={dtype!r} "
+                f"(make_plan(..., dtype={dtype!r}) or `updlrm partition --dtype {dtype}`)"
+            )
 
         self.plan = plan
         self.dtype = dtype
@@ -110,12 +133,15 @@ class PimEmbedding:
         mod = native.native_module(device)
         self._abi = native.abi(mod)  # sizes and codes of updlrm_abi.h as the module was built
         self._layout = plan_layout(plan, self._abi)
-        self._limit = float((2**31 - 1) // self.max_bag_lookups)
-        self._wmax = np.array([float(np.max(np.abs(w))) if w.size else 0.0 for w in ws])
-        if dtype == "int32":
-            self.scales = fixed_point_scales(ws, self.max_bag_lookups)
-            col_scale = np.repeat(self.scales, self._layout.dims)
+        if dtype != "fp32":
+            counts = getattr(calibrate_on, "counts", calibrate_on)  # an AccessProfile or a list
+            self.quant = Quantization.build(ws, dtype, self.max_bag_lookups, quant, group_cols, counts, coverage)
+            col_scale = self.quant.col_scale
+            # one scale per table when there is one (the int32 fixed point's historical attribute)
+            self.scales = (np.array([self.quant.table_scales(t)[0] if d else 1.0 for t, d in enumerate(self.dims)])
+                           if quant == "table" else None)
         else:
+            self.quant = None
             self.scales = None
             col_scale = np.zeros(0)
         self.last_stats: BatchStats | None = None
@@ -124,7 +150,7 @@ class PimEmbedding:
 
         path = kernel_path if kernel_path is not None else native.kernel_path(device, self.nr_tasklets, mod)
         t0 = time.perf_counter()
-        images = shard_images(ws, plan, self._layout, dtype, self.scales, self._limit)
+        images = shard_images(ws, plan, self._layout, dtype, self.quant)
         build_s = time.perf_counter() - t0
         try:
             self._rt = mod.Runtime(path, plan.topology.nr_dpus, native.PROFILES[device])
@@ -166,7 +192,7 @@ class PimEmbedding:
                 k = int(np.argmax(lens))
                 raise InvalidBatchError(
                     f"table {k // B}, sample {k % B}: bag of {longest} lookups exceeds max_bag_lookups="
-                    f"{self.max_bag_lookups} of the {self.dtype} fixed-point scale"
+                    f"{self.max_bag_lookups} of the {self.dtype} scale"
                 )
         return idx, offs, B
 
@@ -307,24 +333,25 @@ class PimEmbedding:
         return [flat[:, int(c) : int(c) + d] for c, d in zip(cols, self.dims)]
 
     # ---- fixed point -----------------------------------------------------------------------
-    def fixed_point_bound(self, bag_lookups) -> np.ndarray:
-        """Max abs error per element of a pooled bag of ``bag_lookups`` lookups (int32 dtype).
+    def pooled_error_bound(self, bag_lookups) -> np.ndarray:
+        """Max abs error per element of a pooled bag of ``bag_lookups`` lookups (integer dtypes).
 
         ``bag_lookups``: a scalar (-> [T], one bound per table) or an array whose first axis is
-        the table ([T, ...] -> same shape). Bound: ``n * 0.5 / scale_t + 2**-24 * n * max|w_t|``.
-        fp32 plans return zeros (their error is fp32 summation rounding, not quantization).
+        the table ([T, ...] -> same shape). Bound (:meth:`Quantization.pooled_error_bound`):
+        ``n * e_c + 2**-24 * n * max|w_c|``, the max over the table's columns c; for int32 per
+        table ``n * 0.5 / scale_t + 2**-24 * n * max|w_t|``. fp32 plans return zeros (their error
+        is fp32 summation rounding, not quantization).
         """
         n = np.asarray(bag_lookups, dtype=np.float64)
         T = len(self.dims)
-        if self.scales is None:
-            per_elem = np.zeros(T)
-        else:
-            per_elem = 0.5 / self.scales + 2.0**-24 * self._wmax
-        if n.ndim == 0:
-            return n * per_elem
-        if n.shape[0] != T:
+        if self.quant is not None:
+            return self.quant.pooled_error_bound(n)
+        if n.ndim and n.shape[0] != T:
             raise ValueError(f"bag_lookups must be a scalar or have {T} rows (tables), got shape {n.shape}")
-        return n * per_elem.reshape((T,) + (1,) * (n.ndim - 1))
+        return np.zeros(n.shape if n.ndim else (T,))
+
+    #: The name this bound had when int32 was the only integer dtype.
+    fixed_point_bound = pooled_error_bound
 
     # ---- stats and errors --------------------------------------------------------------------
     def _record(self, stats: BatchStats, r: dict, call_s: float, batch_size: int) -> None:

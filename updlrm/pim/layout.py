@@ -11,7 +11,8 @@
   ``request_offset`` is the end of the fullest DPU's shards (one push serves every DPU at the same
   offset).
 * :func:`shard_images` gathers every shard's rows and columns from the weights (vectorized, one
-  fancy-index per shard), converts to int32 fixed point when asked, pads rows to 8 bytes and
+  fancy-index per shard), quantizes them when the dtype is an integer one
+  (:class:`updlrm.pim.quant.Quantization`), packs each row in the dtype, pads it to 8 bytes and
   returns one MRAM image per DPU plus the per-shard descriptor fields (``Runtime.write_shards``
   fills struct updlrm_shard from them in C++, so the layout lives in updlrm_abi.h alone).
 * Row mapping (lookup -> row group, local row) lives in the native PlanIndex
@@ -25,7 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from updlrm.partition import Plan
-from updlrm.partition.types import ELEM_BYTES, MRAM_ALIGN
+from updlrm.partition.types import MRAM_ALIGN
+from updlrm.partition.validate import row_bytes_array
 
 from . import native
 
@@ -46,7 +48,8 @@ class PlanLayout:
     shard_local: np.ndarray  # [S] index of the shard's descriptor on its DPU
     shard_col: np.ndarray  # [S] first result column (col_offsets[table] + col_lo)
     shard_ncols: np.ndarray  # [S]
-    shard_row_bytes: np.ndarray  # [S] bytes per stored row (padded to 8)
+    shard_row_bytes: np.ndarray  # [S] bytes per stored row in the plan's dtype (padded to 8)
+    shard_sum_bytes: np.ndarray  # [S] bytes per partial-sum row (4 B per column, padded to 8)
     shard_table: np.ndarray  # [S]
     shard_nr_rows: np.ndarray  # [S]
     shard_mram_offset: np.ndarray  # [S] bytes from the MRAM heap
@@ -85,7 +88,7 @@ class PlanLayout:
             "shard_local": u32(self.shard_local),
             "shard_col": u32(self.shard_col),
             "shard_ncols": u32(self.shard_ncols),
-            "shard_row_bytes": u32(self.shard_row_bytes),
+            "shard_row_bytes": u32(self.shard_sum_bytes),  # the packer sizes output slots with it
             "shard_table": u32(self.shard_table),
             "group_rep_ptr": u32(self.group_rep_ptr),
             "rep_shard_ptr": u32(self.rep_shard_ptr),
@@ -133,7 +136,8 @@ def plan_layout(plan: Plan, abi: "native.Abi | None" = None) -> PlanLayout:
         bad = int(np.argmax(mram_offset < 0))
         raise ValueError(f"shard {bad} of the plan has no MRAM offset (mram_offset=-1): run validate/assign offsets")
     ncols = col_hi - col_lo
-    row_bytes = (ncols * ELEM_BYTES + MRAM_ALIGN - 1) // MRAM_ALIGN * MRAM_ALIGN
+    shard_rb = row_bytes_array(ncols, plan.dtype)  # stored rows, in the plan's dtype
+    shard_sb = row_bytes_array(ncols, "fp32")  # partial sums: 4 B per column for every dtype
     g_rows = np.fromiter((g.nr_rows for g in plan.groups), dtype=np.int64, count=len(plan.groups))
     nr_rows = g_rows[group] if S else np.zeros(0, dtype=np.int64)
 
@@ -172,7 +176,7 @@ def plan_layout(plan: Plan, abi: "native.Abi | None" = None) -> PlanLayout:
     grows_ptr = np.concatenate([[0], np.cumsum(glen)]).astype(np.int64)
     grows = np.concatenate(sets) if sets else np.zeros(0, dtype=np.int64)
 
-    tables_end = int((mram_offset + nr_rows * row_bytes).max()) if S else 0
+    tables_end = int((mram_offset + nr_rows * shard_rb).max()) if S else 0
     request_offset = _align8(tables_end)
     request_capacity = int(plan.request_bytes) // MRAM_ALIGN * MRAM_ALIGN
     output_capacity = int(plan.output_bytes) // MRAM_ALIGN * MRAM_ALIGN
@@ -192,7 +196,8 @@ def plan_layout(plan: Plan, abi: "native.Abi | None" = None) -> PlanLayout:
         shard_local=local,
         shard_col=col_offsets[table] + col_lo if S else col_lo,
         shard_ncols=ncols,
-        shard_row_bytes=row_bytes,
+        shard_row_bytes=shard_rb,
+        shard_sum_bytes=shard_sb,
         shard_table=table,
         shard_nr_rows=nr_rows,
         shard_mram_offset=mram_offset,
@@ -239,11 +244,10 @@ def quantize(block: np.ndarray, scale: float, limit: float) -> np.ndarray:
     return q.astype(np.int32)
 
 
-def shard_images(
-    weights: list[np.ndarray], plan: Plan, layout: PlanLayout, dtype: str, scales: np.ndarray | None, limit: float
-) -> list[np.ndarray]:
+def shard_images(weights: list[np.ndarray], plan: Plan, layout: PlanLayout, dtype: str, quant=None) -> list[np.ndarray]:
     """MRAM image of every DPU (uint8, heap + 0 onwards, length a multiple of 8). The shard
-    descriptors come from :meth:`PlanLayout.shard_spec`."""
+    descriptors come from :meth:`PlanLayout.shard_spec`. ``quant``: the
+    :class:`~updlrm.pim.quant.Quantization` of an integer ``dtype`` (None for fp32)."""
     n = layout.nr_dpus
     S = layout.shard_dpu.size
     ends = np.zeros(n, dtype=np.int64)
@@ -258,8 +262,8 @@ def shard_images(
             block = w[g.row_lo : g.row_hi, shard.col_lo : shard.col_hi]
         else:  # a row set: one fancy-index gather
             block = w[np.asarray(g.rows, dtype=np.int64), shard.col_lo : shard.col_hi]
-        if dtype == "int32":
-            block = quantize(block, float(scales[t]), limit)
+        if dtype != "fp32":
+            block = quant.quantize(t, block, shard.col_lo, shard.col_hi)
         else:
             block = np.asarray(block, dtype=np.float32)
         nr, nc = block.shape
@@ -270,5 +274,6 @@ def shard_images(
         d = int(layout.shard_dpu[s])
         off = int(layout.shard_mram_offset[s])
         dst = images[d][off : off + nr * rb].reshape(nr, rb)
-        dst[:, : nc * ELEM_BYTES] = np.ascontiguousarray(block).view(np.uint8).reshape(nr, nc * ELEM_BYTES)
+        eb = block.dtype.itemsize
+        dst[:, : nc * eb] = np.ascontiguousarray(block).view(np.uint8).reshape(nr, nc * eb)
     return images

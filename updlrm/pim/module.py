@@ -28,12 +28,14 @@ class PIMEmbeddingBag(torch.nn.Module):
         weights: one [rows_t, dim_t] float tensor (or array) per table.
         nr_dpus: DPUs to place the tables on (ignored when ``plan`` is given).
         strategy: partitioning strategy name for :func:`updlrm.partition.make_plan`.
-        dtype: "fp32" or "int32" (fixed point; see :mod:`updlrm.pim.embedding`).
+        dtype: "fp32", "int32", "int16" or "int8" (integer tables; see :mod:`updlrm.pim.quant`).
         nr_tasklets: tasklets per DPU (the kernel is built or compiled for it).
         device: "emulator", "simulator" or "hw".
         plan: a ready Plan for these tables (overrides nr_dpus/strategy/nr_tasklets).
-        max_bag_lookups: int32 only: the largest bag the fixed-point scale allows.
+        max_bag_lookups: integer dtypes: the largest bag the scale allows.
         plan_options: extra keyword arguments for make_plan.
+        quant, group_cols, calibrate_on: integer dtypes: scales per "table" or per "group" of
+            ``group_cols`` columns, optionally calibrated on access counts (see PimEmbedding).
     """
 
     def __init__(
@@ -47,15 +49,20 @@ class PIMEmbeddingBag(torch.nn.Module):
         plan: Plan | None = None,
         max_bag_lookups: int = 4096,
         plan_options: dict | None = None,
+        quant: str = "table",
+        group_cols: int = 4,
+        calibrate_on=None,
     ):
         super().__init__()
         ws = [w.detach().cpu().numpy() if isinstance(w, torch.Tensor) else np.asarray(w) for w in weights]
         if plan is None:
             tables = [TableSpec(f"t{t}", int(w.shape[0]), int(w.shape[1])) for t, w in enumerate(ws)]
-            plan = make_plan(tables, Topology(nr_dpus=int(nr_dpus), nr_tasklets=int(nr_tasklets)), strategy,
-                             **(plan_options or {}))
+            opts = dict(plan_options or {})
+            opts.setdefault("dtype", dtype)
+            plan = make_plan(tables, Topology(nr_dpus=int(nr_dpus), nr_tasklets=int(nr_tasklets)), strategy, **opts)
         self.plan = plan
-        self.pim = PimEmbedding(ws, plan, dtype=dtype, device=device, max_bag_lookups=max_bag_lookups)
+        self.pim = PimEmbedding(ws, plan, dtype=dtype, device=device, max_bag_lookups=max_bag_lookups,
+                                quant=quant, group_cols=group_cols, calibrate_on=calibrate_on)
 
     @property
     def last_stats(self):

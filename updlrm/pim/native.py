@@ -51,7 +51,7 @@ class Abi:
     launch_args_bytes: int  # sizeof(struct updlrm_launch_args)
     status_bytes: int  # sizeof(struct updlrm_status)
     shard_bytes: int  # sizeof(struct updlrm_shard)
-    dtype_codes: dict  # {"fp32": UPDLRM_DTYPE_FP32, "int32": UPDLRM_DTYPE_INT32}
+    dtype_codes: dict  # {"fp32": UPDLRM_DTYPE_FP32, "int32": ..., "int16": ..., "int8": UPDLRM_DTYPE_INT8}
     max_shards: int  # UPDLRM_MAX_SHARDS, shard descriptors per DPU
     max_tasklets: int  # UPDLRM_MAX_TASKLETS
     mram_bytes: int  # UPDLRM_MRAM_BYTES, MRAM bank per DPU
@@ -72,7 +72,8 @@ def abi(module=None) -> Abi:
             launch_args_bytes=int(module.LAUNCH_ARGS_BYTES),
             status_bytes=int(module.STATUS_BYTES),
             shard_bytes=int(module.SHARD_BYTES),
-            dtype_codes={"fp32": int(module.DTYPE_FP32), "int32": int(module.DTYPE_INT32)},
+            dtype_codes={"fp32": int(module.DTYPE_FP32), "int32": int(module.DTYPE_INT32),
+                         "int16": int(module.DTYPE_INT16), "int8": int(module.DTYPE_INT8)},
             max_shards=int(module.MAX_SHARDS),
             max_tasklets=int(module.MAX_TASKLETS),
             mram_bytes=int(module.MRAM_BYTES),
