@@ -97,8 +97,8 @@ uint32_t updlrm_driver_nr_dpus(const struct updlrm_driver *drv)
     return drv != NULL ? drv->nr_dpus : 0;
 }
 
-/* Per-DPU chunk size for shard pushes: tail staging stays within about 64 MiB over all DPUs
- * (at most 64 KiB x nr_dpus beyond 1,024 DPUs). */
+/* Per-DPU window of one shard push: the staging buffer stays within about 64 MiB over all DPUs
+ * (64 KiB x nr_dpus beyond 1,024 DPUs: 160 MiB at 2,560). */
 static uint64_t shard_chunk_bytes(uint32_t nr_dpus)
 {
     uint64_t chunk = (64ull << 20) / nr_dpus;
@@ -109,27 +109,72 @@ static uint64_t shard_chunk_bytes(uint32_t nr_dpus)
     return chunk & ~7ull;
 }
 
+/* updlrm_driver_write_shards' source: per-DPU buffers, copied window by window. */
+struct buffer_source {
+    const void *const *data;
+    const uint64_t *data_bytes;
+    uint32_t nr_dpus;
+};
+
+static int fill_from_buffers(void *ctx, uint64_t offset, uint64_t length, uint8_t *dst, char *msg, size_t msg_len)
+{
+    const struct buffer_source *src = (const struct buffer_source *)ctx;
+    (void)msg;
+    (void)msg_len;
+    for (uint32_t i = 0; i < src->nr_dpus; i++) {
+        uint64_t have = src->data_bytes[i] > offset ? src->data_bytes[i] - offset : 0;
+        uint8_t *d = dst + (size_t)i * length;
+        if (have == 0)
+            continue;
+        if (have > length)
+            have = length;
+        memcpy(d, (const uint8_t *)src->data[i] + offset, have);
+        memset(d + have, 0, length - have);
+    }
+    return 0;
+}
+
 int updlrm_driver_write_shards(struct updlrm_driver *drv, const void *const *data, const uint64_t *data_bytes,
                                const struct updlrm_shard *descs, uint32_t descs_stride, double *seconds, char *msg,
                                size_t msg_len)
+{
+    struct buffer_source src;
+    uint32_t i;
+
+    if (drv == NULL || data == NULL || data_bytes == NULL)
+        return fail(UPDLRM_DRV_ERR_ARG, msg, msg_len, "updlrm_driver_write_shards: NULL argument");
+    for (i = 0; i < drv->nr_dpus; i++)
+        if (data_bytes[i] > 0 && data[i] == NULL)
+            return fail(UPDLRM_DRV_ERR_ARG, msg, msg_len, "updlrm_driver_write_shards: DPU %u has %llu bytes but no data",
+                        i, (unsigned long long)data_bytes[i]);
+    src.data = data;
+    src.data_bytes = data_bytes;
+    src.nr_dpus = drv->nr_dpus;
+    return updlrm_driver_write_shards_with(drv, data_bytes, fill_from_buffers, &src, descs, descs_stride, seconds, msg,
+                                           msg_len);
+}
+
+int updlrm_driver_write_shards_with(struct updlrm_driver *drv, const uint64_t *data_bytes, updlrm_shard_fill_fn fill,
+                                    void *ctx, const struct updlrm_shard *descs, uint32_t descs_stride,
+                                    double *seconds, char *msg, size_t msg_len)
 {
     double t0 = now_s();
     struct dpu_set_t dpu;
     uint32_t i;
     uint64_t max_bytes = 0, chunk;
-    uint8_t *zeros = NULL, *tails = NULL;
+    uint8_t *zeros = NULL, *staging = NULL;
     dpu_error_t err;
     int code = UPDLRM_DRV_OK;
 
-    if (drv == NULL || data == NULL || data_bytes == NULL || descs == NULL)
+    if (drv == NULL || data_bytes == NULL || fill == NULL || descs == NULL)
         return fail(UPDLRM_DRV_ERR_ARG, msg, msg_len, "updlrm_driver_write_shards: NULL argument");
     if (descs_stride == 0 || descs_stride > UPDLRM_MAX_SHARDS)
         return fail(UPDLRM_DRV_ERR_ARG, msg, msg_len, "updlrm_driver_write_shards: %u shard descriptors per DPU, allowed 1..%u",
                     descs_stride, UPDLRM_MAX_SHARDS);
     for (i = 0; i < drv->nr_dpus; i++) {
-        if (data_bytes[i] % 8 != 0 || (data_bytes[i] > 0 && data[i] == NULL))
+        if (data_bytes[i] % 8 != 0)
             return fail(UPDLRM_DRV_ERR_ARG, msg, msg_len,
-                        "updlrm_driver_write_shards: DPU %u has %llu shard bytes (must be a multiple of 8, with data)", i,
+                        "updlrm_driver_write_shards: DPU %u has %llu shard bytes (must be a multiple of 8)", i,
                         (unsigned long long)data_bytes[i]);
         if (data_bytes[i] > max_bytes)
             max_bytes = data_bytes[i];
@@ -138,48 +183,31 @@ int updlrm_driver_write_shards(struct updlrm_driver *drv, const void *const *dat
         return fail(UPDLRM_DRV_ERR_ARG, msg, msg_len, "updlrm_driver_write_shards: %llu shard bytes exceed the 64 MiB MRAM",
                     (unsigned long long)max_bytes);
 
-    /* Shard data: one push per chunk; DPUs whose data ended get zeros, the one ending inside the
-     * chunk get a zero-padded copy of its tail. */
+    /* Shard data, one MRAM window [off, off + chunk) of every DPU at a time: `fill` writes the
+     * windows of the DPUs whose data reach into it into one staging buffer ([nr_dpus][chunk], about
+     * 64 MiB), DPUs whose data ended get zeros, and one push moves the window to all DPUs. */
     chunk = shard_chunk_bytes(drv->nr_dpus);
     if (chunk > max_bytes)
         chunk = max_bytes;
     if (max_bytes > 0) {
         zeros = (uint8_t *)calloc(1, chunk);
-        if (zeros == NULL) {
-            code = fail(UPDLRM_DRV_ERR_NOMEM, msg, msg_len, "updlrm_driver_write_shards: out of host memory");
+        staging = (uint8_t *)malloc((size_t)drv->nr_dpus * chunk);
+        if (zeros == NULL || staging == NULL) {
+            code = fail(UPDLRM_DRV_ERR_NOMEM, msg, msg_len, "updlrm_driver_write_shards: out of host memory for %llu B of staging",
+                        (unsigned long long)(drv->nr_dpus * chunk));
             goto done;
         }
     }
     for (uint64_t off = 0; off < max_bytes; off += chunk) {
         uint64_t len = max_bytes - off < chunk ? max_bytes - off : chunk;
-        uint64_t nr_tails = 0, tail_used = 0;
-        for (i = 0; i < drv->nr_dpus; i++)
-            nr_tails += (data_bytes[i] > off && data_bytes[i] < off + len);
-        free(tails);
-        tails = NULL;
-        if (nr_tails > 0) {
-            tails = (uint8_t *)malloc(nr_tails * len);
-            if (tails == NULL) {
-                code = fail(UPDLRM_DRV_ERR_NOMEM, msg, msg_len, "updlrm_driver_write_shards: out of host memory");
-                goto done;
-            }
+        if (fill(ctx, off, len, staging, msg, msg_len) != 0) {
+            code = UPDLRM_DRV_ERR_ARG;
+            goto done;
         }
         DPU_FOREACH(drv->set, dpu, i)
         {
-            const uint8_t *src = (const uint8_t *)data[i];
-            const void *buf;
-            if (data_bytes[i] >= off + len) {
-                buf = src + off;
-            } else if (data_bytes[i] <= off) {
-                buf = zeros;
-            } else {
-                uint8_t *t = tails + tail_used;
-                memcpy(t, src + off, data_bytes[i] - off);
-                memset(t + (data_bytes[i] - off), 0, len - (data_bytes[i] - off));
-                tail_used += len;
-                buf = t;
-            }
-            err = dpu_prepare_xfer(dpu, (void *)buf);
+            void *buf = data_bytes[i] > off ? (void *)(staging + (size_t)i * len) : (void *)zeros;
+            err = dpu_prepare_xfer(dpu, buf);
             if (err != DPU_OK) {
                 code = fail_dpu(err, msg, msg_len, "dpu_prepare_xfer (shards)");
                 goto done;
@@ -209,7 +237,7 @@ int updlrm_driver_write_shards(struct updlrm_driver *drv, const void *const *dat
 
 done:
     free(zeros);
-    free(tails);
+    free(staging);
     if (seconds != NULL)
         *seconds = now_s() - t0;
     return code;

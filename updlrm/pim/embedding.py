@@ -29,6 +29,8 @@ Element types:
 
 from __future__ import annotations
 
+import sys
+import threading
 import time
 from typing import Sequence
 
@@ -39,7 +41,7 @@ from updlrm.partition import Plan, PlanError, TableSpec, validate_plan
 from updlrm.stats import BatchStats
 
 from . import native
-from .layout import RowMapper, fixed_point_scales, plan_layout, shard_images
+from .layout import RowMapper, fixed_point_scales, image_spec, plan_layout
 
 DTYPES = ("fp32", "int32")
 #: Where the transfer/kernel phases come from, per device (updlrm.stats.SOURCES).
@@ -47,6 +49,7 @@ DEVICE_SOURCE = {"emulator": "emulator-wall", "simulator": "simulator", "hw": "h
 
 
 def _as_weight(w, t: int) -> np.ndarray:
+    """``w`` as a C-contiguous float32 [rows, dim] array (no copy when it already is one)."""
     if hasattr(w, "detach"):  # torch.Tensor
         w = w.detach().cpu().numpy()
     w = np.asarray(w)
@@ -54,10 +57,35 @@ def _as_weight(w, t: int) -> np.ndarray:
         raise ValueError(f"weights[{t}] must be 2-D [rows, dim], got shape {w.shape}")
     if not np.issubdtype(w.dtype, np.floating):
         raise ValueError(f"weights[{t}] must be floating point, got {w.dtype}")
-    w = np.ascontiguousarray(w, dtype=np.float32)
-    if not np.isfinite(w).all():
-        raise ValueError(f"weights[{t}] contains NaN or infinity")
-    return w
+    return np.ascontiguousarray(w, dtype=np.float32)
+
+
+def _load_with_progress(rt, weights: list, image: dict, shards: dict, what: str) -> float:
+    """``rt.load_tables(...)`` on a worker thread (it releases the GIL) while this one draws a tqdm
+    bar of the image bytes written (shown only when the load lasts over a second). Returns the
+    load's seconds; re-raises its exception."""
+    from tqdm import tqdm
+
+    out: dict = {}
+
+    def work():
+        try:
+            out["seconds"] = rt.load_tables(weights, image, shards)
+        except BaseException as exc:  # handed to the caller's thread
+            out["error"] = exc
+
+    worker = threading.Thread(target=work, name="updlrm-load-tables", daemon=True)
+    worker.start()
+    with tqdm(total=None, desc=what, unit="B", unit_scale=True, delay=1.0, file=sys.stderr, leave=False) as bar:
+        while worker.is_alive():
+            worker.join(0.2)
+            done, total = rt.load_progress
+            if total and bar.total != total:
+                bar.total = total
+            bar.update(done - bar.n)
+    if "error" in out:
+        raise out["error"]
+    return out["seconds"]
 
 
 class PimEmbedding:
@@ -91,7 +119,12 @@ class PimEmbedding:
             raise TypeError(f"plan must be an updlrm.partition.Plan, got {type(plan).__name__}")
         if len(weights) != len(plan.tables):
             raise ValueError(f"{len(weights)} weight tensors for a plan of {len(plan.tables)} tables")
+        t_start = time.perf_counter()
         ws = [_as_weight(w, t) for t, w in enumerate(weights)]
+        mod = native.native_module(device)
+        max_abs, finite = mod.table_stats(ws)  # one native pass: max|w| and the NaN/inf check
+        if not finite.all():
+            raise ValueError(f"weights[{int(np.argmin(finite))}] contains NaN or infinity")
         specs = [TableSpec(plan.tables[t].name, int(w.shape[0]), int(w.shape[1])) for t, w in enumerate(ws)]
         validate_plan(plan, specs)  # PlanError naming the table whose shape differs
 
@@ -101,40 +134,44 @@ class PimEmbedding:
         self.max_bag_lookups = int(max_bag_lookups)
         self.nr_tasklets = int(plan.topology.nr_tasklets)
         self.dims = [int(w.shape[1]) for w in ws]
-        mod = native.native_module(device)
         self._abi = native.abi(mod)  # sizes and codes of updlrm_abi.h as the module was built
         self._layout = plan_layout(plan, self._abi)
         self._limit = float((2**31 - 1) // self.max_bag_lookups)
-        self._wmax = np.array([float(np.max(np.abs(w))) if w.size else 0.0 for w in ws])
+        self._wmax = np.asarray(max_abs, dtype=np.float64)
         if dtype == "int32":
-            self.scales = fixed_point_scales(ws, self.max_bag_lookups)
+            self.scales = fixed_point_scales(None, self.max_bag_lookups, max_abs=self._wmax)
             col_scale = np.repeat(self.scales, self._layout.dims)
         else:
             self.scales = None
             col_scale = np.zeros(0)
         self._mapper = RowMapper(plan)
         self.last_stats: BatchStats | None = None
+        image = image_spec(plan, self._layout, dtype, self.scales, self._limit, self._abi)
+        prepare_s = time.perf_counter() - t_start
 
         path = kernel_path if kernel_path is not None else native.kernel_path(device, self.nr_tasklets, mod)
-        t0 = time.perf_counter()
-        images = shard_images(ws, plan, self._layout, dtype, self.scales, self._limit)
-        build_s = time.perf_counter() - t0
         try:
             self._rt = mod.Runtime(path, plan.topology.nr_dpus, native.PROFILES[device])
         except RuntimeError as exc:
             raise NativeError(str(exc)) from exc
         try:
-            write_s = self._rt.write_shards(images, self._layout.shard_spec(dtype, self._abi))
+            load_s = _load_with_progress(self._rt, ws, image, self._layout.shard_spec(dtype, self._abi),
+                                         f"loading {plan.topology.nr_dpus} DPUs")
             self._rt.set_plan(self._layout.native_spec(dtype, col_scale, self._abi))
         except Exception as exc:
             self._rt.close()
             raise NativeError(f"loading the tables into DPU MRAM: {exc}") from exc
         self.kernel_path = path
+        ends = np.zeros(plan.topology.nr_dpus, dtype=np.int64)
+        if self._layout.shard_dpu.size:
+            np.maximum.at(ends, self._layout.shard_dpu,
+                          self._layout.shard_mram_offset + self._layout.shard_nr_rows * self._layout.shard_row_bytes)
         self.load_stats = {
+            "prepare_s": prepare_s,  # weight checks, validate_plan, plan_layout, row mapper, image spec
             "open_s": self._rt.open_seconds,
-            "build_images_s": build_s,
-            "write_shards_s": write_s,
-            "mram_bytes_per_dpu": [int(im.size) for im in images],
+            "load_tables_s": load_s,  # images built window by window and written to MRAM
+            "total_s": time.perf_counter() - t_start,
+            "mram_bytes_per_dpu": ends.tolist(),
         }
 
     # ---- lookups ---------------------------------------------------------------------------

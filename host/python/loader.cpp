@@ -1,0 +1,336 @@
+// loader.cpp - TableImages (see loader.h) and its Python side: the image spec dict that
+// updlrm/pim/layout.py builds, the fill callback for updlrm_driver_write_shards_with, and two module
+// functions (image_window for tests, table_stats for max|w| and the finite check in one pass).
+#include "loader.h"
+#include "loader_py.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <thread>
+
+#include "updlrm_abi.h"
+
+namespace updlrm {
+
+namespace {
+
+// Runs fn(p) for p in [0, parts): part 0 here, the others on threads (inline where a thread cannot
+// be started).
+template <class F>
+void run_parts(unsigned parts, F fn) {
+    std::vector<std::thread> ts;
+    std::vector<unsigned> inline_parts;
+    for (unsigned p = 1; p < parts; p++) {
+        try {
+            ts.emplace_back(fn, p);
+        } catch (...) {
+            inline_parts.push_back(p);
+        }
+    }
+    fn(0u);
+    for (unsigned p : inline_parts) fn(p);
+    for (auto &t : ts) t.join();
+}
+
+std::string shard_name(size_t i) { return "image spec: shard " + std::to_string(i); }
+
+// q = rint(w * scale) clipped to +-limit, as numpy's clip(rint(w * scale)) (limit is an integer,
+// so clipping first gives the same q). Adding and subtracting 1.5 * 2^52 rounds half to even in
+// the default rounding mode, like rint, for |x| < 2^51; the loop vectorizes (nearbyint is a call).
+template <class Q>
+void store_fixed(const float *src, uint32_t n, double scale, double limit, uint8_t *out) {
+    constexpr double kRound = 6755399441055744.0;  // 1.5 * 2^52
+    Q *q = reinterpret_cast<Q *>(out);              // row starts are 8-byte aligned in the image
+    for (uint32_t c = 0; c < n; c++) {
+        double x = double(src[c]) * scale;
+        x = x > limit ? limit : (x < -limit ? -limit : x);
+        q[c] = static_cast<Q>((x + kRound) - kRound);
+    }
+}
+
+}  // namespace
+
+uint32_t dtype_elem_bytes(uint32_t dtype) {
+    switch (dtype) {
+    case UPDLRM_DTYPE_FP32: return 4;
+    case UPDLRM_DTYPE_INT32: return 4;
+    default: return 0;
+    }
+}
+
+unsigned load_threads() {
+    const char *env = std::getenv("UPDLRM_HOST_THREADS");
+    unsigned n = env != nullptr ? static_cast<unsigned>(std::strtoul(env, nullptr, 10)) : 0u;
+    if (n == 0) n = std::thread::hardware_concurrency();
+    return std::max(1u, std::min(n, 16u));
+}
+
+TableImages::TableImages(std::vector<WeightTable> tables, std::vector<ImageShard> shards, uint32_t nr_dpus,
+                         uint32_t dtype, std::vector<double> scales, double limit)
+    : tables_(std::move(tables)), nr_dpus_(nr_dpus), dtype_(dtype), scales_(std::move(scales)), limit_(limit) {
+    elem_bytes_ = dtype_elem_bytes(dtype);
+    if (elem_bytes_ == 0) throw std::invalid_argument("image spec: dtype code " + std::to_string(dtype) + " is unknown");
+    const bool fixed = dtype != UPDLRM_DTYPE_FP32;
+    if (fixed && scales_.size() != tables_.size())
+        throw std::invalid_argument("image spec: " + std::to_string(scales_.size()) + " scales for " +
+                                    std::to_string(tables_.size()) + " tables");
+    for (size_t i = 0; i < shards.size(); i++) {
+        const ImageShard &s = shards[i];
+        if (s.dpu >= nr_dpus_)
+            throw std::invalid_argument(shard_name(i) + " is on DPU " + std::to_string(s.dpu) + " of " +
+                                        std::to_string(nr_dpus_));
+        if (s.table >= tables_.size())
+            throw std::invalid_argument(shard_name(i) + " names table " + std::to_string(s.table));
+        const WeightTable &w = tables_[s.table];
+        if (uint64_t(s.col_lo) + s.nr_cols > w.dim)
+            throw std::invalid_argument(shard_name(i) + ": columns " + std::to_string(s.col_lo) + ".." +
+                                        std::to_string(s.col_lo + s.nr_cols) + " exceed table dim " + std::to_string(w.dim));
+        if (s.row_bytes % UPDLRM_MRAM_ALIGN != 0 || uint64_t(s.nr_cols) * elem_bytes_ > s.row_bytes ||
+            s.mram_offset % UPDLRM_MRAM_ALIGN != 0)
+            throw std::invalid_argument(shard_name(i) + ": row_bytes " + std::to_string(s.row_bytes) + " / mram_offset " +
+                                        std::to_string(s.mram_offset) + " not multiples of 8 or too small for " +
+                                        std::to_string(s.nr_cols) + " columns");
+        if (s.mram_offset + s.nr_rows * s.row_bytes > UPDLRM_MRAM_BYTES)
+            throw std::invalid_argument(shard_name(i) + " ends beyond the 64 MiB MRAM");
+        if (s.rows == nullptr) {
+            if (s.row_lo < 0 || uint64_t(s.row_lo) + s.nr_rows > w.nr_rows)
+                throw std::invalid_argument(shard_name(i) + ": rows " + std::to_string(s.row_lo) + ".." +
+                                            std::to_string(s.row_lo + int64_t(s.nr_rows)) + " outside table " +
+                                            std::to_string(s.table) + "'s " + std::to_string(w.nr_rows) + " rows");
+        } else {
+            for (uint64_t r = 0; r < s.nr_rows; r++)
+                if (s.rows[r] < 0 || uint64_t(s.rows[r]) >= w.nr_rows)
+                    throw std::invalid_argument(shard_name(i) + ": row id " + std::to_string(s.rows[r]) + " outside table " +
+                                                std::to_string(s.table) + "'s " + std::to_string(w.nr_rows) + " rows");
+        }
+    }
+    std::stable_sort(shards.begin(), shards.end(), [](const ImageShard &a, const ImageShard &b) {
+        return a.dpu != b.dpu ? a.dpu < b.dpu : a.mram_offset < b.mram_offset;
+    });
+    shards_ = std::move(shards);
+    dpu_ptr_.assign(size_t(nr_dpus_) + 1, 0);
+    data_bytes_.assign(nr_dpus_, 0);
+    for (const ImageShard &s : shards_) dpu_ptr_[s.dpu + 1]++;
+    for (uint32_t d = 0; d < nr_dpus_; d++) dpu_ptr_[d + 1] += dpu_ptr_[d];
+    for (uint32_t d = 0; d < nr_dpus_; d++) {
+        uint64_t end = 0;
+        for (uint64_t k = dpu_ptr_[d]; k < dpu_ptr_[d + 1]; k++) {
+            const ImageShard &s = shards_[k];
+            if (s.mram_offset < end)
+                throw std::invalid_argument("image spec: two shards overlap on DPU " + std::to_string(d) + " at byte " +
+                                            std::to_string(s.mram_offset));
+            end = s.mram_offset + s.nr_rows * s.row_bytes;
+        }
+        data_bytes_[d] = end;
+        total_bytes_ += end;
+    }
+}
+
+void TableImages::put_row(const ImageShard &s, uint64_t r, uint8_t *out) const {
+    const WeightTable &w = tables_[s.table];
+    const uint64_t row = s.rows != nullptr ? uint64_t(s.rows[r]) : uint64_t(s.row_lo) + r;
+    const float *src = w.data + row * w.dim + s.col_lo;
+    const size_t used = size_t(s.nr_cols) * elem_bytes_;
+    switch (dtype_) {
+    case UPDLRM_DTYPE_FP32: std::memcpy(out, src, used); break;
+    case UPDLRM_DTYPE_INT32: store_fixed<int32_t>(src, s.nr_cols, scales_[s.table], limit_, out); break;
+    default: break;  // rejected by the constructor
+    }
+    if (used < s.row_bytes) std::memset(out + used, 0, s.row_bytes - used);
+}
+
+void TableImages::fill_dpu(uint32_t d, uint64_t off, uint64_t len, uint8_t *dst) const {
+    const uint64_t lo = off, hi = off + len;
+    uint64_t zeroed_to = lo;  // [lo, zeroed_to) is written; gaps between shards get zeros
+    // first shard of d ending after the window starts
+    auto first = std::partition_point(shards_.begin() + dpu_ptr_[d], shards_.begin() + dpu_ptr_[d + 1],
+                                      [lo](const ImageShard &s) { return s.mram_offset + s.nr_rows * s.row_bytes <= lo; });
+    std::vector<uint8_t> tmp;
+    for (auto it = first; it != shards_.begin() + dpu_ptr_[d + 1] && it->mram_offset < hi; ++it) {
+        const ImageShard &s = *it;
+        const uint64_t a = std::max(lo, s.mram_offset);
+        const uint64_t b = std::min(hi, s.mram_offset + s.nr_rows * s.row_bytes);
+        if (a > zeroed_to) std::memset(dst + (zeroed_to - lo), 0, a - zeroed_to);
+        zeroed_to = b;
+        const uint64_t r0 = (a - s.mram_offset) / s.row_bytes;
+        const uint64_t r1 = (b - s.mram_offset + s.row_bytes - 1) / s.row_bytes;
+        for (uint64_t r = r0; r < r1; r++) {
+            const uint64_t rs = s.mram_offset + r * s.row_bytes, re = rs + s.row_bytes;
+            if (rs >= lo && re <= hi) {
+                put_row(s, r, dst + (rs - lo));
+            } else {  // a row cut by the window's edge
+                tmp.resize(s.row_bytes);
+                put_row(s, r, tmp.data());
+                const uint64_t ca = std::max(rs, lo), cb = std::min(re, hi);
+                std::memcpy(dst + (ca - lo), tmp.data() + (ca - rs), cb - ca);
+            }
+        }
+    }
+    if (hi > zeroed_to) std::memset(dst + (zeroed_to - lo), 0, hi - zeroed_to);
+}
+
+void TableImages::fill(uint64_t off, uint64_t len, uint8_t *dst, unsigned threads,
+                       std::atomic<uint64_t> *progress) const {
+    const unsigned parts = std::max(1u, std::min(threads, nr_dpus_));
+    run_parts(parts, [&](unsigned p) {
+        const uint32_t d0 = uint32_t(uint64_t(nr_dpus_) * p / parts), d1 = uint32_t(uint64_t(nr_dpus_) * (p + 1) / parts);
+        uint64_t written = 0;
+        for (uint32_t d = d0; d < d1; d++) {
+            if (data_bytes_[d] <= off) continue;
+            fill_dpu(d, off, len, dst + size_t(d) * len);
+            written += std::min(len, data_bytes_[d] - off);
+        }
+        if (progress != nullptr) progress->fetch_add(written, std::memory_order_relaxed);
+    });
+}
+
+// ---- Python side ----------------------------------------------------------------------------
+
+namespace {
+
+template <typename T>
+py::array_t<T, py::array::c_style> spec_array(const py::dict &d, const char *key, size_t n) {
+    if (!d.contains(key)) throw py::value_error(std::string("image spec lacks '") + key + "'");
+    auto a = py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(d[key]);
+    if (!a) throw py::value_error(std::string("image spec '") + key + "' is not an array");
+    if (n != size_t(-1) && size_t(a.size()) != n)
+        throw py::value_error(std::string("image spec '") + key + "' has " + std::to_string(a.size()) +
+                              " entries, expected " + std::to_string(n));
+    return a;
+}
+
+}  // namespace
+
+std::unique_ptr<LoadSource> load_source(const py::list &weights, const py::dict &spec, uint32_t nr_dpus) {
+    auto src = std::make_unique<LoadSource>();
+    std::vector<WeightTable> tables;
+    for (size_t t = 0; t < weights.size(); t++) {
+        auto w = py::array_t<float, py::array::c_style>::ensure(weights[t]);
+        if (!w || w.ndim() != 2)
+            throw py::value_error("weights[" + std::to_string(t) + "] must be a C-contiguous float32 [rows, dim] array");
+        tables.push_back({w.data(), uint64_t(w.shape(0)), uint32_t(w.shape(1))});
+        src->keep.push_back(std::move(w));
+    }
+    auto dpu = spec_array<uint32_t>(spec, "dpu", size_t(-1));
+    const size_t S = size_t(dpu.size());
+    auto table = spec_array<uint32_t>(spec, "table", S);
+    auto col_lo = spec_array<uint32_t>(spec, "col_lo", S);
+    auto nr_cols = spec_array<uint32_t>(spec, "nr_cols", S);
+    auto row_bytes = spec_array<uint32_t>(spec, "row_bytes", S);
+    auto mram_offset = spec_array<uint64_t>(spec, "mram_offset", S);
+    auto nr_rows = spec_array<uint64_t>(spec, "nr_rows", S);
+    auto row_lo = spec_array<int64_t>(spec, "row_lo", S);
+    auto rows_at = spec_array<int64_t>(spec, "rows_at", S);
+    auto rows = spec_array<int64_t>(spec, "rows", size_t(-1));
+    auto scales = spec_array<double>(spec, "scales", size_t(-1));
+    if (!spec.contains("dtype") || !spec.contains("limit")) throw py::value_error("image spec lacks 'dtype' or 'limit'");
+    std::vector<ImageShard> shards(S);
+    for (size_t i = 0; i < S; i++) {
+        ImageShard &s = shards[i];
+        s.dpu = dpu.data()[i];
+        s.table = table.data()[i];
+        s.col_lo = col_lo.data()[i];
+        s.nr_cols = nr_cols.data()[i];
+        s.row_bytes = row_bytes.data()[i];
+        s.mram_offset = mram_offset.data()[i];
+        s.nr_rows = nr_rows.data()[i];
+        s.row_lo = row_lo.data()[i];
+        const int64_t at = rows_at.data()[i];
+        if (at >= 0) {
+            if (uint64_t(at) + s.nr_rows > uint64_t(rows.size()))
+                throw py::value_error(shard_name(i) + ": rows_at " + std::to_string(at) + " + " + std::to_string(s.nr_rows) +
+                                      " rows exceed the " + std::to_string(rows.size()) + " row ids");
+            s.rows = rows.data() + at;
+        }
+    }
+    std::vector<double> sc(scales.data(), scales.data() + scales.size());
+    try {
+        src->images = std::make_unique<TableImages>(std::move(tables), std::move(shards), nr_dpus,
+                                                    spec["dtype"].cast<uint32_t>(), std::move(sc),
+                                                    spec["limit"].cast<double>());
+    } catch (const std::invalid_argument &e) {
+        throw py::value_error(e.what());
+    }
+    src->keep.push_back(std::move(rows));
+    return src;
+}
+
+int fill_window(void *ctx, uint64_t offset, uint64_t length, uint8_t *dst, char *msg, size_t msg_len) {
+    const FillJob *job = static_cast<const FillJob *>(ctx);
+    try {
+        job->images->fill(offset, length, dst, job->threads, job->progress);
+        return 0;
+    } catch (const std::exception &e) {  // e.g. std::bad_alloc from a thread's scratch row
+        std::snprintf(msg, msg_len, "building MRAM images at byte %llu: %s", (unsigned long long)offset, e.what());
+        return 1;
+    }
+}
+
+void register_loader(py::module_ &m) {
+    m.def(
+        "image_window",
+        [](const py::list &weights, const py::dict &spec, uint32_t nr_dpus, uint64_t offset, uint64_t length) {
+            auto src = load_source(weights, spec, nr_dpus);
+            py::array_t<uint8_t> out({size_t(nr_dpus), size_t(length)});
+            std::memset(out.mutable_data(), 0, out.size());
+            {
+                py::gil_scoped_release release;
+                src->images->fill(offset, length, out.mutable_data(), load_threads(), nullptr);
+            }
+            return out;
+        },
+        py::arg("weights"), py::arg("spec"), py::arg("nr_dpus"), py::arg("offset"), py::arg("length"),
+        "Bytes [offset, offset+length) of every DPU's MRAM image under an image spec: uint8 [nr_dpus, length].");
+    m.def(
+        "table_stats",
+        [](const py::list &weights) {
+            const size_t T = weights.size();
+            std::vector<py::array_t<float, py::array::c_style>> ws;
+            for (size_t t = 0; t < T; t++) {
+                auto w = py::array_t<float, py::array::c_style>::ensure(weights[t]);
+                if (!w) throw py::value_error("weights[" + std::to_string(t) + "] must be a C-contiguous float32 array");
+                ws.push_back(std::move(w));
+            }
+            py::array_t<double> max_abs(T);
+            py::array_t<bool> finite(T);
+            std::vector<double> mx(T, 0.0);
+            std::vector<uint8_t> ok(T, 1);
+            {
+                py::gil_scoped_release release;
+                for (size_t t = 0; t < T; t++) {
+                    const float *p = ws[t].data();
+                    const size_t n = size_t(ws[t].size());
+                    const unsigned parts = n < (1u << 20) ? 1u : load_threads();
+                    std::vector<float> pm(parts, 0.0f), pn(parts, 0.0f);
+                    run_parts(parts, [&](unsigned k) {
+                        const size_t a = n * k / parts, b = n * (k + 1) / parts;
+                        float m = 0.0f, nan = 0.0f;  // x - x is NaN exactly for NaN and +-inf
+                        for (size_t i = a; i < b; i++) {
+                            m = std::max(m, std::fabs(p[i]));
+                            nan += p[i] - p[i];
+                        }
+                        pm[k] = m;
+                        pn[k] = nan;
+                    });
+                    for (unsigned k = 0; k < parts; k++) {
+                        mx[t] = std::max(mx[t], double(pm[k]));
+                        if (pn[k] != 0.0f) ok[t] = 0;
+                    }
+                }
+            }
+            for (size_t t = 0; t < T; t++) {
+                max_abs.mutable_data()[t] = mx[t];
+                finite.mutable_data()[t] = ok[t] != 0;
+            }
+            return py::make_tuple(max_abs, finite);
+        },
+        py::arg("weights"),
+        "(max |w| per table float64 [T], every element finite bool [T]) of float32 tables, in one pass.");
+}
+
+}  // namespace updlrm

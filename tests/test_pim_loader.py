@@ -1,0 +1,142 @@
+"""The native table loader (host/python/loader.cpp): MRAM images built window by window from the
+weights must equal the numpy reference (layout.shard_images) byte for byte, for row ranges, row
+sets (caches), replicas and column slices, fp32 and int32; table_stats against numpy; bad image
+specs raise ValueError naming the shard."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from updlrm.partition import TableSpec, Topology, make_plan
+from updlrm.partition.profile import profile_trace
+from updlrm.pim import native
+from updlrm.pim.layout import fixed_point_scales, image_spec, plan_layout, shard_images
+
+
+@pytest.fixture(scope="module")
+def mod():
+    return native.native_module("emulator")
+
+
+def _tables():
+    # odd dims: column slices of 3 columns (12 B) pad rows to 16 B; 2,000 rows cut across DPUs
+    return [TableSpec("a", 2000, 7), TableSpec("b", 300, 7), TableSpec("c", 57, 7)]
+
+
+def _weights(tables, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((t.rows, t.dim)).astype(np.float32) for t in tables]
+
+
+def _plan(tables, strategy, nr_dpus=8):
+    profile = None
+    if strategy == "cache_aware":
+        rng = np.random.default_rng(1)
+        B, L = 64, 6
+        idx = np.concatenate([np.minimum(rng.zipf(1.3, B * L) - 1, t.rows - 1) for t in tables]).astype(np.int64)
+        offs = np.arange(0, len(tables) * B * L + 1, L, dtype=np.int64)
+        profile = profile_trace((idx, offs, B), tables)
+    return make_plan(tables, Topology(nr_dpus=nr_dpus), strategy, profile)
+
+
+def _reference(ws, plan, layout, dtype, scales, limit, length):
+    images = shard_images(ws, plan, layout, dtype, scales, limit)
+    out = np.zeros((layout.nr_dpus, length), dtype=np.uint8)
+    for d, im in enumerate(images):
+        out[d, : min(length, im.size)] = im[:length]
+    return out
+
+
+@pytest.mark.parametrize("strategy", ["row_uniform", "column_wise", "cache_aware", "table_wise"])
+@pytest.mark.parametrize("dtype", ["fp32", "int32"])
+def test_images_equal_the_numpy_reference(mod, strategy, dtype):
+    tables = _tables()
+    ws = _weights(tables)
+    plan = _plan(tables, strategy)
+    if strategy == "cache_aware":
+        assert any(g.rows is not None for g in plan.groups), "the test needs a plan with row sets"
+    if strategy == "column_wise":
+        assert any(s.col_lo > 0 for s in plan.shards), "the test needs column slices"
+    abi = native.abi(mod)
+    layout = plan_layout(plan, abi)
+    M = 64
+    limit = float((2**31 - 1) // M)
+    scales = fixed_point_scales(ws, M) if dtype == "int32" else None
+    spec = image_spec(plan, layout, dtype, scales, limit, abi)
+    ends = layout.shard_mram_offset + layout.shard_nr_rows * layout.shard_row_bytes
+    length = int(ends.max())
+    ref = _reference(ws, plan, layout, dtype, scales, limit, length)
+    got = mod.image_window(ws, spec, layout.nr_dpus, 0, length)
+    np.testing.assert_array_equal(got, ref)
+    # windows that cut rows at both edges (row bytes 16 or 32; windows of 24 B from byte 8 on)
+    for off in (8, 40, length // 2 // 8 * 8):
+        part = mod.image_window(ws, spec, layout.nr_dpus, off, 24)
+        for d in range(layout.nr_dpus):
+            want = ref[d, off : off + 24]
+            if want.size < 24:  # past the end of every image: zeros
+                want = np.concatenate([want, np.zeros(24 - want.size, np.uint8)])
+            np.testing.assert_array_equal(part[d], want, err_msg=f"DPU {d}, window at {off}")
+
+
+def test_int32_images_round_half_to_even_and_clip(mod):
+    # one table, one shard: values that land on .5 after scaling, and values beyond the limit
+    from updlrm.partition import Plan, RowGroup, Shard
+
+    tables = [TableSpec("t", 1, 8)]
+    plan = Plan(tables, Topology(nr_dpus=1), [RowGroup(0, 0, 1)], [Shard(0, 0, 0, 0, 0, 8, mram_offset=0)])
+    w = [np.array([[0.5, 1.5, 2.5, -0.5, -1.5, 1e9, -1e9, 3.25]], dtype=np.float32)]
+    abi = native.abi(mod)
+    layout = plan_layout(plan, abi)
+    spec = image_spec(plan, layout, "int32", np.array([1.0]), 100.0, abi)
+    got = mod.image_window(w, spec, 1, 0, 32)[0].view(np.int32)
+    want = np.clip(np.rint(w[0][0].astype(np.float64)), -100, 100).astype(np.int32)
+    np.testing.assert_array_equal(got, want)
+    assert got.tolist() == [0, 2, 2, 0, -2, 100, -100, 3]
+
+
+def test_table_stats_match_numpy(mod):
+    rng = np.random.default_rng(3)
+    ws = [rng.standard_normal((3000, 16)).astype(np.float32) * s for s in (1.0, 1e-3, 40.0)]
+    ws.append(np.zeros((0, 16), np.float32))
+    bad_nan, bad_inf = ws[0].copy(), ws[1].copy()
+    bad_nan[1234, 5] = np.nan
+    bad_inf[7, 0] = -np.inf
+    ws += [bad_nan, bad_inf]
+    max_abs, finite = mod.table_stats(ws)
+    for t in range(4):
+        assert max_abs[t] == (float(np.max(np.abs(ws[t]))) if ws[t].size else 0.0)
+    assert finite.tolist() == [True, True, True, True, False, False]
+
+
+def test_bad_image_specs_name_the_shard(mod):
+    tables = _tables()
+    ws = _weights(tables)
+    plan = _plan(tables, "cache_aware")
+    abi = native.abi(mod)
+    layout = plan_layout(plan, abi)
+    good = image_spec(plan, layout, "fp32", None, 1.0, abi)
+
+    def window(**changes):
+        spec = dict(good)
+        for k, v in changes.items():
+            spec[k] = v
+        return mod.image_window(ws, spec, layout.nr_dpus, 0, 64)
+
+    rows = good["rows"].copy()
+    rows[0] = tables[0].rows + 5
+    with pytest.raises(ValueError, match="row id"):
+        window(rows=rows)
+    row_lo = good["row_lo"].copy()
+    s = int(np.flatnonzero(good["rows_at"] < 0)[0])
+    row_lo[s] = tables[int(good["table"][s])].rows
+    with pytest.raises(ValueError, match=f"shard {s}: rows"):
+        window(row_lo=row_lo)
+    with pytest.raises(ValueError, match="on DPU"):
+        window(dpu=np.full_like(good["dpu"], layout.nr_dpus))
+    with pytest.raises(ValueError, match="dtype code"):
+        window(dtype=99)
+    with pytest.raises(ValueError, match="overlap"):
+        window(mram_offset=np.zeros_like(good["mram_offset"]))
+    with pytest.raises(ValueError, match="float32"):
+        mod.image_window([w.astype(np.float64) for w in ws], good, layout.nr_dpus, 0, 64)
