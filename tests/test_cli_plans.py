@@ -21,7 +21,7 @@ def needs_pim(test):
 
 #: The demo's model at this row scale has 26 tables and ~3.4k rows: fast on 2 cores.
 DEMO_SCALE = 1e-4
-DEMO_ARGS = ["demo", "--batches", "2", "--batch-size", "16", "--pooling", "5", "--row-scale", str(DEMO_SCALE), "--json"]
+DEMO_ARGS = ["demo", "--small", "--batches", "2", "--batch-size", "16", "--pooling", "5", "--row-scale", str(DEMO_SCALE), "--json"]
 
 
 @pytest.fixture(scope="module")
