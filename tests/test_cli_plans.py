@@ -105,7 +105,7 @@ def test_demo_plan_errors_exit_2(plans, tmp_path, capsys):
 
 
 # -- `updlrm bench --plan` -------------------------------------------------------------------------------
-BENCH_ARGS = ["bench", "--batch-sizes", "8", "--repeats", "1", "--warmup", "0", "--pooling", "4", "--quiet", "--no-plots"]
+BENCH_ARGS = ["bench", "--model", "tiny", "--dtype", "fp32", "--batch-sizes", "8", "--repeats", "1", "--warmup", "0", "--pooling", "4", "--quiet", "--no-plots"]
 
 
 @pytest.fixture(scope="module")

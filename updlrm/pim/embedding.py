@@ -62,7 +62,7 @@ def _as_weight(w, t: int) -> np.ndarray:
 
 def _load_with_progress(rt, weights: list, image: dict, shards: dict, what: str) -> float:
     """``rt.load_tables(...)`` on a worker thread (it releases the GIL) while this one draws a tqdm
-    bar of the image bytes written (shown only when the load lasts over a second). Returns the
+    bar of the image bytes written (on a terminal, once the load lasts over a second). Returns the
     load's seconds; re-raises its exception."""
     from tqdm import tqdm
 
@@ -76,7 +76,9 @@ def _load_with_progress(rt, weights: list, image: dict, shards: dict, what: str)
 
     worker = threading.Thread(target=work, name="updlrm-load-tables", daemon=True)
     worker.start()
-    with tqdm(total=None, desc=what, unit="B", unit_scale=True, delay=1.0, file=sys.stderr, leave=False) as bar:
+    # drawn on a terminal only (disable=None), once the load has lasted a second
+    with tqdm(total=None, desc=what, unit="B", unit_scale=True, delay=1.0, disable=None, file=sys.stderr,
+              leave=False) as bar:
         while worker.is_alive():
             worker.join(0.2)
             done, total = rt.load_progress

@@ -1,5 +1,5 @@
-"""`updlrm demo`'s defaults (the paper's best setting at system scale, --small one flag away) and
-its one-line verdict on the embedding layer, without running the model."""
+"""The defaults of `updlrm demo` (the paper's best setting at system scale, --small one flag away),
+its one-line verdict on the embedding layer, and of `updlrm bench`."""
 
 from __future__ import annotations
 
@@ -50,3 +50,15 @@ def test_demo_prints_the_verdict_last(capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["pim"]["strategy"] == "cache_aware" and report["pim"]["dtype"] == "int32"
     assert report["verdict"]["winner"] in ("cpu", "pim")
+
+
+def test_bench_default_is_kaggle_shaped_at_system_scale():
+    from updlrm.bench import BenchConfig
+
+    cfg = BenchConfig()
+    assert (cfg.model, cfg.max_rows, cfg.nr_dpus, cfg.dtype) == ("kaggle", 2_000_000, [2560], "int32")
+    assert set(cfg.strategies) == {"row_uniform", "cache_aware"}
+    from updlrm import configs
+
+    model = configs.get(cfg.model, row_scale=cfg.row_scale, max_rows=cfg.max_rows)
+    assert model.nr_tables == 26 and max(t.rows for t in model.tables) == 2_000_000
