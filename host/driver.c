@@ -116,19 +116,20 @@ struct buffer_source {
     uint32_t nr_dpus;
 };
 
-static int fill_from_buffers(void *ctx, uint64_t offset, uint64_t length, uint8_t *dst, char *msg, size_t msg_len)
+static int fill_from_buffers(void *ctx, uint64_t offset, uint64_t length, uint32_t nr, const uint32_t *dpus,
+                             uint8_t *dst, char *msg, size_t msg_len)
 {
     const struct buffer_source *src = (const struct buffer_source *)ctx;
     (void)msg;
     (void)msg_len;
-    for (uint32_t i = 0; i < src->nr_dpus; i++) {
+    for (uint32_t k = 0; k < nr; k++) {
+        uint32_t i = dpus[k];
         uint64_t have = src->data_bytes[i] > offset ? src->data_bytes[i] - offset : 0;
-        uint8_t *d = dst + (size_t)i * length;
-        if (have == 0)
-            continue;
+        uint8_t *d = dst + (size_t)k * length;
         if (have > length)
             have = length;
-        memcpy(d, (const uint8_t *)src->data[i] + offset, have);
+        if (have > 0)
+            memcpy(d, (const uint8_t *)src->data[i] + offset, have);
         memset(d + have, 0, length - have);
     }
     return 0;
@@ -161,8 +162,9 @@ int updlrm_driver_write_shards_with(struct updlrm_driver *drv, const uint64_t *d
     double t0 = now_s();
     struct dpu_set_t dpu;
     uint32_t i;
-    uint64_t max_bytes = 0, chunk;
-    uint8_t *zeros = NULL, *staging = NULL;
+    uint64_t max_bytes = 0, staging_bytes;
+    uint8_t *staging = NULL;
+    uint32_t *active = NULL, *slot = NULL;
     dpu_error_t err;
     int code = UPDLRM_DRV_OK;
 
@@ -183,31 +185,45 @@ int updlrm_driver_write_shards_with(struct updlrm_driver *drv, const uint64_t *d
         return fail(UPDLRM_DRV_ERR_ARG, msg, msg_len, "updlrm_driver_write_shards: %llu shard bytes exceed the 64 MiB MRAM",
                     (unsigned long long)max_bytes);
 
-    /* Shard data, one MRAM window [off, off + chunk) of every DPU at a time: `fill` writes the
-     * windows of the DPUs whose data reach into it into one staging buffer ([nr_dpus][chunk], about
-     * 64 MiB), DPUs whose data ended get zeros, and one push moves the window to all DPUs. */
-    chunk = shard_chunk_bytes(drv->nr_dpus);
-    if (chunk > max_bytes)
-        chunk = max_bytes;
+    /* Shard data, one MRAM window [off, off + len) at a time: `fill` writes the windows of the DPUs
+     * whose data reach into it (the active ones) side by side into one staging buffer of
+     * nr_dpus x shard_chunk_bytes (64 MiB or 64 KiB per DPU), and one push moves them. As DPUs run
+     * out of data the window widens (up to 8 MiB) over the same buffer, so a plan with a few full
+     * DPUs (table_wise) takes a few wide pushes, not a thousand narrow ones. */
+    staging_bytes = (uint64_t)drv->nr_dpus * shard_chunk_bytes(drv->nr_dpus);
     if (max_bytes > 0) {
-        zeros = (uint8_t *)calloc(1, chunk);
-        staging = (uint8_t *)malloc((size_t)drv->nr_dpus * chunk);
-        if (zeros == NULL || staging == NULL) {
+        staging = (uint8_t *)malloc((size_t)staging_bytes);
+        active = (uint32_t *)malloc((size_t)drv->nr_dpus * sizeof(*active));
+        slot = (uint32_t *)malloc((size_t)drv->nr_dpus * sizeof(*slot));
+        if (staging == NULL || active == NULL || slot == NULL) {
             code = fail(UPDLRM_DRV_ERR_NOMEM, msg, msg_len, "updlrm_driver_write_shards: out of host memory for %llu B of staging",
-                        (unsigned long long)(drv->nr_dpus * chunk));
+                        (unsigned long long)staging_bytes);
             goto done;
         }
     }
-    for (uint64_t off = 0; off < max_bytes; off += chunk) {
-        uint64_t len = max_bytes - off < chunk ? max_bytes - off : chunk;
-        if (fill(ctx, off, len, staging, msg, msg_len) != 0) {
+    for (uint64_t off = 0, len = 0; off < max_bytes; off += len) {
+        uint32_t nr_active = 0;
+        for (i = 0; i < drv->nr_dpus; i++) {
+            slot[i] = UINT32_MAX;
+            if (data_bytes[i] > off) {
+                slot[i] = nr_active;
+                active[nr_active++] = i;
+            }
+        }
+        len = (staging_bytes / nr_active) & ~7ull;
+        if (len > (8ull << 20))
+            len = 8ull << 20;
+        if (len > max_bytes - off)
+            len = max_bytes - off;
+        if (fill(ctx, off, len, nr_active, active, staging, msg, msg_len) != 0) {
             code = UPDLRM_DRV_ERR_ARG;
             goto done;
         }
         DPU_FOREACH(drv->set, dpu, i)
         {
-            void *buf = data_bytes[i] > off ? (void *)(staging + (size_t)i * len) : (void *)zeros;
-            err = dpu_prepare_xfer(dpu, buf);
+            if (slot[i] == UINT32_MAX)
+                continue;
+            err = dpu_prepare_xfer(dpu, staging + (size_t)slot[i] * len);
             if (err != DPU_OK) {
                 code = fail_dpu(err, msg, msg_len, "dpu_prepare_xfer (shards)");
                 goto done;
@@ -236,8 +252,9 @@ int updlrm_driver_write_shards_with(struct updlrm_driver *drv, const uint64_t *d
         code = fail_dpu(err, msg, msg_len, "dpu_push_xfer (" UPDLRM_SYM_SHARDS ")");
 
 done:
-    free(zeros);
     free(staging);
+    free(active);
+    free(slot);
     if (seconds != NULL)
         *seconds = now_s() - t0;
     return code;

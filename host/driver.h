@@ -67,14 +67,16 @@ int updlrm_driver_write_shards(struct updlrm_driver *drv, const void *const *dat
                                size_t msg_len);
 
 /* Source of shard data for updlrm_driver_write_shards_with: writes bytes [offset, offset + length)
- * of the MRAM image of every DPU d with data_bytes[d] > offset into dst + d * length, zeros past
- * data_bytes[d] (other DPUs' slots may be left untouched). Returns 0, or non-zero with a one-line
- * message in msg (the write then fails with UPDLRM_DRV_ERR_ARG). */
-typedef int (*updlrm_shard_fill_fn)(void *ctx, uint64_t offset, uint64_t length, uint8_t *dst, char *msg,
-                                    size_t msg_len);
+ * of the MRAM image of DPU dpus[k] into dst + k * length for k < nr (zeros past that DPU's data).
+ * Returns 0, or non-zero with a one-line message in msg (the write then fails with
+ * UPDLRM_DRV_ERR_ARG). */
+typedef int (*updlrm_shard_fill_fn)(void *ctx, uint64_t offset, uint64_t length, uint32_t nr, const uint32_t *dpus,
+                                    uint8_t *dst, char *msg, size_t msg_len);
 
 /* As updlrm_driver_write_shards, with the data made window by window by `fill` (called once per
- * window, in increasing offsets), so that no full copy of the images need exist in host memory. */
+ * window, in increasing offsets, for the DPUs whose data reach into the window), so that no full
+ * copy of the images need exist in host memory. Only those DPUs take part in the window's push
+ * (the others get no buffer: libdpu leaves a DPU without a prepared buffer out of a push). */
 int updlrm_driver_write_shards_with(struct updlrm_driver *drv, const uint64_t *data_bytes, updlrm_shard_fill_fn fill,
                                     void *ctx, const struct updlrm_shard *descs, uint32_t descs_stride,
                                     double *seconds, char *msg, size_t msg_len);

@@ -174,16 +174,18 @@ void TableImages::fill_dpu(uint32_t d, uint64_t off, uint64_t len, uint8_t *dst)
     if (hi > zeroed_to) std::memset(dst + (zeroed_to - lo), 0, hi - zeroed_to);
 }
 
-void TableImages::fill(uint64_t off, uint64_t len, uint8_t *dst, unsigned threads,
+void TableImages::fill(uint64_t off, uint64_t len, uint32_t nr, const uint32_t *dpus, uint8_t *dst, unsigned threads,
                        std::atomic<uint64_t> *progress) const {
-    const unsigned parts = std::max(1u, std::min(threads, nr_dpus_));
+    for (uint32_t k = 0; k < nr; k++)
+        if (dpus[k] >= nr_dpus_) throw std::invalid_argument("fill: DPU " + std::to_string(dpus[k]) + " out of range");
+    const unsigned parts = std::max(1u, std::min(threads, nr));
     run_parts(parts, [&](unsigned p) {
-        const uint32_t d0 = uint32_t(uint64_t(nr_dpus_) * p / parts), d1 = uint32_t(uint64_t(nr_dpus_) * (p + 1) / parts);
+        const uint32_t k0 = uint32_t(uint64_t(nr) * p / parts), k1 = uint32_t(uint64_t(nr) * (p + 1) / parts);
         uint64_t written = 0;
-        for (uint32_t d = d0; d < d1; d++) {
-            if (data_bytes_[d] <= off) continue;
-            fill_dpu(d, off, len, dst + size_t(d) * len);
-            written += std::min(len, data_bytes_[d] - off);
+        for (uint32_t k = k0; k < k1; k++) {
+            const uint32_t d = dpus[k];
+            fill_dpu(d, off, len, dst + size_t(k) * len);
+            if (data_bytes_[d] > off) written += std::min(len, data_bytes_[d] - off);
         }
         if (progress != nullptr) progress->fetch_add(written, std::memory_order_relaxed);
     });
@@ -260,10 +262,11 @@ std::unique_ptr<LoadSource> load_source(const py::list &weights, const py::dict 
     return src;
 }
 
-int fill_window(void *ctx, uint64_t offset, uint64_t length, uint8_t *dst, char *msg, size_t msg_len) {
+int fill_window(void *ctx, uint64_t offset, uint64_t length, uint32_t nr, const uint32_t *dpus, uint8_t *dst,
+                char *msg, size_t msg_len) {
     const FillJob *job = static_cast<const FillJob *>(ctx);
     try {
-        job->images->fill(offset, length, dst, job->threads, job->progress);
+        job->images->fill(offset, length, nr, dpus, dst, job->threads, job->progress);
         return 0;
     } catch (const std::exception &e) {  // e.g. std::bad_alloc from a thread's scratch row
         std::snprintf(msg, msg_len, "building MRAM images at byte %llu: %s", (unsigned long long)offset, e.what());
@@ -277,10 +280,11 @@ void register_loader(py::module_ &m) {
         [](const py::list &weights, const py::dict &spec, uint32_t nr_dpus, uint64_t offset, uint64_t length) {
             auto src = load_source(weights, spec, nr_dpus);
             py::array_t<uint8_t> out({size_t(nr_dpus), size_t(length)});
-            std::memset(out.mutable_data(), 0, out.size());
+            std::vector<uint32_t> all(nr_dpus);
+            for (uint32_t d = 0; d < nr_dpus; d++) all[d] = d;
             {
                 py::gil_scoped_release release;
-                src->images->fill(offset, length, out.mutable_data(), load_threads(), nullptr);
+                src->images->fill(offset, length, nr_dpus, all.data(), out.mutable_data(), load_threads(), nullptr);
             }
             return out;
         },

@@ -7,9 +7,9 @@
 //     heap + s.mram_offset   row 0 of shard s: nr_cols elements, zeros up to row_bytes
 //                            row 1 ...            (nr_rows rows of row_bytes bytes)
 //
-// TableImages::fill(off, len, dst) writes bytes [off, off + len) of every DPU's image (threads over
-// DPUs), the driver pushes that window to all DPUs (updlrm_driver_write_shards_with) and the next
-// window reuses the same staging buffer. Element types: fp32 rows are copied; fixed-point types
+// TableImages::fill(off, len, ...) writes bytes [off, off + len) of the images of the DPUs whose
+// data reach into that window (threads over DPUs), the driver pushes the window to them
+// (updlrm_driver_write_shards_with) and the next window reuses the same staging buffer. Element types: fp32 rows are copied; fixed-point types
 // store q = rint(w * scale_t) clipped to +-limit (as updlrm.pim.layout.quantize does).
 #ifndef UPDLRM_LOADER_H
 #define UPDLRM_LOADER_H
@@ -53,10 +53,10 @@ class TableImages {
     const std::vector<uint64_t> &data_bytes() const { return data_bytes_; }
     uint64_t total_bytes() const { return total_bytes_; }
 
-    // Bytes [off, off + len) of the image of every DPU d with data_bytes()[d] > off into
-    // dst + d * len (zeros where no shard lies); `threads` workers; adds the image bytes written to
-    // *progress when given.
-    void fill(uint64_t off, uint64_t len, uint8_t *dst, unsigned threads, std::atomic<uint64_t> *progress) const;
+    // Bytes [off, off + len) of the image of DPU dpus[k] into dst + k * len for k < nr (zeros
+    // where no shard lies); `threads` workers; adds the image bytes written to *progress when given.
+    void fill(uint64_t off, uint64_t len, uint32_t nr, const uint32_t *dpus, uint8_t *dst, unsigned threads,
+              std::atomic<uint64_t> *progress) const;
 
   private:
     void fill_dpu(uint32_t d, uint64_t off, uint64_t len, uint8_t *dst) const;

@@ -37,7 +37,8 @@ struct FillJob {
 };
 
 // updlrm_shard_fill_fn over a FillJob (never throws).
-int fill_window(void *ctx, uint64_t offset, uint64_t length, uint8_t *dst, char *msg, size_t msg_len);
+int fill_window(void *ctx, uint64_t offset, uint64_t length, uint32_t nr, const uint32_t *dpus, uint8_t *dst,
+                char *msg, size_t msg_len);
 
 // image_window(weights, spec, nr_dpus, offset, length) and table_stats(weights).
 void register_loader(py::module_ &m);
