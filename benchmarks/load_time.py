@@ -11,8 +11,9 @@ runs in its own process, so that its peak RSS (getrusage of that child) is its o
 * ``prepare_s``  PimEmbedding: weight checks (max|w|, finite), validate_plan, plan_layout, row
                  mapper, image spec;
 * ``open_s``     DPU allocation and kernel load;
+* ``build_s``    of write_s: building the MRAM image windows from the weights (loader.cpp);
 * ``write_s``    MRAM images built window by window from the weights while they are pushed
-                 (host/python/loader.cpp + the driver's shard pushes + the emulator's MRAM writes);
+                 (build_s + the driver's shard pushes into the emulator's MRAM);
 * ``load_s``     = profile + plan + the whole PimEmbedding construction (prepare, open, write,
                  set_plan): what `Engine(model, backend="pim")` costs after the model exists.
 
@@ -37,7 +38,7 @@ import sys
 import time
 from pathlib import Path
 
-STEPS = ("model_s", "profile_s", "plan_s", "prepare_s", "open_s", "write_s", "load_s")
+STEPS = ("model_s", "profile_s", "plan_s", "prepare_s", "open_s", "build_s", "write_s", "load_s")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "load_time.json"
 
 
@@ -74,7 +75,7 @@ def child(args) -> dict:
     t3 = time.perf_counter()
     ls = pim.load_stats
     out.update(profile_s=t1 - t0, plan_s=t2 - t1, prepare_s=ls["prepare_s"], open_s=ls["open_s"],
-               write_s=ls["load_tables_s"], load_s=t3 - t0)
+               build_s=ls["build_images_s"], write_s=ls["load_tables_s"], load_s=t3 - t0)
     out["shards"] = len(plan.shards)
     mram = np.asarray(ls["mram_bytes_per_dpu"], dtype=np.int64)
     out["mram_bytes_total"] = int(mram.sum())

@@ -5,6 +5,7 @@
 #include "loader_py.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -264,9 +265,11 @@ std::unique_ptr<LoadSource> load_source(const py::list &weights, const py::dict 
 
 int fill_window(void *ctx, uint64_t offset, uint64_t length, uint32_t nr, const uint32_t *dpus, uint8_t *dst,
                 char *msg, size_t msg_len) {
-    const FillJob *job = static_cast<const FillJob *>(ctx);
+    FillJob *job = static_cast<FillJob *>(ctx);
     try {
+        const auto t0 = std::chrono::steady_clock::now();
         job->images->fill(offset, length, nr, dpus, dst, job->threads, job->progress);
+        job->fill_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         return 0;
     } catch (const std::exception &e) {  // e.g. std::bad_alloc from a thread's scratch row
         std::snprintf(msg, msg_len, "building MRAM images at byte %llu: %s", (unsigned long long)offset, e.what());

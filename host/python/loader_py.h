@@ -34,6 +34,7 @@ struct FillJob {
     const TableImages *images = nullptr;
     unsigned threads = 1;
     std::atomic<uint64_t> *progress = nullptr;
+    double fill_seconds = 0;  // wall time spent building windows (the rest of a load is pushing)
 };
 
 // updlrm_shard_fill_fn over a FillJob (never throws).

@@ -141,9 +141,9 @@ class Runtime {
 
     // Builds the MRAM images of the shards from `weights` window by window (updlrm/pim/layout.py's
     // image_spec; threads over DPUs) and writes them and the descriptors (`shards`, as for
-    // write_shards). Returns the seconds taken; load_progress reports (bytes done, bytes in all)
-    // meanwhile, from any thread.
-    double load_tables(const py::list &weights, const py::dict &image, const py::dict &shards) {
+    // write_shards). Returns {"seconds": all of it, "build_s": building the windows, "bytes": image
+    // bytes}; load_progress reports (bytes done, bytes in all) meanwhile, from any thread.
+    py::dict load_tables(const py::list &weights, const py::dict &image, const py::dict &shards) {
         check_open();
         auto src = updlrm::load_source(weights, image, nr_dpus_);
         std::vector<updlrm_shard> descs;
@@ -164,7 +164,11 @@ class Runtime {
         }
         if (code == -1) throw std::runtime_error("the DPU runtime is closed");
         if (code != UPDLRM_DRV_OK) throw std::runtime_error(std::string("writing shards: ") + msg);
-        return seconds;
+        py::dict r;
+        r["seconds"] = seconds;
+        r["build_s"] = job.fill_seconds;
+        r["bytes"] = src->images->total_bytes();
+        return r;
     }
     py::tuple load_progress() const { return py::make_tuple(load_done_.load(), load_total_.load()); }
 

@@ -62,15 +62,15 @@ def _as_weight(w, t: int) -> np.ndarray:
 
 def _load_with_progress(rt, weights: list, image: dict, shards: dict, what: str) -> float:
     """``rt.load_tables(...)`` on a worker thread (it releases the GIL) while this one draws a tqdm
-    bar of the image bytes written (on a terminal, once the load lasts over a second). Returns the
-    load's seconds; re-raises its exception."""
+    bar of the image bytes written (on a terminal, once the load lasts over a second). Returns
+    ``{"seconds", "build_s", "bytes"}`` of the load; re-raises its exception."""
     from tqdm import tqdm
 
     out: dict = {}
 
     def work():
         try:
-            out["seconds"] = rt.load_tables(weights, image, shards)
+            out["result"] = rt.load_tables(weights, image, shards)
         except BaseException as exc:  # handed to the caller's thread
             out["error"] = exc
 
@@ -87,7 +87,7 @@ def _load_with_progress(rt, weights: list, image: dict, shards: dict, what: str)
             bar.update(done - bar.n)
     if "error" in out:
         raise out["error"]
-    return out["seconds"]
+    return out["result"]
 
 
 class PimEmbedding:
@@ -157,7 +157,7 @@ class PimEmbedding:
         except RuntimeError as exc:
             raise NativeError(str(exc)) from exc
         try:
-            load_s = _load_with_progress(self._rt, ws, image, self._layout.shard_spec(dtype, self._abi),
+            load = _load_with_progress(self._rt, ws, image, self._layout.shard_spec(dtype, self._abi),
                                          f"loading {plan.topology.nr_dpus} DPUs")
             self._rt.set_plan(self._layout.native_spec(dtype, col_scale, self._abi))
         except Exception as exc:
@@ -171,7 +171,8 @@ class PimEmbedding:
         self.load_stats = {
             "prepare_s": prepare_s,  # weight checks, validate_plan, plan_layout, row mapper, image spec
             "open_s": self._rt.open_seconds,
-            "load_tables_s": load_s,  # images built window by window and written to MRAM
+            "load_tables_s": load["seconds"],  # images built window by window and written to MRAM
+            "build_images_s": load["build_s"],  # of which building the windows from the weights
             "total_s": time.perf_counter() - t_start,
             "mram_bytes_per_dpu": ends.tolist(),
         }
