@@ -22,7 +22,11 @@ Each child then checks one B=64 batch against torch EmbeddingBag within the fixe
 read before and after.
 
 Run:  .venv/bin/python benchmarks/load_time.py [--strategies cache_aware row_uniform table_wise]
-          [--dpus 2560] [--row-scale 1] [--dtype int32] [--repeats 1] [--out benchmarks/results/load_time.json]
+          [--dpus 2560] [--row-scale 1] [--dtype int32] [--repeats 1] [--with-reference]
+          [--out benchmarks/results/load_time.json]
+
+--with-reference also loads the first strategy the way it was done before the native loader
+(numpy images of every DPU in host memory, then write_shards), in the same run.
 Full Kaggle peaks near 8 GiB per child; children run one at a time.
 """
 
@@ -70,11 +74,14 @@ def child(args) -> dict:
     options = {"split_oversized": True} if args.strategy == "table_wise" else {}
     plan = make_plan(list(cfg.tables), Topology(nr_dpus=args.dpus), args.strategy, profile, **options)
     t2 = time.perf_counter()
+    out.update(profile_s=t1 - t0, plan_s=t2 - t1)
     weights = [w.detach().numpy() for w in model.embedding_weights()]  # views, as the pim backend takes them
+    if args.reference:
+        return reference_load(out, weights, plan, args, t0)
     pim = PimEmbedding(weights, plan, dtype=args.dtype)
     t3 = time.perf_counter()
     ls = pim.load_stats
-    out.update(profile_s=t1 - t0, plan_s=t2 - t1, prepare_s=ls["prepare_s"], open_s=ls["open_s"],
+    out.update(prepare_s=ls["prepare_s"], open_s=ls["open_s"],
                build_s=ls["build_images_s"], write_s=ls["load_tables_s"], load_s=t3 - t0)
     out["shards"] = len(plan.shards)
     mram = np.asarray(ls["mram_bytes_per_dpu"], dtype=np.int64)
@@ -97,6 +104,39 @@ def child(args) -> dict:
         worst = max(worst, float((np.abs(got[:, ti, :] - want) / bound).max()))
     out["check"] = {"worst_diff_over_bound": worst, "ok": worst <= 1.0}
     pim.close()
+    return out
+
+
+def reference_load(out: dict, weights, plan, args, t0: float) -> dict:
+    """The numpy reference path in the same child: every DPU's full image built by
+    layout.shard_images (one gather per shard, all images in host memory at once), then
+    Runtime.write_shards - how the tables were loaded before the native loader."""
+    import numpy as np
+
+    from updlrm.pim import native
+    from updlrm.pim.layout import fixed_point_scales, plan_layout, shard_images
+
+    mod = native.native_module("emulator")
+    abi = native.abi(mod)
+    t = time.perf_counter()
+    layout = plan_layout(plan, abi)
+    M = 4096
+    limit = float((2**31 - 1) // M)
+    scales = fixed_point_scales(weights, M) if args.dtype == "int32" else None
+    out["prepare_s"] = time.perf_counter() - t
+    rt = mod.Runtime(native.kernel_path("emulator", plan.topology.nr_tasklets, mod), plan.topology.nr_dpus,
+                     native.PROFILES["emulator"])
+    t = time.perf_counter()
+    images = shard_images(weights, plan, layout, args.dtype, scales, limit)
+    out["build_s"] = time.perf_counter() - t
+    out["write_s"] = out["build_s"] + rt.write_shards(images, layout.shard_spec(args.dtype, abi))
+    out["open_s"] = rt.open_seconds
+    out["load_s"] = time.perf_counter() - t0
+    out["shards"] = len(plan.shards)
+    sizes = np.array([im.size for im in images], dtype=np.int64)
+    out["mram_bytes_total"], out["mram_bytes_per_dpu_max"] = int(sizes.sum()), int(sizes.max())
+    out["check"] = {"ok": True, "note": "reference path: checked by tests/test_pim_loader.py, not here"}
+    rt.close()
     return out
 
 
@@ -127,6 +167,10 @@ def main() -> int:
     ap.add_argument("--dtype", default="int32", choices=("fp32", "int32"))
     ap.add_argument("--repeats", type=int, default=1, help="loads per strategy (median; each a fresh process)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--with-reference", action="store_true",
+                    help="also load the first strategy the old way (numpy images of every DPU, then "
+                         "write_shards) for a before/after in the same run; peaks near 10 GiB at full Kaggle")
+    ap.add_argument("--reference", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--strategy", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -137,18 +181,22 @@ def main() -> int:
     load_before = loadavg()
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     results = []
-    for strategy in args.strategies:
+    todo = [(s, False) for s in args.strategies]
+    if args.with_reference:
+        todo.append((args.strategies[0], True))
+    for strategy, reference in todo:
         runs = []
         for _ in range(args.repeats):
             r, rss = run_child(["--strategy", strategy, "--dpus", str(args.dpus), "--row-scale", str(args.row_scale),
-                                "--dtype", args.dtype])
+                                "--dtype", args.dtype] + (["--reference"] if reference else []))
             r["peak_rss_bytes"] = rss
             runs.append(r)
             print(f"  {strategy}: load {r['load_s']:.1f} s, peak RSS {rss / 2**30:.2f} GiB, "
                   f"check {'ok' if r['check']['ok'] else 'FAILED'}", file=sys.stderr, flush=True)
         med = {k: statistics.median(r[k] for r in runs) for k in STEPS}
         results.append({
-            "strategy": strategy,
+            "strategy": strategy + (" (numpy reference path)" if reference else ""),
+            "loader": "numpy images + write_shards" if reference else "native, window by window",
             "median": med,
             "peak_rss_bytes_max": max(r["peak_rss_bytes"] for r in runs),
             "shards": runs[0]["shards"],
@@ -170,12 +218,12 @@ def main() -> int:
 
     print(f"load time, Kaggle x {args.row_scale:g} on {args.dpus:,} emulated DPUs, {args.dtype} "
           f"(median of {args.repeats}; load average {load_before} -> {doc['machine']['loadavg_after']})")
-    head = f"{'strategy':<12}" + "".join(f"{k[:-2]:>9}" for k in STEPS) + f"{'peak RSS':>11}{'MRAM':>10}  check"
+    head = f"{'strategy':<24}" + "".join(f"{k[:-2]:>9}" for k in STEPS) + f"{'peak RSS':>11}{'MRAM':>10}  check"
     print(head)
     print("-" * len(head))
     for r in results:
         m = r["median"]
-        print(f"{r['strategy']:<12}" + "".join(f"{m[k]:>8.2f}s" for k in STEPS)
+        print(f"{r['strategy'].replace(' (numpy reference path)', ' (numpy ref)'):<24}" + "".join(f"{m[k]:>8.2f}s" for k in STEPS)
               + f"{r['peak_rss_bytes_max'] / 2**30:>8.2f}GiB{r['mram_bytes_total'] / 2**30:>7.2f}GiB  "
               + ("ok" if r["check_ok"] else "FAILED"))
     print(f"wrote {args.out}")

@@ -69,14 +69,16 @@ def test_images_equal_the_numpy_reference(mod, strategy, dtype):
     ref = _reference(ws, plan, layout, dtype, scales, limit, length)
     got = mod.image_window(ws, spec, layout.nr_dpus, 0, length)
     np.testing.assert_array_equal(got, ref)
-    # windows that cut rows at both edges (row bytes 16 or 32; windows of 24 B from byte 8 on)
+    # windows inside one row, cutting rows at one or both edges, spanning rows and shards
+    # (row bytes 16 or 32)
     for off in (8, 40, length // 2 // 8 * 8):
-        part = mod.image_window(ws, spec, layout.nr_dpus, off, 24)
-        for d in range(layout.nr_dpus):
-            want = ref[d, off : off + 24]
-            if want.size < 24:  # past the end of every image: zeros
-                want = np.concatenate([want, np.zeros(24 - want.size, np.uint8)])
-            np.testing.assert_array_equal(part[d], want, err_msg=f"DPU {d}, window at {off}")
+        for n in (8, 24, 56, 200):
+            part = mod.image_window(ws, spec, layout.nr_dpus, off, n)
+            for d in range(layout.nr_dpus):
+                want = ref[d, off : off + n]
+                if want.size < n:  # past the end of every image: zeros
+                    want = np.concatenate([want, np.zeros(n - want.size, np.uint8)])
+                np.testing.assert_array_equal(part[d], want, err_msg=f"DPU {d}, window of {n} B at {off}")
 
 
 def test_int32_images_round_half_to_even_and_clip(mod):

@@ -132,17 +132,31 @@ TableImages::TableImages(std::vector<WeightTable> tables, std::vector<ImageShard
     }
 }
 
-void TableImages::put_row(const ImageShard &s, uint64_t r, uint8_t *out) const {
+void TableImages::put_rows(const ImageShard &s, uint64_t r0, uint64_t r1, uint8_t *out) const {
     const WeightTable &w = tables_[s.table];
-    const uint64_t row = s.rows != nullptr ? uint64_t(s.rows[r]) : uint64_t(s.row_lo) + r;
-    const float *src = w.data + row * w.dim + s.col_lo;
     const size_t used = size_t(s.nr_cols) * elem_bytes_;
-    switch (dtype_) {
-    case UPDLRM_DTYPE_FP32: std::memcpy(out, src, used); break;
-    case UPDLRM_DTYPE_INT32: store_fixed<int32_t>(src, s.nr_cols, scales_[s.table], limit_, out); break;
-    default: break;  // rejected by the constructor
+    if (s.rows == nullptr && dtype_ == UPDLRM_DTYPE_FP32 && s.nr_cols == w.dim && used == s.row_bytes) {
+        // whole rows of a row range, no padding: the image is the table's bytes
+        std::memcpy(out, w.data + (uint64_t(s.row_lo) + r0) * w.dim, size_t(r1 - r0) * s.row_bytes);
+        return;
     }
-    if (used < s.row_bytes) std::memset(out + used, 0, s.row_bytes - used);
+    const double scale = dtype_ != UPDLRM_DTYPE_FP32 ? scales_[s.table] : 0.0;
+    for (uint64_t r = r0; r < r1; r++, out += s.row_bytes) {
+        uint64_t row;
+        if (s.rows != nullptr) {
+            row = uint64_t(s.rows[r]);
+            if (r + 8 < r1) __builtin_prefetch(w.data + uint64_t(s.rows[r + 8]) * w.dim + s.col_lo);  // random gathers
+        } else {
+            row = uint64_t(s.row_lo) + r;
+        }
+        const float *src = w.data + row * w.dim + s.col_lo;
+        switch (dtype_) {
+        case UPDLRM_DTYPE_FP32: std::memcpy(out, src, used); break;
+        case UPDLRM_DTYPE_INT32: store_fixed<int32_t>(src, s.nr_cols, scale, limit_, out); break;
+        default: break;  // rejected by the constructor
+        }
+        if (used < s.row_bytes) std::memset(out + used, 0, s.row_bytes - used);
+    }
 }
 
 void TableImages::fill_dpu(uint32_t d, uint64_t off, uint64_t len, uint8_t *dst) const {
@@ -152,25 +166,26 @@ void TableImages::fill_dpu(uint32_t d, uint64_t off, uint64_t len, uint8_t *dst)
     auto first = std::partition_point(shards_.begin() + dpu_ptr_[d], shards_.begin() + dpu_ptr_[d + 1],
                                       [lo](const ImageShard &s) { return s.mram_offset + s.nr_rows * s.row_bytes <= lo; });
     std::vector<uint8_t> tmp;
+    auto cut_row = [&](const ImageShard &s, uint64_t r) {  // a row cut by the window's edge
+        const uint64_t rs = s.mram_offset + r * s.row_bytes, re = rs + s.row_bytes;
+        tmp.resize(s.row_bytes);
+        put_rows(s, r, r + 1, tmp.data());
+        const uint64_t ca = std::max(rs, lo), cb = std::min(re, hi);
+        std::memcpy(dst + (ca - lo), tmp.data() + (ca - rs), cb - ca);
+    };
     for (auto it = first; it != shards_.begin() + dpu_ptr_[d + 1] && it->mram_offset < hi; ++it) {
         const ImageShard &s = *it;
         const uint64_t a = std::max(lo, s.mram_offset);
         const uint64_t b = std::min(hi, s.mram_offset + s.nr_rows * s.row_bytes);
         if (a > zeroed_to) std::memset(dst + (zeroed_to - lo), 0, a - zeroed_to);
         zeroed_to = b;
-        const uint64_t r0 = (a - s.mram_offset) / s.row_bytes;
-        const uint64_t r1 = (b - s.mram_offset + s.row_bytes - 1) / s.row_bytes;
-        for (uint64_t r = r0; r < r1; r++) {
-            const uint64_t rs = s.mram_offset + r * s.row_bytes, re = rs + s.row_bytes;
-            if (rs >= lo && re <= hi) {
-                put_row(s, r, dst + (rs - lo));
-            } else {  // a row cut by the window's edge
-                tmp.resize(s.row_bytes);
-                put_row(s, r, tmp.data());
-                const uint64_t ca = std::max(rs, lo), cb = std::min(re, hi);
-                std::memcpy(dst + (ca - lo), tmp.data() + (ca - rs), cb - ca);
-            }
-        }
+        const uint64_t r0 = (a - s.mram_offset) / s.row_bytes;                     // first row touched
+        const uint64_t r1 = (b - s.mram_offset + s.row_bytes - 1) / s.row_bytes;   // past the last touched
+        const uint64_t f0 = (a - s.mram_offset + s.row_bytes - 1) / s.row_bytes;   // first whole row
+        const uint64_t f1 = std::max(f0, (b - s.mram_offset) / s.row_bytes);       // past the last whole row
+        if (r0 < f0) cut_row(s, r0);
+        if (f0 < f1) put_rows(s, f0, f1, dst + (s.mram_offset + f0 * s.row_bytes - lo));
+        if (f1 < r1) cut_row(s, f1);  // f1 >= f0 > r0 when r0 was cut: never the same row twice
     }
     if (hi > zeroed_to) std::memset(dst + (zeroed_to - lo), 0, hi - zeroed_to);
 }

@@ -60,7 +60,7 @@ class TableImages {
 
   private:
     void fill_dpu(uint32_t d, uint64_t off, uint64_t len, uint8_t *dst) const;
-    void put_row(const ImageShard &s, uint64_t r, uint8_t *out) const;  // row_bytes bytes
+    void put_rows(const ImageShard &s, uint64_t r0, uint64_t r1, uint8_t *out) const;  // local rows [r0, r1)
 
     std::vector<WeightTable> tables_;
     std::vector<ImageShard> shards_;  // sorted by (dpu, mram_offset)
