@@ -60,7 +60,7 @@ def _as_weight(w, t: int) -> np.ndarray:
     return np.ascontiguousarray(w, dtype=np.float32)
 
 
-def _load_with_progress(rt, weights: list, image: dict, shards: dict, what: str) -> float:
+def _load_with_progress(rt, weights: list, image: dict, shards: dict, what: str) -> dict:
     """``rt.load_tables(...)`` on a worker thread (it releases the GIL) while this one draws a tqdm
     bar of the image bytes written (on a terminal, once the load lasts over a second). Returns
     ``{"seconds", "build_s", "bytes"}`` of the load; re-raises its exception."""
@@ -100,6 +100,13 @@ class PimEmbedding:
         device: "emulator" (default), or "simulator" / "hw" (need the SDK build).
         max_bag_lookups: int32 only: the largest bag the scale is chosen for.
         kernel_path: use this kernel binary instead of the built one for plan.topology.nr_tasklets.
+
+    Loading: one native pass over the weights gives max|w| (the int32 scales) and the NaN/inf
+    check; the native loader (host/python/loader.cpp) then builds every DPU's MRAM image window by
+    window straight from the weights while the driver pushes each window, so no second copy of the
+    tables lives in host memory (full Kaggle on 2,560 DPUs: a few seconds, benchmarks/load_time.py).
+    On a terminal a tqdm bar shows the bytes once a load lasts over a second; ``load_stats`` keeps
+    the seconds of each step.
     """
 
     def __init__(
@@ -158,7 +165,7 @@ class PimEmbedding:
             raise NativeError(str(exc)) from exc
         try:
             load = _load_with_progress(self._rt, ws, image, self._layout.shard_spec(dtype, self._abi),
-                                         f"loading {plan.topology.nr_dpus} DPUs")
+                                       f"loading {plan.topology.nr_dpus} DPUs")
             self._rt.set_plan(self._layout.native_spec(dtype, col_scale, self._abi))
         except Exception as exc:
             self._rt.close()
