@@ -142,3 +142,38 @@ def test_bad_image_specs_name_the_shard(mod):
         window(mram_offset=np.zeros_like(good["mram_offset"]))
     with pytest.raises(ValueError, match="float32"):
         mod.image_window([w.astype(np.float64) for w in ws], good, layout.nr_dpus, 0, 64)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "int32"])
+def test_loaded_tables_answer_like_embedding_bag(dtype):
+    """End to end through the driver: one DPU holds a 10 MB table (two push windows of at most
+    8 MiB), others hold small tables or nothing (left out of the pushes); every row of every
+    table is then looked up and compared with torch EmbeddingBag."""
+    import torch
+
+    from updlrm.pim import PimEmbedding
+
+    tables = [TableSpec("big", 160_000, 16), TableSpec("small", 1000, 16), TableSpec("odd", 10, 5)]
+    ws = _weights(tables, seed=5)
+    plan = make_plan(tables, Topology(nr_dpus=6), "table_wise")
+    assert len({s.dpu for s in plan.shards}) < 6, "the test needs DPUs without shards"
+    with PimEmbedding(ws, plan, dtype=dtype) as pim:
+        assert max(pim.load_stats["mram_bytes_per_dpu"]) > 8 << 20
+        B = 4000  # bag b of table t: rows b, b + B, b + 2B, ... below the table's rows
+        idx, offs = [], [0]
+        for t in tables:
+            for b in range(B):
+                rows = np.arange(b, t.rows, B)[:40]
+                idx.append(rows)
+                offs.append(offs[-1] + rows.size)
+        idx = np.concatenate(idx).astype(np.int64)
+        offs = np.asarray(offs, dtype=np.int64)
+        got = pim.lookup_list(idx, offs, B)
+        for t, w in enumerate(ws):
+            a, e = offs[t * B], offs[(t + 1) * B]
+            want = torch.nn.functional.embedding_bag(
+                torch.from_numpy(idx[a:e]), torch.from_numpy(w), torch.from_numpy(offs[t * B : (t + 1) * B] - a),
+                mode="sum").numpy()
+            n = np.diff(offs[t * B : (t + 1) * B + 1])[:, None]
+            tol = pim.fixed_point_bound(1.0)[t] * n + 1e-5 * (1 + np.abs(want))
+            assert np.all(np.abs(got[t] - want) <= tol), f"table {t}"
