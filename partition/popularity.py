@@ -39,8 +39,8 @@ def smoothed_load(counts: np.ndarray, smoothing: float) -> np.ndarray:
     """Expected relative load per row: counts plus ``smoothing`` x (table total / rows) per row: float64 [rows]."""
     c = counts.astype(np.float64)
     total = c.sum()
-    prior = smoothing * (total / c.size if total > 0 else 1.0)
-    return c + prior
+    c += smoothing * (total / c.size if total > 0 else 1.0)  # in place: one [rows] array, not two
+    return c
 
 
 def balanced_ranges(tables, topology, budget: Budget, loads: list[np.ndarray], granularity: float,

@@ -250,6 +250,7 @@ def run(args) -> int:
         f"({cfg.embedding_bytes / 2**20:.1f} MiB fp32), row scale {args.row_scale:g}"
     )
     t0 = time.perf_counter()
+    _progress("initialising the model's tables")
     model = DLRM(cfg).eval()
     _progress(f"initialised the model in {time.perf_counter() - t0:.1f} s; generating {args.batches} batches")
     batches = [
