@@ -99,8 +99,8 @@ uint32_t updlrm_driver_nr_dpus(const struct updlrm_driver *drv)
     return drv != NULL ? drv->nr_dpus : 0;
 }
 
-/* Per-DPU chunk size for shard pushes: tail staging stays within about 64 MiB over all DPUs
- * (at most 64 KiB x nr_dpus beyond 1,024 DPUs). */
+/* Per-DPU window of one shard push: the staging buffer stays within about 64 MiB over all DPUs
+ * (64 KiB x nr_dpus beyond 1,024 DPUs: 160 MiB at 2,560). */
 static uint64_t shard_chunk_bytes(uint32_t nr_dpus)
 {
     uint64_t chunk = (64ull << 20) / nr_dpus;
@@ -111,27 +111,74 @@ static uint64_t shard_chunk_bytes(uint32_t nr_dpus)
     return chunk & ~7ull;
 }
 
+/* updlrm_driver_write_shards' source: per-DPU buffers, copied window by window. */
+struct buffer_source {
+    const void *const *data;
+    const uint64_t *data_bytes;
+    uint32_t nr_dpus;
+};
+
+static int fill_from_buffers(void *ctx, uint64_t offset, uint64_t length, uint32_t nr, const uint32_t *dpus,
+                             uint8_t *dst, char *msg, size_t msg_len)
+{
+    const struct buffer_source *src = (const struct buffer_source *)ctx;
+    (void)msg;
+    (void)msg_len;
+    for (uint32_t k = 0; k < nr; k++) {
+        uint32_t i = dpus[k];
+        uint64_t have = src->data_bytes[i] > offset ? src->data_bytes[i] - offset : 0;
+        uint8_t *d = dst + (size_t)k * length;
+        if (have > length)
+            have = length;
+        if (have > 0)
+            memcpy(d, (const uint8_t *)src->data[i] + offset, have);
+        memset(d + have, 0, length - have);
+    }
+    return 0;
+}
+
 int updlrm_driver_write_shards(struct updlrm_driver *drv, const void *const *data, const uint64_t *data_bytes,
                                const struct updlrm_shard *descs, uint32_t descs_stride, double *seconds, char *msg,
                                size_t msg_len)
 {
+    struct buffer_source src;
+    uint32_t i;
+
+    if (drv == NULL || data == NULL || data_bytes == NULL)
+        return fail(UPDLRM_DRV_ERR_ARG, msg, msg_len, "updlrm_driver_write_shards: NULL argument");
+    for (i = 0; i < drv->nr_dpus; i++)
+        if (data_bytes[i] > 0 && data[i] == NULL)
+            return fail(UPDLRM_DRV_ERR_ARG, msg, msg_len, "updlrm_driver_write_shards: DPU %u has %llu bytes but no data",
+                        i, (unsigned long long)data_bytes[i]);
+    src.data = data;
+    src.data_bytes = data_bytes;
+    src.nr_dpus = drv->nr_dpus;
+    return updlrm_driver_write_shards_with(drv, data_bytes, fill_from_buffers, &src, descs, descs_stride, seconds, msg,
+                                           msg_len);
+}
+
+int updlrm_driver_write_shards_with(struct updlrm_driver *drv, const uint64_t *data_bytes, updlrm_shard_fill_fn fill,
+                                    void *ctx, const struct updlrm_shard *descs, uint32_t descs_stride,
+                                    double *seconds, char *msg, size_t msg_len)
+{
     double t0 = now_s();
     struct dpu_set_t dpu;
     uint32_t i;
-    uint64_t max_bytes = 0, chunk;
-    uint8_t *zeros = NULL, *tails = NULL;
+    uint64_t max_bytes = 0, staging_bytes;
+    uint8_t *staging = NULL;
+    uint32_t *active = NULL, *slot = NULL;
     dpu_error_t err;
     int code = UPDLRM_DRV_OK;
 
-    if (drv == NULL || data == NULL || data_bytes == NULL || descs == NULL)
+    if (drv == NULL || data_bytes == NULL || fill == NULL || descs == NULL)
         return fail(UPDLRM_DRV_ERR_ARG, msg, msg_len, "updlrm_driver_write_shards: NULL argument");
     if (descs_stride == 0 || descs_stride > UPDLRM_MAX_SHARDS)
         return fail(UPDLRM_DRV_ERR_ARG, msg, msg_len, "updlrm_driver_write_shards: %u shard descriptors per DPU, allowed 1..%u",
                     descs_stride, UPDLRM_MAX_SHARDS);
     for (i = 0; i < drv->nr_dpus; i++) {
-        if (data_bytes[i] % 8 != 0 || (data_bytes[i] > 0 && data[i] == NULL))
+        if (data_bytes[i] % 8 != 0)
             return fail(UPDLRM_DRV_ERR_ARG, msg, msg_len,
-                        "updlrm_driver_write_shards: DPU %u has %llu shard bytes (must be a multiple of 8, with data)", i,
+                        "updlrm_driver_write_shards: DPU %u has %llu shard bytes (must be a multiple of 8)", i,
                         (unsigned long long)data_bytes[i]);
         if (data_bytes[i] > max_bytes)
             max_bytes = data_bytes[i];
@@ -140,48 +187,45 @@ int updlrm_driver_write_shards(struct updlrm_driver *drv, const void *const *dat
         return fail(UPDLRM_DRV_ERR_ARG, msg, msg_len, "updlrm_driver_write_shards: %llu shard bytes exceed the 64 MiB MRAM",
                     (unsigned long long)max_bytes);
 
-    /* Shard data: one push per chunk; DPUs whose data ended get zeros, the one ending inside the
-     * chunk get a zero-padded copy of its tail. */
-    chunk = shard_chunk_bytes(drv->nr_dpus);
-    if (chunk > max_bytes)
-        chunk = max_bytes;
+    /* Shard data, one MRAM window [off, off + len) at a time: `fill` writes the windows of the DPUs
+     * whose data reach into it (the active ones) side by side into one staging buffer of
+     * nr_dpus x shard_chunk_bytes (64 MiB or 64 KiB per DPU), and one push moves them. As DPUs run
+     * out of data the window widens (up to 8 MiB) over the same buffer, so a plan with a few full
+     * DPUs (table_wise) takes a few wide pushes, not a thousand narrow ones. */
+    staging_bytes = (uint64_t)drv->nr_dpus * shard_chunk_bytes(drv->nr_dpus);
     if (max_bytes > 0) {
-        zeros = (uint8_t *)calloc(1, chunk);
-        if (zeros == NULL) {
-            code = fail(UPDLRM_DRV_ERR_NOMEM, msg, msg_len, "updlrm_driver_write_shards: out of host memory");
+        staging = (uint8_t *)malloc((size_t)staging_bytes);
+        active = (uint32_t *)malloc((size_t)drv->nr_dpus * sizeof(*active));
+        slot = (uint32_t *)malloc((size_t)drv->nr_dpus * sizeof(*slot));
+        if (staging == NULL || active == NULL || slot == NULL) {
+            code = fail(UPDLRM_DRV_ERR_NOMEM, msg, msg_len, "updlrm_driver_write_shards: out of host memory for %llu B of staging",
+                        (unsigned long long)staging_bytes);
             goto done;
         }
     }
-    for (uint64_t off = 0; off < max_bytes; off += chunk) {
-        uint64_t len = max_bytes - off < chunk ? max_bytes - off : chunk;
-        uint64_t nr_tails = 0, tail_used = 0;
-        for (i = 0; i < drv->nr_dpus; i++)
-            nr_tails += (data_bytes[i] > off && data_bytes[i] < off + len);
-        free(tails);
-        tails = NULL;
-        if (nr_tails > 0) {
-            tails = (uint8_t *)malloc(nr_tails * len);
-            if (tails == NULL) {
-                code = fail(UPDLRM_DRV_ERR_NOMEM, msg, msg_len, "updlrm_driver_write_shards: out of host memory");
-                goto done;
+    for (uint64_t off = 0, len = 0; off < max_bytes; off += len) {
+        uint32_t nr_active = 0;
+        for (i = 0; i < drv->nr_dpus; i++) {
+            slot[i] = UINT32_MAX;
+            if (data_bytes[i] > off) {
+                slot[i] = nr_active;
+                active[nr_active++] = i;
             }
+        }
+        len = (staging_bytes / nr_active) & ~7ull;
+        if (len > (8ull << 20))
+            len = 8ull << 20;
+        if (len > max_bytes - off)
+            len = max_bytes - off;
+        if (fill(ctx, off, len, nr_active, active, staging, msg, msg_len) != 0) {
+            code = UPDLRM_DRV_ERR_ARG;
+            goto done;
         }
         DPU_FOREACH(drv->set, dpu, i)
         {
-            const uint8_t *src = (const uint8_t *)data[i];
-            const void *buf;
-            if (data_bytes[i] >= off + len) {
-                buf = src + off;
-            } else if (data_bytes[i] <= off) {
-                buf = zeros;
-            } else {
-                uint8_t *t = tails + tail_used;
-                memcpy(t, src + off, data_bytes[i] - off);
-                memset(t + (data_bytes[i] - off), 0, len - (data_bytes[i] - off));
-                tail_used += len;
-                buf = t;
-            }
-            err = dpu_prepare_xfer(dpu, (void *)buf);
+            if (slot[i] == UINT32_MAX)
+                continue;
+            err = dpu_prepare_xfer(dpu, staging + (size_t)slot[i] * len);
             if (err != DPU_OK) {
                 code = fail_dpu(err, msg, msg_len, "dpu_prepare_xfer (shards)");
                 goto done;
@@ -210,8 +254,9 @@ int updlrm_driver_write_shards(struct updlrm_driver *drv, const void *const *dat
         code = fail_dpu(err, msg, msg_len, "dpu_push_xfer (" UPDLRM_SYM_SHARDS ")");
 
 done:
-    free(zeros);
-    free(tails);
+    free(staging);
+    free(active);
+    free(slot);
     if (seconds != NULL)
         *seconds = now_s() - t0;
     return code;

@@ -60,12 +60,26 @@ int updlrm_driver_open(const char *kernel_path, uint32_t nr_dpus, const char *pr
 uint32_t updlrm_driver_nr_dpus(const struct updlrm_driver *drv);
 
 /* Writes table shards and their descriptors. data[d] holds data_bytes[d] bytes (a multiple of 8)
- * for MRAM heap + 0 of DPU d; pushes are padded to the largest and cut into chunks so that host
- * memory stays bounded. descs is [nr_dpus][descs_stride] descriptors (rows padded with zeros); only
- * the first nr_descs[d] of row d are meaningful. */
+ * for MRAM heap + 0 of DPU d; pushes are padded to the largest and cut into windows so that host
+ * memory stays bounded. descs is [nr_dpus][descs_stride] descriptors (rows padded with zeros). */
 int updlrm_driver_write_shards(struct updlrm_driver *drv, const void *const *data, const uint64_t *data_bytes,
                                const struct updlrm_shard *descs, uint32_t descs_stride, double *seconds, char *msg,
                                size_t msg_len);
+
+/* Source of shard data for updlrm_driver_write_shards_with: writes bytes [offset, offset + length)
+ * of the MRAM image of DPU dpus[k] into dst + k * length for k < nr (zeros past that DPU's data).
+ * Returns 0, or non-zero with a one-line message in msg (the write then fails with
+ * UPDLRM_DRV_ERR_ARG). */
+typedef int (*updlrm_shard_fill_fn)(void *ctx, uint64_t offset, uint64_t length, uint32_t nr, const uint32_t *dpus,
+                                    uint8_t *dst, char *msg, size_t msg_len);
+
+/* As updlrm_driver_write_shards, with the data made window by window by `fill` (called once per
+ * window, in increasing offsets, for the DPUs whose data reach into the window), so that no full
+ * copy of the images need exist in host memory. Only those DPUs take part in the window's push
+ * (the others get no buffer: libdpu leaves a DPU without a prepared buffer out of a push). */
+int updlrm_driver_write_shards_with(struct updlrm_driver *drv, const uint64_t *data_bytes, updlrm_shard_fill_fn fill,
+                                    void *ctx, const struct updlrm_shard *descs, uint32_t descs_stride,
+                                    double *seconds, char *msg, size_t msg_len);
 
 /* A launch in four steps, so that the host can pack and merge other batches while the DPUs run
  * (at most one launch runs at a time per driver; the times accumulate into *times):

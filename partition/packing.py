@@ -44,14 +44,17 @@ def lpt_assign(
     """
     sizes = np.asarray(sizes, dtype=np.int64)
     w = sizes if weights is None else np.asarray(weights, dtype=np.float64)
-    used = np.zeros(nr_bins, dtype=np.int64) if loads is None else np.asarray(loads, dtype=np.int64).copy()
+    used_np = np.zeros(nr_bins, dtype=np.int64) if loads is None else np.asarray(loads, dtype=np.int64)
     sw = np.zeros(nr_bins) if start_weights is None else np.asarray(start_weights, dtype=np.float64)
-    heap = [(float(sw[b]) if weights is not None else float(used[b]), int(used[b]), b) for b in range(nr_bins)]
+    # plain Python lists in the loop: indexing a numpy array per item costs more than the heap work
+    used = used_np.tolist()
+    size_l, w_l = sizes.tolist(), w.tolist()
+    heap = [(float(s_) if weights is not None else float(u), u, b) for b, (s_, u) in enumerate(zip(sw.tolist(), used))]
     heapq.heapify(heap)
-    out = np.empty(len(sizes), dtype=np.int64)
+    out = [0] * len(size_l)
     order = np.argsort(-w, kind="stable")
     for i in order.tolist():
-        need = int(sizes[i])
+        need = size_l[i]
         skipped = []
         while heap:
             key, u, b = heapq.heappop(heap)
@@ -61,7 +64,7 @@ def lpt_assign(
                 break
             skipped.append((key, u, b))
         else:
-            free = int(capacity - used.min())
+            free = int(capacity - min(used))
             name = labels[i] if labels is not None else f"item {i}"
             raise PlanDoesNotFitError(
                 f"{name} needs {fmt_bytes(need)} but the emptiest DPU has {fmt_bytes(free)} free for tables: "
@@ -70,11 +73,11 @@ def lpt_assign(
             )
         out[i] = b
         used[b] += need
-        wk = key + float(w[i]) if weights is not None else float(used[b])
-        heapq.heappush(heap, (wk, int(used[b]), b))
+        wk = key + w_l[i] if weights is not None else float(used[b])
+        heapq.heappush(heap, (wk, used[b], b))
         for item in skipped:
             heapq.heappush(heap, item)
-    return out
+    return np.asarray(out, dtype=np.int64)
 
 
 def weighted_cuts(load: np.ndarray, row_bytes_: int, load_unit: float, bytes_unit: float) -> np.ndarray:

@@ -15,6 +15,7 @@ from .errors import PlanError
 from .interfaces import Budget, Strategy
 from .types import DTYPES, MIB, Plan, TableSpec, Topology
 from .validate import assign_offsets, check_model_fits, check_tables, validate_plan
+from .progress import StepBar
 
 #: Default per-DPU MRAM reserved for one launch's request (bags + lookups) and for its partial sums.
 DEFAULT_REQUEST_BYTES = 4 * MIB
@@ -105,7 +106,18 @@ class Planner:
             raise PlanError(f"strategy {self.strategy.name!r} needs an access profile (profile=AccessProfile...)")
         check_model_fits(tables, topology, self.request_bytes, self.output_bytes, self.dtype)
         budget = Budget(topology.mram_heap_bytes, self.request_bytes, self.output_bytes, self.dtype)
-        placement = self.strategy.place(tables, topology, budget, profile)
+        with StepBar(f"planning {self.strategy.name} on {topology.nr_dpus} DPUs",
+                     ["placing", "MRAM offsets", "validating"]) as bar:
+            placement = self.strategy.place(tables, topology, budget, profile)
+            bar.next()
+            plan = self._plan_of(tables, topology, placement, profile)
+            assign_offsets(plan)
+            bar.next()
+            validate_plan(plan, tables)
+            bar.next()
+        return plan
+
+    def _plan_of(self, tables, topology: Topology, placement, profile) -> Plan:
         meta = {"strategy_options": self.strategy.describe(), **placement.meta}
         if profile is not None and getattr(profile, "source", None) is not None:
             meta["profile_source"] = profile.source
@@ -120,8 +132,6 @@ class Planner:
             meta=meta,
             dtype=self.dtype,
         )
-        assign_offsets(plan)
-        validate_plan(plan, tables)
         return plan
 
 

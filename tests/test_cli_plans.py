@@ -21,7 +21,7 @@ def needs_pim(test):
 
 #: The demo's model at this row scale has 26 tables and ~3.4k rows: fast on 2 cores.
 DEMO_SCALE = 1e-4
-DEMO_ARGS = ["demo", "--batches", "2", "--batch-size", "16", "--pooling", "5", "--row-scale", str(DEMO_SCALE), "--json"]
+DEMO_ARGS = ["demo", "--small", "--batches", "2", "--batch-size", "16", "--pooling", "5", "--row-scale", str(DEMO_SCALE), "--json"]
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def test_demo_plan_errors_exit_2(plans, tmp_path, capsys):
 
 
 # -- `updlrm bench --plan` -------------------------------------------------------------------------------
-BENCH_ARGS = ["bench", "--batch-sizes", "8", "--repeats", "1", "--warmup", "0", "--pooling", "4", "--quiet", "--no-plots"]
+BENCH_ARGS = ["bench", "--model", "tiny", "--dtype", "fp32", "--batch-sizes", "8", "--repeats", "1", "--warmup", "0", "--pooling", "4", "--quiet", "--no-plots"]
 
 
 @pytest.fixture(scope="module")

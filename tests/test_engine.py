@@ -356,7 +356,7 @@ def test_pim_devices_without_sdk_are_unavailable():
 
 
 # -- `updlrm demo` -------------------------------------------------------------------------------------
-DEMO_ARGS = ["demo", "--batches", "2", "--batch-size", "32", "--dpus", "4", "--row-scale", "1e-4", "--json"]
+DEMO_ARGS = ["demo", "--small", "--batches", "2", "--batch-size", "32", "--dpus", "4", "--row-scale", "1e-4", "--json"]
 
 
 class NoisyStandInPim(StandInPim):

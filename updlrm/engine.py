@@ -253,11 +253,11 @@ class Engine:
         abs_sums = []
         for t, bag in enumerate(self.model.embeddings):
             ids, offs = batch.table(t)
-            abs_sums.append(
-                torch.nn.functional.embedding_bag(ids, bag.weight.detach().abs().double(), offs, mode="sum")
-                .abs()
-                .amax(dim=1)
-            )
+            # |w| of the looked-up rows only (not the whole table: full Kaggle's would be 4 GiB),
+            # summed per bag in the same order as embedding_bag over |W| would
+            rows = bag.weight.detach().index_select(0, ids).abs().double()
+            picks = torch.arange(ids.numel(), dtype=torch.int64)
+            abs_sums.append(torch.nn.functional.embedding_bag(picks, rows, offs, mode="sum").amax(dim=1))
         abs_sum = torch.stack(abs_sums, dim=0)  # [T, B], largest per-element sum of |w| in each bag
         rel = torch.clamp(2.0 * lengths * _FP32_UNIT_ROUNDOFF, min=FP32_RELATIVE_BOUND)
         bound = rel * abs_sum

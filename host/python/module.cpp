@@ -16,6 +16,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -26,6 +27,7 @@
 #include <vector>
 
 #include "driver.h"
+#include "loader_py.h"
 #include "packer.h"
 
 #include <dpu.h>  // DPU_MRAM_HEAP_POINTER_NAME (the SDK's and the emulator's dpu.h both define it)
@@ -394,6 +396,39 @@ class Runtime {
         return seconds;
     }
 
+    // Builds the MRAM images of the shards from `weights` window by window (updlrm/pim/layout.py's
+    // image_spec; threads over DPUs) and writes them and the descriptors (`shards`, as for
+    // write_shards). Returns {"seconds": all of it, "build_s": building the windows, "bytes": image
+    // bytes}; load_progress reports (bytes done, bytes in all) meanwhile, from any thread.
+    py::dict load_tables(const py::list &weights, const py::dict &image, const py::dict &shards) {
+        check_open();
+        auto src = updlrm::load_source(weights, image, nr_dpus_);
+        std::vector<updlrm_shard> descs;
+        uint32_t stride = shard_descriptors(shards, descs);
+        updlrm::FillJob job{src->images.get(), updlrm::load_threads(), &load_done_};
+        load_done_ = 0;
+        load_total_ = src->images->total_bytes();
+        char msg[512] = {0};
+        double seconds = 0;
+        int code;
+        {
+            py::gil_scoped_release release;
+            std::lock_guard<std::mutex> lock(mu_);
+            code = drv_ == nullptr ? -1
+                                   : updlrm_driver_write_shards_with(drv_, src->images->data_bytes().data(),
+                                                                     updlrm::fill_window, &job, descs.data(), stride,
+                                                                     &seconds, msg, sizeof(msg));
+        }
+        if (code == -1) throw std::runtime_error("the DPU runtime is closed");
+        if (code != UPDLRM_DRV_OK) throw std::runtime_error(std::string("writing shards: ") + msg);
+        py::dict r;
+        r["seconds"] = seconds;
+        r["build_s"] = job.fill_seconds;
+        r["bytes"] = src->images->total_bytes();
+        return r;
+    }
+    py::tuple load_progress() const { return py::make_tuple(load_done_.load(), load_total_.load()); }
+
     void set_plan(const py::dict &d) {
         auto packer = make_packer(d, nr_dpus_);
         std::lock_guard<std::mutex> lock(mu_);  // GIL held: see close()
@@ -601,6 +636,7 @@ class Runtime {
     std::mutex mu_;  // serializes DPU work, shard writes and close (the GIL is released meanwhile)
     std::condition_variable cv_;
     bool busy_ = false;  // a batch is between start() and finish()
+    std::atomic<uint64_t> load_done_{0}, load_total_{0};  // image bytes of the running load_tables
     updlrm_driver *drv_ = nullptr;
     uint32_t nr_dpus_ = 0;
     double open_seconds_ = 0;
@@ -682,6 +718,7 @@ PYBIND11_MODULE(UPDLRM_MODULE_NAME, m) {
         .def("map_rows", &HostPacker::map_rows, py::arg("indices"), py::arg("offsets"), py::arg("batch_size"))
         .def_property_readonly("index_bytes", &HostPacker::index_bytes)
         .def("threads_for", &HostPacker::threads_for, py::arg("nr_lookups"));
+    updlrm::register_loader(m);  // image_window, table_stats (loader.cpp)
     py::class_<Runtime>(m, "Runtime")
         .def(py::init<const std::string &, uint32_t, const std::string &>(), py::arg("kernel_path"), py::arg("nr_dpus"),
              py::arg("profile") = "")
@@ -689,6 +726,8 @@ PYBIND11_MODULE(UPDLRM_MODULE_NAME, m) {
         .def_property_readonly("open_seconds", &Runtime::open_seconds)
         .def_property_readonly("closed", &Runtime::closed)
         .def("write_shards", &Runtime::write_shards, py::arg("data"), py::arg("shards"))
+        .def("load_tables", &Runtime::load_tables, py::arg("weights"), py::arg("image"), py::arg("shards"))
+        .def_property_readonly("load_progress", &Runtime::load_progress)
         .def("set_plan", &Runtime::set_plan, py::arg("spec"))
         .def("pack", &Runtime::pack, py::arg("indices"), py::arg("offsets"), py::arg("batch_size"))
         .def("start", &Runtime::start, py::arg("batch"))

@@ -23,30 +23,31 @@ def add_parser(subparsers) -> None:
                     "(latencies in ms: p50/p90/p99 over the repeats) and writes bench.json, bench.csv and "
                     "PNG plots into --out. Options given here override --config-file.")
     p.add_argument("--model", default=None,
-                   help="named model config: tiny, kaggle, terabyte, mlperf, synthetic (default tiny)")
+                   help="named model config: tiny, kaggle, terabyte, mlperf, synthetic (default kaggle, with --max-rows 2000000)")
     p.add_argument("--config-file", metavar="FILE", default=None,
                    help="bench config JSON whose keys are those of updlrm.bench.BenchConfig (default: none)")
     p.add_argument("--row-scale", type=float, default=None,
                    help="multiply every table's rows by this factor, e.g. 1e-3 (default 1: full size)")
-    p.add_argument("--max-rows", type=int, default=None, help="cap every table's rows (default: no cap)")
+    p.add_argument("--max-rows", type=int, default=None,
+                   help="cap every table's rows, as dlrm's --max-ind-range (default 2000000; 0: no cap)")
     p.add_argument("--batch-sizes", default=None,
-                   help="samples per batch, comma-separated (default 64,256,1024,4096)")
+                   help="samples per batch, comma-separated (default 256,1024,4096)")
     p.add_argument("--pooling", type=int, default=None, help="lookups per bag, i.e. per table and sample (default 20)")
     p.add_argument("--alpha", type=float, default=None, help="Zipf exponent of the ids, 0 = uniform (default 1.05)")
     p.add_argument("--backends", default=None,
                    help="comma-separated from cpu, cuda (= cuda-hybrid + cuda-gpu), cuda-hybrid, cuda-gpu, pim "
                         "(default: all; those that cannot run here are listed unavailable)")
-    p.add_argument("--nr-dpus", default=None, help="DPU counts for pim, comma-separated (default 64)")
+    p.add_argument("--nr-dpus", default=None, help="DPU counts for pim, comma-separated (default 2560)")
     p.add_argument("--strategies", default=None,
                    help=f"partitioning strategies for pim, comma-separated from {', '.join(strategy_names())} "
-                        "(default row_uniform)")
+                        "(default row_uniform,cache_aware)")
     p.add_argument("--plan", metavar="FILE", default=None,
                    help="benchmark pim with a saved plan (`updlrm partition --save-plan FILE`) instead of "
                         "--nr-dpus/--strategies/--nr-tasklets; it must match the model's table shapes "
                         "(default: none)")
     p.add_argument("--dtype", default=None, choices=("fp32", "int32", "int16", "int8"),
                    help="element type of the tables on the DPUs: fp32, or int32 / int16 / int8 integers summed in "
-                        "int32 (default fp32)")
+                        "int32 (default int32)")
     p.add_argument("--device", default=None, choices=("emulator", "simulator", "hw"),
                    help="pim device (default emulator: DPU phases modeled; simulator/hw need the SDK build)")
     p.add_argument("--nr-tasklets", type=int, default=None, help="tasklets per DPU (default 16)")
@@ -91,7 +92,7 @@ def run(args) -> int:
         return 2
     try:
         overrides = {
-            "model": args.model, "row_scale": args.row_scale, "max_rows": args.max_rows,
+            "model": args.model, "row_scale": args.row_scale, "max_rows": args.max_rows or None,
             "batch_sizes": _ints(args.batch_sizes) if args.batch_sizes else None,
             "pooling": args.pooling, "alpha": args.alpha,
             "backends": args.backends.split(",") if args.backends else None,
@@ -105,6 +106,8 @@ def run(args) -> int:
             cfg = load_bench_config(args.config_file, **overrides)
         else:
             cfg = BenchConfig(**{k: v for k, v in overrides.items() if v is not None})
+        if args.max_rows == 0:  # --max-rows 0: the tables at their full size
+            cfg.max_rows = None
     except (ValueError, TypeError) as exc:
         print(f"updlrm bench: {exc}", file=sys.stderr)
         return 2

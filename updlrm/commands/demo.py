@@ -1,9 +1,14 @@
 """`updlrm demo`: one Kaggle-shaped DLRM answering the same Zipf-skewed batches on the CPU and on
 emulated UPMEM DPUs, checking that both agree and printing what each phase cost.
 
-    updlrm demo                      # B=2048, 3 batches, 64 emulated DPUs, row_uniform, fp32
-    updlrm demo --dtype int32 --strategy column_wise --json
+    updlrm demo                      # the paper's best setting at system scale: 2,560 DPUs, cache_aware, int32
+    updlrm demo --small              # the small setting: 64 DPUs, row_uniform, fp32, rows x 0.1
+    updlrm demo --dtype fp32 --strategy column_wise --json
     updlrm demo --plan plan.json     # a plan saved by `updlrm partition --save-plan` (fixes DPUs + strategy)
+
+It ends with one line saying which backend wins the embedding layer and by how much: the cpu
+backend's measured time against the PIM time a real system would take (host pack and merge as
+measured here, the DPU phases from the timing model).
 
 Exit status: 0 when the two backends agree within the dtype's bound, 1 when they do not, 2 when
 the arguments are bad, the plan does not fit the model, or the PIM backend cannot run here (with
@@ -44,11 +49,13 @@ PHASE_TITLES = {
 }
 #: Strategies that need no access profile (the others get one from a held-out batch).
 BASELINE_STRATEGIES = ("row_uniform", "table_wise", "column_wise", "tile_uniform")
-#: Default table scale: Kaggle's 33.8M rows x 0.1 = 3.4M rows (206 MiB fp32, ~3.2 MiB per DPU on 64
-#: DPUs); the demo then takes ~12 s on 2 cores. --row-scale 1 (2 GiB) also fits 64 x 64 MiB.
-DEFAULT_ROW_SCALE = 0.1
-DEFAULT_DPUS = 64
-DEFAULT_STRATEGY = "row_uniform"
+#: Defaults: the paper's best configuration (cache_aware placement, int32 fixed point) on a full
+#: 2,560-DPU system (40 ranks of 64), with Kaggle's tables at a quarter of their 33.8M rows (8.4M
+#: rows, 515 MiB fp32): loading takes a few seconds on 2 cores and the demo stays under ~3 GiB of
+#: memory. --row-scale 1 (full Kaggle, 2 GiB) loads in about 15 s and peaks near 8 GiB.
+DEFAULTS = {"dpus": 2560, "strategy": "cache_aware", "dtype": "int32", "row_scale": 0.25}
+#: --small: the earlier default, 64 DPUs with row_uniform fp32 and rows x 0.1 (206 MiB fp32, ~12 s).
+SMALL = {"dpus": 64, "strategy": "row_uniform", "dtype": "fp32", "row_scale": 0.1}
 
 
 def add_parser(subparsers) -> None:
@@ -67,13 +74,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=2048, help="samples per batch (default 2048)")
     p.add_argument("--batches", type=int, default=3, help="measured batches (default 3; one small warm-up batch runs first)")
     p.add_argument(
-        "--dpus", type=int, default=None, help=f"emulated DPUs (default {DEFAULT_DPUS}; with --plan, the plan's count)"
+        "--dpus", type=int, default=None,
+        help=f"emulated DPUs (default {DEFAULTS['dpus']}, --small {SMALL['dpus']}; with --plan, the plan's count)"
     )
     p.add_argument(
         "--strategy",
         default=None,
         help=f"partitioning strategy, one of {', '.join(strategy_names())} "
-        f"(default {DEFAULT_STRATEGY}; with --plan, the plan's)",
+        f"(default {DEFAULTS['strategy']}, --small {SMALL['strategy']}; with --plan, the plan's)",
     )
     p.add_argument(
         "--plan",
@@ -85,25 +93,43 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--dtype",
         choices=("fp32", "int32", "int16", "int8"),
-        default="fp32",
-        help="element type of the tables on the DPUs: fp32, or int32 / int16 / int8 integers summed in int32 "
-        "(per-table scales; default fp32). A --plan must have been made with the same dtype",
+        default=None,
+        help=f"element type of the tables on the DPUs: fp32, or int32 / int16 / int8 integers summed in int32 "
+        f"(per-table scales; default {DEFAULTS['dtype']}, --small {SMALL['dtype']}). A --plan must have been made "
+        f"with the same dtype",
     )
     p.add_argument(
         "--row-scale",
         type=float,
-        default=DEFAULT_ROW_SCALE,
-        help=f"share of Criteo Kaggle's 33.8M table rows to build (default {DEFAULT_ROW_SCALE}: 3.4M rows, 206 MiB fp32)",
+        default=None,
+        help=f"share of Criteo Kaggle's 33.8M table rows to build (default {DEFAULTS['row_scale']:g}: 8.4M rows, "
+        f"515 MiB fp32; --small {SMALL['row_scale']:g}; 1 = full Kaggle, 2 GiB)",
     )
     p.add_argument("--pooling", type=int, default=20, help="lookups per bag, i.e. per table and sample (default 20)")
     p.add_argument("--alpha", type=float, default=1.05, help="Zipf exponent of the ids, 0 = uniform (default 1.05)")
     p.add_argument("--seed", type=int, default=0, help="model and batch seed (default 0)")
+    p.add_argument(
+        "--small",
+        action="store_true",
+        help=f"the small setting: {SMALL['dpus']} DPUs, {SMALL['strategy']}, {SMALL['dtype']}, row scale "
+        f"{SMALL['row_scale']:g} (options given explicitly still apply)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of tables (default: tables)")
     p.set_defaults(func=run)
 
 
 def _progress(msg: str) -> None:
     print(f"[demo] {msg}", file=sys.stderr, flush=True)
+
+
+def _resolve_defaults(args) -> None:
+    """Fill the options left unset from DEFAULTS (or SMALL with --small); --dpus/--strategy stay
+    unset with --plan, which brings its own."""
+    base = SMALL if args.small else DEFAULTS
+    if args.dtype is None:
+        args.dtype = base["dtype"]
+    if args.row_scale is None:
+        args.row_scale = base["row_scale"]
 
 
 def _check_args(args) -> str | None:
@@ -198,6 +224,7 @@ def _modeled_phases(engine, stats):
 
 
 def run(args) -> int:
+    _resolve_defaults(args)
     problem = _check_args(args)
     if problem:
         print(f"updlrm demo: {problem}", file=sys.stderr)
@@ -216,13 +243,15 @@ def run(args) -> int:
         if problem:
             print(f"updlrm demo: {problem}", file=sys.stderr)
             return 2
-    nr_dpus = plan.topology.nr_dpus if plan is not None else (args.dpus or DEFAULT_DPUS)
-    strategy_name = plan.strategy if plan is not None else (args.strategy or DEFAULT_STRATEGY)
+    base = SMALL if args.small else DEFAULTS
+    nr_dpus = plan.topology.nr_dpus if plan is not None else (args.dpus or base["dpus"])
+    strategy_name = plan.strategy if plan is not None else (args.strategy or base["strategy"])
     _progress(
         f"model {cfg.name}: {cfg.nr_tables} tables, {cfg.total_rows:,} rows x dim {cfg.embedding_dim} "
         f"({cfg.embedding_bytes / 2**20:.1f} MiB fp32), row scale {args.row_scale:g}"
     )
     t0 = time.perf_counter()
+    _progress("initialising the model's tables")
     model = DLRM(cfg).eval()
     _progress(f"initialised the model in {time.perf_counter() - t0:.1f} s; generating {args.batches} batches")
     batches = [
@@ -331,7 +360,8 @@ def run(args) -> int:
     pim_embed = backend_embed_s("pim", ("measured", "emulator-wall"))
     # real-hardware estimate: host-side pack/merge as measured + the modeled DPU-side phases
     modeled_dpu = backend_embed_s("pim", ("modeled",))
-    pim_modeled = backend_embed_s("pim", ("measured",)) + modeled_dpu if modeled_dpu > 0 else 0.0
+    pim_host = backend_embed_s("pim", ("measured",))
+    pim_modeled = pim_host + modeled_dpu if modeled_dpu > 0 else 0.0
     report = {
         "model": {
             "config": cfg.name,
@@ -363,6 +393,7 @@ def run(args) -> int:
             "pim_emulated_end_to_end": lookups / pim_embed if pim_embed > 0 else None,
             "pim_modeled_hardware": lookups / pim_modeled if pim_modeled > 0 else None,
         },
+        "verdict": _verdict(cpu_embed, pim_host, modeled_dpu, nr_dpus, args.batch_size),
         "counters_median": _median_summary(counter_summaries),
         "modeled_note": modeled_note,
         "agreement": {**worst, "ok": agree, "saturated_share": saturated / max(predicted, 1)},
@@ -376,6 +407,25 @@ def run(args) -> int:
         print("updlrm demo: cpu and pim DISAGREE beyond the dtype's bound", file=sys.stderr)
         return 1
     return 0
+
+
+def _verdict(cpu_s: float, pim_host_s: float, pim_dpu_modeled_s: float, nr_dpus: int, batch_size: int) -> dict:
+    """Which backend wins the embedding layer (median per batch): the cpu backend as measured vs
+    PIM as a real system would run it (host pack + merge measured, DPU phases modeled)."""
+    out = {"cpu_s": cpu_s, "pim_host_measured_s": pim_host_s, "pim_dpu_modeled_s": pim_dpu_modeled_s,
+           "pim_s": pim_host_s + pim_dpu_modeled_s, "winner": None, "ratio": None}
+    if pim_dpu_modeled_s <= 0 or cpu_s <= 0:
+        out["line"] = "embedding layer: no verdict (the timing model gave no DPU phases, see 'modeled phases' above)"
+        return out
+    pim_s = out["pim_s"]
+    winner, ratio = ("pim", cpu_s / pim_s) if pim_s < cpu_s else ("cpu", pim_s / cpu_s)
+    out.update(winner=winner, ratio=ratio)
+    out["line"] = (
+        f"embedding layer: {winner} wins, {ratio:.1f}x faster: cpu {cpu_s * 1e3:.2f} ms (measured) vs pim "
+        f"{pim_s * 1e3:.2f} ms on {nr_dpus:,} DPUs ({pim_host_s * 1e3:.2f} ms host pack+merge measured + "
+        f"{pim_dpu_modeled_s * 1e3:.2f} ms DPU side MODELED) per batch of {batch_size:,}"
+    )
+    return out
 
 
 def _fmt_count(v) -> str:
@@ -447,3 +497,5 @@ def _print_report(r: dict) -> None:
             "large pooled sums), so their agreement proves little; the pooled-embedding check above is the "
             "one that compares the embedding layers"
         )
+    print()
+    print(r["verdict"]["line"])

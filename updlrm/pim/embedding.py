@@ -39,6 +39,8 @@ Element types:
 
 from __future__ import annotations
 
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence
@@ -51,7 +53,7 @@ from updlrm.partition.types import DTYPE_BYTES
 from updlrm.stats import BatchStats
 
 from . import native
-from .layout import plan_layout, shard_images
+from .layout import image_spec, plan_layout
 from .quant import DEFAULT_COVERAGE, DEFAULT_GROUP_COLS, Quantization
 
 DTYPES = ("fp32", "int32", "int16", "int8")
@@ -60,6 +62,7 @@ DEVICE_SOURCE = {"emulator": "emulator-wall", "simulator": "simulator", "hw": "h
 
 
 def _as_weight(w, t: int) -> np.ndarray:
+    """``w`` as a C-contiguous float32 [rows, dim] array (no copy when it already is one)."""
     if hasattr(w, "detach"):  # torch.Tensor
         w = w.detach().cpu().numpy()
     w = np.asarray(w)
@@ -67,10 +70,37 @@ def _as_weight(w, t: int) -> np.ndarray:
         raise ValueError(f"weights[{t}] must be 2-D [rows, dim], got shape {w.shape}")
     if not np.issubdtype(w.dtype, np.floating):
         raise ValueError(f"weights[{t}] must be floating point, got {w.dtype}")
-    w = np.ascontiguousarray(w, dtype=np.float32)
-    if not np.isfinite(w).all():
-        raise ValueError(f"weights[{t}] contains NaN or infinity")
-    return w
+    return np.ascontiguousarray(w, dtype=np.float32)
+
+
+def _load_with_progress(rt, weights: list, image: dict, shards: dict, what: str) -> dict:
+    """``rt.load_tables(...)`` on a worker thread (it releases the GIL) while this one draws a tqdm
+    bar of the image bytes written (on a terminal, once the load lasts over a second). Returns
+    ``{"seconds", "build_s", "bytes"}`` of the load; re-raises its exception."""
+    from tqdm import tqdm
+
+    out: dict = {}
+
+    def work():
+        try:
+            out["result"] = rt.load_tables(weights, image, shards)
+        except BaseException as exc:  # handed to the caller's thread
+            out["error"] = exc
+
+    worker = threading.Thread(target=work, name="updlrm-load-tables", daemon=True)
+    worker.start()
+    # drawn on a terminal only (disable=None), once the load has lasted a second
+    with tqdm(total=None, desc=what, unit="B", unit_scale=True, delay=1.0, disable=None, file=sys.stderr,
+              leave=False) as bar:
+        while worker.is_alive():
+            worker.join(0.2)
+            done, total = rt.load_progress
+            if total and bar.total != total:
+                bar.total = total
+            bar.update(done - bar.n)
+    if "error" in out:
+        raise out["error"]
+    return out["result"]
 
 
 class PimEmbedding:
@@ -89,6 +119,13 @@ class PimEmbedding:
         calibrate_on: integer dtypes: per-table access counts (list of [rows_t] arrays, or an
             ``AccessProfile``): the hot rows covering ``coverage`` of the accesses set the scales.
         coverage: share of a table's accesses whose rows decide a calibrated scale (default 0.999).
+
+    Loading: one native pass over the weights gives max|w| (the int32 scales) and the NaN/inf
+    check; the native loader (host/python/loader.cpp) then builds every DPU's MRAM image window by
+    window straight from the weights while the driver pushes each window, so no second copy of the
+    tables lives in host memory (full Kaggle on 2,560 DPUs: a few seconds, benchmarks/load_time.py).
+    On a terminal a tqdm bar shows the bytes once a load lasts over a second; ``load_stats`` keeps
+    the seconds of each step.
     """
 
     def __init__(
@@ -114,7 +151,12 @@ class PimEmbedding:
             raise TypeError(f"plan must be an updlrm.partition.Plan, got {type(plan).__name__}")
         if len(weights) != len(plan.tables):
             raise ValueError(f"{len(weights)} weight tensors for a plan of {len(plan.tables)} tables")
+        t_start = time.perf_counter()
         ws = [_as_weight(w, t) for t, w in enumerate(weights)]
+        mod = native.native_module(device)
+        max_abs, finite = mod.table_stats(ws)  # one native pass: max|w| and the NaN/inf check
+        if not finite.all():
+            raise ValueError(f"weights[{int(np.argmin(finite))}] contains NaN or infinity")
         specs = [TableSpec(plan.tables[t].name, int(w.shape[0]), int(w.shape[1])) for t, w in enumerate(ws)]
         validate_plan(plan, specs)  # PlanError naming the table whose shape differs
         if DTYPE_BYTES[plan.dtype] != DTYPE_BYTES[dtype]:
@@ -130,7 +172,6 @@ class PimEmbedding:
         self.max_bag_lookups = int(max_bag_lookups)
         self.nr_tasklets = int(plan.topology.nr_tasklets)
         self.dims = [int(w.shape[1]) for w in ws]
-        mod = native.native_module(device)
         self._abi = native.abi(mod)  # sizes and codes of updlrm_abi.h as the module was built
         self._layout = plan_layout(plan, self._abi)
         if dtype != "fp32":
@@ -147,27 +188,34 @@ class PimEmbedding:
         self.last_stats: BatchStats | None = None
         self.timeline: Timeline | None = None
         self._inflight = None  # the batch lookup_many has on the DPUs
+        image = image_spec(plan, self._layout, dtype, col_scale if self.quant is not None else None,
+                           float(self.quant.limit) if self.quant is not None else 0.0, self._abi)
+        prepare_s = time.perf_counter() - t_start
 
         path = kernel_path if kernel_path is not None else native.kernel_path(device, self.nr_tasklets, mod)
-        t0 = time.perf_counter()
-        images = shard_images(ws, plan, self._layout, dtype, self.quant)
-        build_s = time.perf_counter() - t0
         try:
             self._rt = mod.Runtime(path, plan.topology.nr_dpus, native.PROFILES[device])
         except RuntimeError as exc:
             raise NativeError(str(exc)) from exc
         try:
-            write_s = self._rt.write_shards(images, self._layout.shard_spec(dtype, self._abi))
+            load = _load_with_progress(self._rt, ws, image, self._layout.shard_spec(dtype, self._abi),
+                                       f"loading {plan.topology.nr_dpus} DPUs")
             self._rt.set_plan(self._layout.native_spec(dtype, col_scale, self._abi))
         except Exception as exc:
             self._rt.close()
             raise NativeError(f"loading the tables into DPU MRAM: {exc}") from exc
         self.kernel_path = path
+        ends = np.zeros(plan.topology.nr_dpus, dtype=np.int64)
+        if self._layout.shard_dpu.size:
+            np.maximum.at(ends, self._layout.shard_dpu,
+                          self._layout.shard_mram_offset + self._layout.shard_nr_rows * self._layout.shard_row_bytes)
         self.load_stats = {
+            "prepare_s": prepare_s,  # weight checks, validate_plan, plan_layout, row mapper, image spec
             "open_s": self._rt.open_seconds,
-            "build_images_s": build_s,
-            "write_shards_s": write_s,
-            "mram_bytes_per_dpu": [int(im.size) for im in images],
+            "load_tables_s": load["seconds"],  # images built window by window and written to MRAM
+            "build_images_s": load["build_s"],  # of which building the windows from the weights
+            "total_s": time.perf_counter() - t_start,
+            "mram_bytes_per_dpu": ends.tolist(),
         }
 
     # ---- lookups ---------------------------------------------------------------------------

@@ -10,11 +10,12 @@
 
   ``request_offset`` is the end of the fullest DPU's shards (one push serves every DPU at the same
   offset).
-* :func:`shard_images` gathers every shard's rows and columns from the weights (vectorized, one
-  fancy-index per shard), quantizes them when the dtype is an integer one
-  (:class:`updlrm.pim.quant.Quantization`), packs each row in the dtype, pads it to 8 bytes and
-  returns one MRAM image per DPU plus the per-shard descriptor fields (``Runtime.write_shards``
-  fills struct updlrm_shard from them in C++, so the layout lives in updlrm_abi.h alone).
+* :func:`image_spec` describes every shard's source rows and columns for the native loader
+  (``Runtime.load_tables``, host/python/loader.cpp), which builds the MRAM images window by window
+  straight from the weights (integer dtypes quantized with per-column scales, rows padded to 8 bytes) while the driver
+  pushes them; :meth:`PlanLayout.shard_spec` gives the per-shard descriptor fields (struct
+  updlrm_shard is filled in C++, so the layout lives in updlrm_abi.h alone). :func:`shard_images`
+  is the numpy reference of the same images.
 * Row mapping (lookup -> row group, local row) lives in the native PlanIndex
   (host/python/plan_index.h), built from :meth:`PlanLayout.native_spec`.
 """
@@ -219,21 +220,20 @@ def plan_layout(plan: Plan, abi: "native.Abi | None" = None) -> PlanLayout:
     )
 
 
-def fixed_point_scales(weights: list[np.ndarray], max_bag_lookups: int) -> np.ndarray:
+def fixed_point_scales(weights: list[np.ndarray] | None, max_bag_lookups: int, max_abs=None) -> np.ndarray:
     """Per-table int32 scale: ``floor((2**31 - 1) / max_bag_lookups) / max|w_t|`` ([T] float64).
 
     Every quantized element ``q = rint(w * scale_t)`` then satisfies ``|q| <= floor((2**31-1) / M)``
     (M = max_bag_lookups), so a sum of up to M of them - a whole bag or any partial sum of it -
     never overflows int32. This is ``floor((2**31 - 1) / (M * max|w_t|))`` with the floor moved so
     that rounding cannot push an element over the limit and tables with large weights keep a
-    usable (non-zero) scale. A table of zeros gets ``floor((2**31-1)/M)``.
+    usable (non-zero) scale. A table of zeros gets ``floor((2**31-1)/M)``. ``max_abs`` ([T]
+    max|w_t|, e.g. from the native ``table_stats``) spares the pass over ``weights``.
     """
     limit = float((2**31 - 1) // int(max_bag_lookups))
-    scales = []
-    for w in weights:
-        wmax = float(np.max(np.abs(w))) if w.size else 0.0
-        scales.append(limit / wmax if wmax > 0 else limit)
-    return np.asarray(scales, dtype=np.float64)
+    if max_abs is None:
+        max_abs = [max(float(w.max()), -float(w.min())) if w.size else 0.0 for w in weights]
+    return np.asarray([limit / float(m) if m > 0 else limit for m in max_abs], dtype=np.float64)
 
 
 def quantize(block: np.ndarray, scale: float, limit: float) -> np.ndarray:
@@ -242,6 +242,52 @@ def quantize(block: np.ndarray, scale: float, limit: float) -> np.ndarray:
     q = np.rint(block.astype(np.float64) * scale)
     np.clip(q, -limit, limit, out=q)
     return q.astype(np.int32)
+
+
+def image_spec(plan: Plan, layout: PlanLayout, dtype: str, scales: np.ndarray | None, limit: float,
+               abi: "native.Abi | None" = None) -> dict:
+    """What the native loader (``Runtime.load_tables`` / ``image_window``) needs to build every
+    DPU's MRAM image from the weights: per shard (arrays [S]) its DPU, table, first column, columns,
+    row bytes, MRAM offset and rows; a row-range shard's first table row (``row_lo``), a row-set
+    shard's row ids at ``rows[rows_at : rows_at + nr_rows]`` (``rows_at`` -1 for ranges; the
+    shards of one group share its ids). ``scales`` [W] per result column and ``limit`` (the
+    element bound L) for integer dtypes (see :class:`~updlrm.pim.quant.Quantization`), ignored for fp32.
+
+    Example: table 0 split in rows [0, 500) on DPU 0 and a cached row set {3, 9} on DPUs 1 and 2
+    gives ``row_lo = [0, 0, 0]``, ``rows_at = [-1, 0, 0]``, ``rows = [3, 9]``.
+    """
+    abi = abi if abi is not None else native.abi()
+    groups = plan.groups
+    G = len(groups)
+    S = int(layout.shard_dpu.size)
+    group = np.fromiter((sh.group for sh in plan.shards), dtype=np.int64, count=S)
+    g_lo = np.fromiter((g.row_lo for g in groups), dtype=np.int64, count=G)
+    g_sets = [gi for gi, g in enumerate(groups) if g.rows is not None]
+    g_at = np.full(G, -1, dtype=np.int64)
+    if g_sets:
+        sizes = np.array([groups[gi].rows.size for gi in g_sets], dtype=np.int64)
+        g_at[g_sets] = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        rows = np.concatenate([np.asarray(groups[gi].rows, dtype=np.int64) for gi in g_sets])
+    else:
+        rows = np.zeros(0, dtype=np.int64)
+    table = layout.shard_table
+    u32 = lambda a: np.ascontiguousarray(a, dtype=np.uint32)  # noqa: E731
+    u64 = lambda a: np.ascontiguousarray(a, dtype=np.uint64)  # noqa: E731
+    return {
+        "dpu": u32(layout.shard_dpu),
+        "table": u32(table),
+        "col_lo": u32(layout.shard_col - layout.col_offsets[table] if S else table),
+        "nr_cols": u32(layout.shard_ncols),
+        "row_bytes": u32(layout.shard_row_bytes),
+        "mram_offset": u64(layout.shard_mram_offset),
+        "nr_rows": u64(layout.shard_nr_rows),
+        "row_lo": np.ascontiguousarray(g_lo[group] if S else group, dtype=np.int64),
+        "rows_at": np.ascontiguousarray(g_at[group] if S else group, dtype=np.int64),
+        "rows": rows,
+        "scales": np.ascontiguousarray(scales if scales is not None else np.zeros(0), dtype=np.float64),
+        "dtype": abi.dtype_codes[dtype],
+        "limit": float(limit),
+    }
 
 
 def shard_images(weights: list[np.ndarray], plan: Plan, layout: PlanLayout, dtype: str, quant=None) -> list[np.ndarray]:
