@@ -188,7 +188,8 @@ class Engine:
         on ``pim`` two batches are in flight (while the DPUs run batch n, the host packs batch
         n+1 and runs the MLPs of batch n-1). A batch that fails (invalid, a DPU fault) fails
         alone: with ``return_exceptions`` its exception is yielded in its place and the stream goes
-        on, else it is raised there. ``last_stats`` follows the batch last yielded. The engine's
+        on, else it is raised there. A None in ``batches`` flushes: the batches in flight come out
+        before the next is taken. ``last_stats`` follows the batch last yielded. The engine's
         lock is held while the generator runs (other callers wait until it is exhausted or closed).
         """
         with self._lock:
@@ -196,6 +197,9 @@ class Engine:
 
             def validated():
                 for batch in batches:
+                    if batch is None:  # flush (see PimEmbedding.lookup_many)
+                        yield None
+                        continue
                     try:
                         self.validate(batch)
                     except Exception as exc:  # noqa: BLE001 - handed on in order

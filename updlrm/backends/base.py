@@ -42,9 +42,12 @@ class Backend(ABC):
 
     def embed_many(self, batches):
         """Pooled embeddings of a stream: yields ``(batch, pooled | exception, stats)`` in order.
-        ``batches`` may hold exceptions (batches refused upstream), handed through in place. This
+        ``batches`` may hold exceptions (batches refused upstream), handed through in place, and
+        None (flush: finish what is in flight before taking more). This
         default runs one batch after the other; backends that can overlap batches override it."""
         for batch in batches:
+            if batch is None:  # a flush: nothing is held back here
+                continue
             if isinstance(batch, BaseException):
                 yield None, batch, None
                 continue

@@ -162,6 +162,9 @@ class PimBackend(Backend):
 
         def raw():
             for batch in batches:
+                if batch is None:  # flush
+                    yield None
+                    continue
                 pending.append(batch)
                 if isinstance(batch, BaseException):
                     yield batch

@@ -57,6 +57,7 @@ from .layout import image_spec, plan_layout
 from .quant import DEFAULT_COVERAGE, DEFAULT_GROUP_COLS, Quantization
 
 DTYPES = ("fp32", "int32", "int16", "int8")
+_END = object()  # lookup_many: the batches ran out
 #: Where the transfer/kernel phases come from, per device (updlrm.stats.SOURCES).
 DEVICE_SOURCE = {"emulator": "emulator-wall", "simulator": "simulator", "hw": "hardware"}
 
@@ -283,7 +284,9 @@ class PimEmbedding:
     def lookup_many(self, batches: Iterable, return_exceptions: bool = False) -> Iterator:
         """Pooled embeddings [B, W] of a stream of batches, two in flight.
 
-        ``batches``: an iterable of ``(indices, offsets, batch_size)``. While the DPUs run batch n
+        ``batches``: an iterable of ``(indices, offsets, batch_size)``; a ``None`` in it flushes (the
+        batches in flight are finished and yielded before the next one is taken: a server feeding
+        the stream yields None when its queue runs dry). While the DPUs run batch n
         (asynchronous launch), the host packs batch n+1 and merges batch n-1; results come back in
         order. A batch that fails (bad ids, a DPU fault) fails alone: with ``return_exceptions``
         its exception is yielded in its place and the stream goes on, else it is raised there.
@@ -318,8 +321,8 @@ class PimEmbedding:
         n = 0
         while True:
             packed = None  # 1. pack batch n while the DPUs run batch n-1
-            raw = next(it, None)
-            if raw is not None:
+            raw = next(it, _END)
+            if raw is not None and raw is not _END:
                 t0 = time.perf_counter()
                 try:
                     if isinstance(raw, BaseException):  # a batch the caller already refused
@@ -355,7 +358,10 @@ class PimEmbedding:
                 self._rt.start(packed[1])
                 self._inflight = packed[1]
                 running = packed + (t0,)
-            if raw is None and running is None:
+            if raw is None and done is not None:  # flush: nothing new to overlap with
+                item, done = merge(done), None
+                yield item
+            if raw is _END and running is None:
                 if done is not None:
                     item, done = merge(done), None
                     yield item

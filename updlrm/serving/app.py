@@ -172,10 +172,14 @@ def create_app(settings: ServeSettings, loader: Callable[[ServeSettings], Loaded
                 on_load_failure(state.load_error)
             return
         state.model, state.validator = model, validator
+        inflight = int(getattr(model, "max_inflight", 1))
+        if inflight > 1:  # a pipelined (pim) engine takes a second batch while one runs: one thread each
+            old, state.executor = state.executor, ThreadPoolExecutor(max_workers=inflight, thread_name_prefix="updlrm-engine")
+            old.shutdown(wait=False)
         state.batcher = DynamicBatcher(model.run_batch, state.executor, max_batch=settings.max_batch,
                                        max_wait_s=settings.max_wait_ms / 1e3, max_queue=settings.max_queue,
                                        observer=state.observe_batch, batch_timeout_s=limits.batch_timeout_s,
-                                       on_timeout=on_batch_timeout)
+                                       on_timeout=on_batch_timeout, max_inflight=inflight)
         state.batcher.start()
         if state.status == "loading":
             state.status = "ready"

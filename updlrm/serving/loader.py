@@ -125,6 +125,8 @@ class LoadedModel:
     health: Callable[[], tuple] = lambda: ("ready", None)
     #: how many times the engine was restarted after dying
     restarts: Callable[[], int] = lambda: 0
+    #: batches the batcher may hand to ``run_batch`` at once (2: the engine pipelines them)
+    max_inflight: int = 1
 
 
 def plan_summary(plan) -> Optional[dict]:
@@ -231,6 +233,92 @@ def engine_runner(engine) -> Callable[[Any], tuple]:
     return run_batch
 
 
+class PipelinedRunner:
+    """``run_batch`` for a pim engine with two batches in flight (issue: pipelined batches).
+
+    One thread runs ``engine.predict_many`` over a queue: while the DPUs run one batch, the host
+    packs the next and runs the MLPs of the one before. ``run_batch`` (called from up to two
+    batcher threads at once) queues its batch and waits for its result. When the queue runs dry
+    the stream is flushed, so a lone batch never waits for a second one. A batch that fails
+    fails alone (its caller gets the exception). Call :meth:`close` before closing the engine.
+    """
+
+    _STOP = object()
+
+    def __init__(self, engine, add_modeled=None):
+        import queue
+        import threading
+
+        self._engine = engine
+        self._add_modeled = add_modeled
+        self._queue: "queue.Queue" = queue.Queue()
+        self._empty = queue.Empty
+        self._closed = False
+        self._thread = threading.Thread(target=self._main, name="updlrm-pipeline", daemon=True)
+        self._thread.start()
+
+    def run_batch(self, merged) -> tuple:
+        from concurrent.futures import Future
+
+        if self._closed:
+            raise RuntimeError("the engine pipeline is closed")
+        fut: Future = Future()
+        self._queue.put((merged, fut))
+        return fut.result()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._queue.put(self._STOP)
+            self._thread.join(timeout=60)
+
+    def _feed(self, pending):
+        import torch
+
+        from updlrm.batch import Batch
+
+        flushed = True
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except self._empty:
+                if not flushed:  # finish what is in flight before waiting for more
+                    flushed = True
+                    yield None
+                    continue
+                item = self._queue.get()
+            if item is self._STOP:
+                return
+            merged, fut = item
+            flushed = False
+            pending.append(fut)
+            yield Batch(torch.from_numpy(merged.dense), torch.from_numpy(merged.indices),
+                        torch.from_numpy(merged.offsets))
+
+    def _main(self) -> None:
+        from collections import deque
+
+        pending: deque = deque()
+        while True:
+            try:
+                for out in self._engine.predict_many(self._feed(pending), return_exceptions=True):
+                    fut = pending.popleft()
+                    if isinstance(out, BaseException):
+                        fut.set_exception(out)
+                        continue
+                    stats = getattr(self._engine, "last_stats", None)
+                    if self._add_modeled is not None:
+                        self._add_modeled(stats)
+                    fut.set_result((out.detach().cpu().numpy(), stats))
+                return  # the feed ended: closed
+            except Exception as exc:  # noqa: BLE001 - the stream broke: fail its batches, start again
+                log.error("engine pipeline: %s: %s", type(exc).__name__, exc)
+                while pending:
+                    pending.popleft().set_exception(exc)
+                if self._closed:
+                    return
+
+
 def load_model(settings: ServeSettings) -> LoadedModel:
     """Build the model and its engine (for pim: allocate and load the DPUs). Slow; call once."""
     settings.check()
@@ -257,7 +345,17 @@ def load_model(settings: ServeSettings) -> LoadedModel:
         raise ValueError(f"--plan is for the pim backend; backend is {settings.backend!r}")
     engine = Engine(model, backend=settings.backend, **kwargs)
     config = model.config
+    if settings.backend == "pim":  # two batches in flight: the DPUs run one while the host packs the next
+        runner = PipelinedRunner(engine, _timing_model_phases(engine))
+
+        def close() -> None:
+            runner.close()
+            engine.close()
+
+        run_batch, inflight = runner.run_batch, 2
+    else:
+        run_batch, close, inflight = engine_runner(engine), engine.close, 1
     return LoadedModel(
         name=config.name, backend=settings.backend, n_dense=int(config.n_dense), tables=list(engine.tables),
-        run_batch=engine_runner(engine), close=engine.close,
+        run_batch=run_batch, close=close, max_inflight=inflight,
         plan_summary=plan_summary(getattr(engine, "plan", None)), engine=engine)
