@@ -81,23 +81,28 @@ void water_fill(const uint64_t *loads, uint32_t R, uint64_t count, uint64_t *tak
     if (count == 0 || R == 0) return;
     order.resize(R);
     std::iota(order.begin(), order.end(), 0u);
-    std::stable_sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) { return loads[a] < loads[b]; });
+    auto before = [&](uint32_t a, uint32_t b) { return loads[a] < loads[b] || (loads[a] == loads[b] && a < b); };
+    // Handing items one by one to the least-loaded bin (lowest index on ties) only ever reaches
+    // the `count` bins that come first in (load, index) order: a later bin could only become the
+    // least loaded after every earlier one took an item. So only those need sorting.
+    uint32_t m = R;
+    if (count < R) {
+        m = static_cast<uint32_t>(count);
+        std::nth_element(order.begin(), order.begin() + m, order.end(), before);
+    }
+    std::sort(order.begin(), order.begin() + m, before);
     // Raising the k lowest bins to the k-th lowest load costs k * s[k-1] - csum[k-1]; fill the
     // largest k whose cost fits, then share what is left evenly among them.
     uint64_t csum = 0, k = 0, csum_k = 0;
-    for (uint32_t i = 0; i < R; i++) {
-        uint64_t s = loads[order[i]];
-        csum += s;
-        if (uint64_t(i + 1) * s - csum <= count) {
+    for (uint32_t i = 0; i < m; i++) {
+        uint64_t sv = loads[order[i]];
+        csum += sv;
+        if (uint64_t(i + 1) * sv - csum <= count) {
             k = i + 1;
             csum_k = csum;
         } else {
             break;
         }
-    }
-    if (k == 0) {  // cannot happen (the lowest bin costs 0), kept for safety
-        k = 1;
-        csum_k = loads[order[0]];
     }
     const uint64_t level = (count + csum_k) / k, rem = (count + csum_k) % k;
     for (uint64_t i = 0; i < k; i++) take[order[i]] = level - loads[order[i]];
@@ -128,8 +133,9 @@ void Packer::pass_a(BatchPlan &bp, BatchPlan::Part &p, const int64_t *indices, c
     uint32_t *ids = p.ids.data(), *bag_units = p.bag_units.data();
     BatchPlan::BagUnit *units = p.units.data();
     uint32_t nids = 0, nunits = 0;
-    for (uint32_t b = p.b0; b < p.b1; b++) {
-        for (uint32_t t = 0; t < T; t++) {
+    // Table by table (each table's index and groups stay in cache), bag by bag inside a table.
+    for (uint32_t t = 0; t < T; t++) {
+        for (uint32_t b = p.b0; b < p.b1; b++) {
             bag_units[size_t(b - p.b0) * T + t] = nunits;
             const uint64_t k = uint64_t(t) * B + b;
             const int64_t a = offsets[k], e = offsets[k + 1];
@@ -197,7 +203,7 @@ void Packer::pass_a(BatchPlan &bp, BatchPlan::Part &p, const int64_t *indices, c
             }
         }
     }
-    bag_units[size_t(p.b1 - p.b0) * T] = nunits;
+    p.nr_units = nunits;
 }
 
 void Packer::choose_replicas(BatchPlan &bp) const {
@@ -296,11 +302,12 @@ void Packer::pass_b(BatchPlan &bp, BatchPlan::Part &p, const int64_t *offsets, u
     BatchPlan::UnitRec *rec = p.recs.data();
     uint32_t nrec = 0, idpos = 0;
     size_t cu = 0;
-    for (uint32_t b = p.b0; b < p.b1; b++) {
-        for (uint32_t t = 0; t < T; t++) {
-            p.rec_ptr[size_t(b - p.b0) * T + t] = nrec;
+    for (uint32_t t = 0; t < T; t++) {  // pass A's order: the unit stream is read as written
+        for (uint32_t b = p.b0; b < p.b1; b++) {
             const size_t kb = size_t(b - p.b0) * T + t;
-            for (uint32_t u = p.bag_units[kb]; u < p.bag_units[kb + 1]; u++) {
+            const uint32_t u_end = (b + 1 < p.b1) ? p.bag_units[kb + T] : (t + 1 < T ? p.bag_units[t + 1] : p.nr_units);
+            p.rec_ptr[kb] = nrec;
+            for (uint32_t u = p.bag_units[kb]; u < u_end; u++) {
                 const uint32_t g = p.units[u].group, c = p.units[u].count;
                 const uint32_t *src_ids = p.ids.data() + idpos;
                 idpos += c;
@@ -340,13 +347,13 @@ void Packer::pass_b(BatchPlan &bp, BatchPlan::Part &p, const int64_t *offsets, u
                     sni[d] = static_cast<uint8_t>(n_st);
                 }
             }
+            p.rec_end[kb] = nrec;
         }
     }
     for (uint32_t d = 0; d < D; d++) {  // what is still staged
         if (snb[d] != 0) std::memcpy(bags(d) + BAG_BYTES * (dc[d].nb - snb[d]), stage[d].bag, BAG_BYTES * snb[d]);
         if (sni[d] != 0) std::memcpy(ids(d) + (dc[d].ni - sni[d]), stage[d].id, 4u * sni[d]);
     }
-    p.rec_ptr[size_t(p.b1 - p.b0) * T] = nrec;
 }
 
 void Packer::finish_args(BatchPlan &bp, Launch &L, const BatchPlan::DpuCount *dc) const {
@@ -415,7 +422,8 @@ void Packer::pack(const int64_t *indices, uint64_t nr_indices, const int64_t *of
         p.nr_recs = 0;
         p.cache.clear();
         p.recs.clear();
-        p.rec_ptr.assign(size_t(p.b1 - p.b0) * T + 1, 0);
+        p.rec_ptr.assign(size_t(p.b1 - p.b0) * T, 0);
+        p.rec_end.assign(size_t(p.b1 - p.b0) * T, 0);
         p.bad = UINT64_MAX;
         p.bad_kind = 0;
     }
@@ -478,6 +486,7 @@ void Packer::pack(const int64_t *indices, uint64_t nr_indices, const int64_t *of
     if (total_bags == 0) {  // every bag empty: nothing to launch, the merge writes zeros
         for (auto &p : bp.parts) {
             std::fill(p.rec_ptr.begin(), p.rec_ptr.end(), 0u);
+            std::fill(p.rec_end.begin(), p.rec_end.end(), 0u);
             p.recs.clear();
         }
         return;
@@ -654,14 +663,19 @@ void Packer::merge(const BatchPlan &bp, float *result) const {
         const BatchPlan::UnitRec *recs = p.recs.data();
         const uint32_t nrec = static_cast<uint32_t>(p.recs.size());
         uint32_t ahead = 0;  // partial sums are scattered over the DPUs' outputs: fetch a few ahead
-        for (uint32_t b = p.b0; b < p.b1; b++) {
+        (void)nrec;
+        (void)ahead;
+        for (uint32_t b = p.b0; b < p.b1; b++) {  // result rows in order
             for (uint32_t t = 0; t < T; t++) {
                 const size_t rp = size_t(b - p.b0) * T + t;
-                const uint32_t r0 = p.rec_ptr[rp], r1 = p.rec_ptr[rp + 1];
+                const uint32_t r0 = p.rec_ptr[rp], r1 = p.rec_end[rp];
                 const uint32_t dim = s.table_dim[t], col_t = ix.table_col(t);
                 float *dst = result + size_t(b) * W + col_t;
-                for (const uint32_t stop = std::min(nrec, r1 + 8); ahead < stop; ahead++)
-                    __builtin_prefetch(out + size_t(recs[ahead].dpu) * ostride + recs[ahead].out_offset);
+                if (b + 2 < p.b1) {  // partial sums are scattered over the DPUs' outputs: fetch ahead
+                    const size_t ra = rp + 2 * T;
+                    for (uint32_t r = p.rec_ptr[ra]; r < p.rec_end[ra]; r++)
+                        __builtin_prefetch(out + size_t(recs[r].dpu) * ostride + recs[r].out_offset);
+                }
                 if (r0 == r1) {
                     std::memset(dst, 0, sizeof(float) * dim);
                     continue;

@@ -135,11 +135,12 @@ struct BatchPlan {
     };
     struct Part {
         uint32_t b0 = 0, b1 = 0;
-        // Pass A's output, read by pass B in order: per bag (b, t) its units
-        // units[bag_units[k] .. bag_units[k+1]) (k = (b - b0) * T + t), and the units' local
-        // rows, unit after unit, in ids.
+        // Pass A's output, read by pass B in the same order (table by table, bag by bag): bag
+        // (b, t)'s units start at units[bag_units[k]] (k = (b - b0) * T + t) and end where the
+        // next bag in that order starts; the units' local rows follow one another in ids.
         std::vector<BagUnit> units;
         std::vector<uint32_t> bag_units, ids;
+        uint32_t nr_units = 0;
         std::vector<uint32_t> slot;                // per group scratch: unit + 1 while a bag is grouped
         std::vector<uint32_t> bag_grp, bag_lrow;   // one bag's lookups: group, local row
         std::vector<uint32_t> uid, ustart;         // one bag's lookups: their unit; units: next id slot
@@ -150,7 +151,7 @@ struct BatchPlan {
         std::vector<CacheUnit> cache;
         std::vector<UnitRec> recs;
         uint64_t nr_recs = 0;           // partial sums this part makes (sizes recs)
-        std::vector<uint32_t> rec_ptr;  // [(b1-b0)*T + 1]
+        std::vector<uint32_t> rec_ptr, rec_end;  // [(b1-b0)*T]: bag (b, t)'s records [rec_ptr, rec_end)
         uint64_t bad = UINT64_MAX;      // first bad lookup or bag (see bad_kind)
         int bad_kind = 0;               // 1 id out of range, 2 offsets decrease
     };
