@@ -48,6 +48,7 @@ __all__ = [
     "compile_kernel",
     "native_dir",
     "emu_include_dir",
+    "emu_bin_dir",
     "COUNTERS_DTYPE",
     "MAX_TASKLETS",
     "MRAM_HEAP_SYMBOL",
@@ -126,6 +127,14 @@ def native_dir() -> Path:
         + ", ".join(str(c) for c in candidates)
         + ". Build the native parts with scripts/dev_build.sh (or pip install .)"
     )
+
+
+def emu_bin_dir() -> Path:
+    """The folder of the drop-in SDK commands (``dpu-upmem-dpurte-clang``, ``dpu-pkg-config``)."""
+    d = native_dir() / "emu_bin"
+    if not (d / "dpu-upmem-dpurte-clang").is_file():
+        raise BackendUnavailableError(f"the emulator's drop-in commands are missing in {d}; rebuild updlrm")
+    return d
 
 
 def emu_include_dir() -> Path:

@@ -37,7 +37,39 @@ def add_parser(subparsers) -> None:
     run.add_argument("--log-dpus", type=int, default=4, help="print the logs of the first N DPUs (default 4)")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
     run.set_defaults(func=_run)
+    env = sub.add_parser("env", help="print shell commands that put the drop-in SDK commands on PATH",
+                         description="Prints `export PATH=...` for the folder holding the emulator's "
+                         "dpu-upmem-dpurte-clang and dpu-pkg-config, so that an unchanged UPMEM project builds "
+                         "against the emulator: eval \"$(updlrm emu env)\" (as the SDK's upmem_env.sh is "
+                         "sourced). Nothing is on PATH until you do this.")
+    env.add_argument("--append", action="store_true", help="append to PATH (an installed SDK keeps priority)")
+    env.set_defaults(func=_env)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _env(args: argparse.Namespace) -> int:
+    import os
+    import shlex
+    import shutil
+
+    from updlrm.emu import emu_bin_dir, native_dir
+
+    try:
+        bin_dir = emu_bin_dir()
+    except UpdlrmError as exc:
+        print(f"updlrm emu env: {exc}", file=sys.stderr)
+        return 2
+    real = shutil.which("dpu-upmem-dpurte-clang")
+    if real and Path(real).resolve().parent != bin_dir.resolve():
+        print(f"# updlrm emu env: an UPMEM SDK compiler is already on PATH ({real}); "
+              + ("it keeps priority (--append)" if args.append else "the emulator's now comes first"),
+              file=sys.stderr)
+    q = shlex.quote(str(bin_dir))
+    path = f'"$PATH":{q}' if args.append else f'{q}:"$PATH"'
+    print(f"export PATH={path}")
+    print(f"export UPDLRM_EMU_HOME={shlex.quote(str(native_dir()))}")
+    del os
+    return 0
 
 
 def _summary(counters: dict, launch_wall_s: float) -> dict:

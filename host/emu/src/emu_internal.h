@@ -139,6 +139,8 @@ struct emu_sched {
     /* scheduling */
     enum emu_policy policy;
     uint64_t rng;          /* xorshift state of the random policy */
+    uint32_t rq[EMU_MAX_TASKLETS]; /* run queue (ring): runnable tasklets not running, FIFO */
+    uint32_t rq_head, rq_len;
     int strict;            /* MRAM addressing: 1 = fault on unaligned/offset addresses */
     uint32_t fast_floor;   /* lowest MRAM offset the DMA fast path may touch (mirrored below) */
     volatile sig_atomic_t mirror_active; /* static MRAM mirrored into the image (see sched.c) */

@@ -297,6 +297,25 @@ static int mram_offset(struct emu_sched *s, const void *p, uint32_t *off)
     return 0;
 }
 
+/* The run queue: runnable tasklets in the order they became runnable (FIFO). A tasklet that is
+ * woken or yields goes to the back, so a tasklet released earlier reaches its next DMA earlier,
+ * as with the DPU's equal-progress interleaving (e.g. in a handshake chain, the notifier's DMA
+ * comes before the waiter's). */
+static inline void rq_push(struct emu_sched *s, uint32_t i)
+{
+    uint32_t n = s->nr_tasklets, tail = s->rq_head + s->rq_len;
+    s->rq[tail < n ? tail : tail - n] = i;
+    s->rq_len++;
+}
+
+static inline uint32_t rq_pop(struct emu_sched *s)
+{
+    uint32_t i = s->rq[s->rq_head];
+    s->rq_head = s->rq_head + 1 == s->nr_tasklets ? 0 : s->rq_head + 1;
+    s->rq_len--;
+    return i;
+}
+
 /* A scheduling point in a tasklet: under the round-robin and random policies the tasklet stays
  * runnable and the scheduler picks who runs next; under "run" nothing happens. */
 static inline void sched_point(struct emu_sched *s)
@@ -305,22 +324,57 @@ static inline void sched_point(struct emu_sched *s)
         return;
 #ifndef EMU_USE_UCONTEXT
     if (s->policy == EMU_POLICY_RR) {
-        /* Round-robin hands over directly to the next runnable tasklet: one switch instead of two
-         * through the scheduler, which only runs again when a tasklet blocks or ends. */
-        uint32_t cur = s->current, n = s->nr_tasklets;
-        for (uint32_t k = 1; k < n; k++) {
-            uint32_t i = cur + k < n ? cur + k : cur + k - n;
-            if (s->t[i].state == T_RUNNABLE) {
-                s->current = i;
-                s->switches++;
-                updlrm_emu_ctx_switch(&s->t[cur].sp, s->t[i].sp);
-                return; /* resumed: whoever switched back set s->current = cur */
-            }
-        }
-        return; /* the only runnable tasklet: go on */
+        /* Round-robin over the run queue, handing over directly to the next tasklet: one switch
+         * instead of two through the scheduler, which only runs when a tasklet blocks or ends. */
+        if (s->rq_len == 0)
+            return; /* the only runnable tasklet: go on */
+        uint32_t cur = s->current, i = rq_pop(s);
+        rq_push(s, cur);
+        s->current = i;
+        s->switches++;
+        updlrm_emu_ctx_switch(&s->t[cur].sp, s->t[i].sp);
+        return; /* resumed: whoever switched back set s->current = cur */
     }
 #endif
+    rq_push(s, s->current); /* the scheduler takes the next one from the queue */
     to_scheduler(s);
+}
+
+/* A scheduling point right after this tasklet released `woken` others (now the last entries of
+ * the queue): it stays ahead of them, as on a DPU the releasing tasklet goes on at once while the
+ * released ones are dispatched again later. Under the random policy all orders are possible. */
+static void sched_point_after_wake(struct emu_sched *s, uint32_t woken)
+{
+    if (s->policy != EMU_POLICY_RR || woken == 0 || woken > s->rq_len || s->nr_tasklets == 1) {
+        sched_point(s);
+        return;
+    }
+    uint32_t n = s->nr_tasklets;
+    /* insert current before the last `woken` entries */
+    uint32_t pos = s->rq_len - woken;
+    for (uint32_t j = s->rq_len; j > pos; j--) {
+        uint32_t a = s->rq_head + j < n ? s->rq_head + j : s->rq_head + j - n;
+        uint32_t b = a == 0 ? n - 1 : a - 1;
+        s->rq[a] = s->rq[b];
+    }
+    uint32_t at = s->rq_head + pos < n ? s->rq_head + pos : s->rq_head + pos - n;
+    s->rq[at] = s->current;
+    s->rq_len++;
+    uint32_t cur = s->current, i = rq_pop(s);
+    if (i == cur)
+        return;
+    s->current = i;
+    s->switches++;
+#ifndef EMU_USE_UCONTEXT
+    updlrm_emu_ctx_switch(&s->t[cur].sp, s->t[i].sp);
+#else
+    s->current = cur;
+    /* ucontext: let the scheduler run i next (it is at the head again) */
+    s->rq_head = s->rq_head == 0 ? n - 1 : s->rq_head - 1;
+    s->rq[s->rq_head] = i;
+    s->rq_len++;
+    to_scheduler(s);
+#endif
 }
 
 static void rt_yield(void)
@@ -473,19 +527,13 @@ static inline __attribute__((always_inline)) void dma(int is_write, const void *
         d->counters.dma_read_ops[t]++;
         d->counters.dma_read_bytes[t] += n;
         s->cycles += EMU_DMA_READ_ALPHA + n / 2;
-        if (__builtin_expect(page != NULL, 1)) {
-            /* Prefetch and switch: the other tasklets run while the source lines arrive (as they
-             * run while a DMA is in flight on a DPU); the copy happens when this tasklet resumes. */
-            const uint8_t *src = page + in;
-            if (s->policy != EMU_POLICY_RUN) {
-                for (unsigned k = 0; k < n; k += 64)
-                    __builtin_prefetch(src + k);
-                sched_point(s);
-            }
-            memcpy(wram_p, src, n);
-            return;
-        }
-        memset(wram_p, 0, n);
+        /* The copy happens at issue, then the other tasklets run (as they do while a DMA is in
+         * flight). Prefetching the source and copying on resume was measured slower on the
+         * project's kernel (docs/EMULATOR.md, "Scheduling cost"). */
+        if (__builtin_expect(page != NULL, 1))
+            memcpy(wram_p, page + in, n);
+        else
+            memset(wram_p, 0, n);
     }
     sched_point(s);
 }
@@ -550,8 +598,10 @@ static void block(struct emu_sched *s, enum emu_wait_kind kind, const void *obj,
     to_scheduler(s);
 }
 
-static void wake(struct emu_tasklet *t)
+static void wake_t(struct emu_sched *s, uint32_t i)
 {
+    struct emu_tasklet *t = &s->t[i];
+    rq_push(s, i);
     t->state = T_RUNNABLE;
     t->wait = W_NONE;
     t->wait_obj = NULL;
@@ -571,10 +621,13 @@ static void rt_barrier_wait(struct updlrm_emu_barrier *b)
     o->waiting++;
     if (o->waiting >= o->target) {
         o->waiting = 0;
+        uint32_t woken = 0;
         for (uint32_t i = 0; i < s->nr_tasklets; i++)
-            if (s->t[i].state == T_BLOCKED && s->t[i].wait == W_BARRIER && s->t[i].wait_obj == b)
-                wake(&s->t[i]);
-        sched_point(s);
+            if (s->t[i].state == T_BLOCKED && s->t[i].wait == W_BARRIER && s->t[i].wait_obj == b) {
+                wake_t(s, i);
+                woken++;
+            }
+        sched_point_after_wake(s, woken);
         return;
     }
     block(s, W_BARRIER, b, o->target);
@@ -623,8 +676,8 @@ static void rt_mutex_unlock(struct updlrm_emu_mutex *m)
         uint32_t i = (s->current + k) % s->nr_tasklets;
         if (s->t[i].state == T_BLOCKED && s->t[i].wait == W_MUTEX && s->t[i].wait_obj == m) {
             o->owner = i;
-            wake(&s->t[i]);
-            sched_point(s);
+            wake_t(s, i);
+            sched_point_after_wake(s, 1);
             return;
         }
     }
@@ -653,8 +706,8 @@ static void rt_sem_give(struct updlrm_emu_sem *sem)
     for (uint32_t k = 1; k <= s->nr_tasklets; k++) {
         uint32_t i = (s->current + k) % s->nr_tasklets;
         if (s->t[i].state == T_BLOCKED && s->t[i].wait == W_SEM && s->t[i].wait_obj == sem) {
-            wake(&s->t[i]);
-            sched_point(s);
+            wake_t(s, i);
+            sched_point_after_wake(s, 1);
             return;
         }
     }
@@ -669,8 +722,8 @@ static int rt_handshake_notify(void)
         return 0;
     for (uint32_t i = 0; i < s->nr_tasklets; i++)
         if (s->t[i].state == T_BLOCKED && s->t[i].wait == W_WAIT_FOR && s->t[i].wait_arg == s->current) {
-            wake(&s->t[i]);
-            sched_point(s);
+            wake_t(s, i);
+            sched_point_after_wake(s, 1);
             return 0;
         }
     block(s, W_NOTIFY, NULL, 0);
@@ -686,8 +739,8 @@ static int rt_handshake_wait_for(unsigned notifier)
         fault_here(s, "handshake_wait_for(%u): no such other tasklet (NR_TASKLETS = %u)", notifier, s->nr_tasklets);
     struct emu_tasklet *n = &s->t[notifier];
     if (n->state == T_BLOCKED && n->wait == W_NOTIFY) {
-        wake(n);
-        sched_point(s);
+        wake_t(s, notifier);
+        sched_point_after_wake(s, 1);
         return 0;
     }
     block(s, W_WAIT_FOR, NULL, notifier);
@@ -932,7 +985,7 @@ static uint64_t rng_next(struct emu_sched *s)
 /* The scheduling loop of one DPU: runs tasklets until all end, one faults, or a deadlock. */
 static void schedule(struct emu_sched *s)
 {
-    uint32_t next = 0, n = s->nr_tasklets, last = EMU_NO_TASKLET;
+    uint32_t n = s->nr_tasklets, last = EMU_NO_TASKLET;
     for (;;) {
         if (s->faulted)
             break;
@@ -942,26 +995,21 @@ static void schedule(struct emu_sched *s)
             break;
         }
         uint32_t pick = EMU_NO_TASKLET, alive = 0;
-        if (s->policy == EMU_POLICY_RANDOM) {
-            uint32_t runnable[EMU_MAX_TASKLETS], nr = 0;
-            for (uint32_t i = 0; i < n; i++) {
-                if (s->t[i].state != T_DONE)
-                    alive++;
-                if (s->t[i].state == T_RUNNABLE)
-                    runnable[nr++] = i;
+        for (uint32_t i = 0; i < n; i++)
+            alive += s->t[i].state != T_DONE;
+        if (s->rq_len && s->policy == EMU_POLICY_RANDOM) {
+            /* any queued tasklet, uniformly: take it out of the queue, keep the others' order */
+            uint32_t k = (uint32_t)(rng_next(s) % s->rq_len);
+            uint32_t at = s->rq_head + k < n ? s->rq_head + k : s->rq_head + k - n;
+            pick = s->rq[at];
+            for (uint32_t j = k; j + 1 < s->rq_len; j++) {
+                uint32_t a = s->rq_head + j < n ? s->rq_head + j : s->rq_head + j - n;
+                uint32_t b = a + 1 < n ? a + 1 : 0;
+                s->rq[a] = s->rq[b];
             }
-            if (nr)
-                pick = runnable[rng_next(s) % nr];
-        } else {
-            for (uint32_t k = 0; k < n; k++) {
-                uint32_t i = next + k < n ? next + k : next + k - n;
-                if (s->t[i].state != T_DONE)
-                    alive++;
-                if (s->t[i].state == T_RUNNABLE) {
-                    pick = i;
-                    break;
-                }
-            }
+            s->rq_len--;
+        } else if (s->rq_len) {
+            pick = rq_pop(s);
         }
         if (pick == EMU_NO_TASKLET) {
             if (alive)
@@ -972,7 +1020,6 @@ static void schedule(struct emu_sched *s)
             s->switches++;
         last = pick;
         to_tasklet(s, pick);
-        next = pick + 1 == n ? 0 : pick + 1;
     }
 }
 
@@ -1081,8 +1128,11 @@ static void run_one_dpu(struct emu_sched *s, struct updlrm_emu_set *set, uint32_
     s->fast_floor = 0;
     s->mirror_active = 0;
 
+    s->rq_head = 0;
+    s->rq_len = 0;
     for (uint32_t i = 0; i < s->nr_tasklets; i++) {
         struct emu_tasklet *t = &s->t[i];
+        rq_push(s, i);
         t->state = T_RUNNABLE;
         t->wait = W_NONE;
         t->wait_obj = NULL;
