@@ -52,6 +52,8 @@ __all__ = [
     "COUNTERS_DTYPE",
     "MAX_TASKLETS",
     "MRAM_HEAP_SYMBOL",
+    "RaceReport",
+    "find_races",
 ]
 
 MAX_TASKLETS = 24  # UPMEM v1A hardware threads (v1B: 16)
@@ -309,6 +311,7 @@ def _lib() -> ctypes.CDLL:
         "dpu_emu_set_schedule": (I, [S, I, ctypes.c_uint64]),
         "dpu_emu_set_timeout": (I, [S, U32]),
         "dpu_emu_set_strict": (I, [S, I]),
+        "dpu_emu_list_symbols": (SZ, [S, ctypes.c_char_p, SZ]),
     }
     for name, (res, args) in sigs.items():
         fn = getattr(lib, name)
@@ -532,6 +535,17 @@ class EmuDpuSet:
         t = -1 if tasklet.value == _NO_TASKLET else int(tasklet.value)
         return int(dpu.value), t, msg.value.decode(errors="replace")
 
+    def symbols(self) -> list[tuple[str, str, int, int]]:
+        """The kernel's data symbols: (name, "W" or "M", DPU address, size in bytes)."""
+        need = self._lib.dpu_emu_list_symbols(self._live(), None, 0)
+        buf = ctypes.create_string_buffer(need + 1)
+        self._lib.dpu_emu_list_symbols(self._live(), buf, need + 1)
+        out = []
+        for line in buf.value.decode(errors="replace").splitlines():
+            name, kind, addr, size = line.split()
+            out.append((name, kind, int(addr), int(size)))
+        return out
+
     def close(self) -> None:
         """Free the DPUs (idempotent)."""
         if getattr(self, "_set", None) is not None and self._set.list.ranks:
@@ -549,3 +563,125 @@ class EmuDpuSet:
             self.close()
         except Exception:
             pass
+
+
+# ----------------------------------------------------------------------------------------------
+# The race finder
+
+
+class RaceReport:
+    """What ``find_races`` saw: ``differences`` is a list of dicts, one per (DPU, symbol) whose
+    final bytes differ between schedules: ``dpu``, ``symbol``, ``kind`` ("W" WRAM, "M" MRAM,
+    "heap"), ``address`` (the first differing byte, as the DPU sees it), ``offsets`` (differing
+    byte offsets in the symbol, first 16), ``element`` (the first differing 4-byte element, which is
+    the tasklet's slot in arrays indexed by ``me()``), ``values`` ({schedule: uint32 at that
+    element}), ``schedules`` (the schedules that disagree with schedule 0). Schedule 0 is the
+    default round-robin one, schedule k >= 1 random with seed ``seed + k``. ``faults`` holds
+    {schedule: fault message} for schedules that faulted (a fault under some schedules only is a
+    race too), ``logs_differ`` the schedules whose printf output differs from schedule 0."""
+
+    def __init__(self, schedules: int, seed: int):
+        self.schedules = schedules
+        self.seed = seed
+        self.differences: list[dict] = []
+        self.faults: dict[int, str] = {}
+        self.logs_differ: list[int] = []
+
+    @property
+    def found(self) -> bool:
+        return bool(self.differences or self.logs_differ or (self.faults and len(self.faults) < self.schedules))
+
+    def summary(self) -> str:
+        if not self.found:
+            return (f"no difference between {self.schedules} schedules (round-robin + {self.schedules - 1} random, "
+                    f"seed {self.seed})")
+        lines = [f"results depend on the schedule ({self.schedules} schedules, seed {self.seed}):"]
+        for d in self.differences[:50]:
+            vals = ", ".join(f"s{k}={v}" for k, v in list(d["values"].items())[:6])
+            lines.append(f"  DPU {d['dpu']} {d['symbol']} ({d['kind']}) at 0x{d['address']:08x}, byte offsets "
+                         f"{d['offsets'][:8]}, element {d['element']}: {vals}; differs in schedules "
+                         f"{d['schedules'][:10]}")
+        if len(self.differences) > 50:
+            lines.append(f"  ... {len(self.differences) - 50} more")
+        for k, msg in sorted(self.faults.items()):
+            lines.append(f"  schedule {k} faulted: {msg}")
+        if self.logs_differ:
+            lines.append(f"  printf output differs in schedules {self.logs_differ[:10]}")
+        return "\n".join(lines)
+
+
+def find_races(
+    kernel: str | os.PathLike,
+    nr_dpus: int = 1,
+    schedules: int = 16,
+    seed: int = 0,
+    setup=None,
+    launches: int = 1,
+    heap_bytes: int = 0,
+    max_symbol_bytes: int = 1 << 20,
+    timeout: float | None = None,
+) -> RaceReport:
+    """Run ``kernel`` (an ``.emu.so``) under ``schedules`` tasklet schedules and report what differs.
+
+    Each schedule gets a fresh set of ``nr_dpus`` DPUs; ``setup(dpus)`` (optional) writes the
+    inputs, then the kernel runs ``launches`` times. Compared afterwards: every data symbol of
+    the kernel (WRAM globals, ``__host`` and ``__mram`` variables, each up to ``max_symbol_bytes``),
+    the first ``heap_bytes`` of the MRAM heap, the printf logs and faults. Schedule 0 is the
+    default round-robin one; schedule k >= 1 is random with seed ``seed + k`` (reproduce one with
+    ``EmuDpuSet.set_schedule("random", seed + k)``). A kernel that is free of races gives the same
+    results under all of them; a planted race is typically found within 8 schedules (see
+    tests/test_emu_races.py).
+    """
+    if not isinstance(schedules, int) or schedules < 2:
+        raise ValueError(f"schedules={schedules!r} must be an int >= 2 (round-robin + random ones)")
+    report = RaceReport(schedules, seed)
+    snaps: list[dict] = []
+    logs: list[list[str]] = []
+    symbols = None
+    for k in range(schedules):
+        with EmuDpuSet(nr_dpus, kernel) as dpus:
+            if k > 0:
+                dpus.set_schedule("random", seed + k)
+            if timeout is not None:
+                dpus.set_timeout(timeout)
+            if setup is not None:
+                setup(dpus)
+            try:
+                for _ in range(launches):
+                    dpus.launch()
+            except DpuFaultError as exc:
+                report.faults[k] = str(exc)
+            if symbols is None:
+                symbols = [sym for sym in dpus.symbols()]
+            snap = {}
+            for name, kind, addr, size in symbols:
+                n = min(size, max_symbol_bytes)
+                n -= n % (8 if kind == "M" else 4)
+                if n <= 0:
+                    continue
+                snap[(name, kind, addr)] = dpus.push_from(name, n)
+            if heap_bytes:
+                snap[(MRAM_HEAP_SYMBOL, "heap", 0)] = dpus.push_from(MRAM_HEAP_SYMBOL, heap_bytes - heap_bytes % 8)
+            snaps.append(snap)
+            logs.append([dpus.log(d) for d in range(nr_dpus)])
+    base = snaps[0]
+    for key, ref in base.items():
+        name, kind, addr = key
+        for d in range(nr_dpus):
+            differing = [k for k in range(1, schedules) if not np.array_equal(snaps[k][key][d], ref[d])]
+            if not differing:
+                continue
+            other = snaps[differing[0]][key][d]
+            offs = np.nonzero(other != ref[d])[0]
+            first = int(offs[0])
+            elem = first // 4
+            values = {}
+            for k in [0, *differing]:
+                row = snaps[k][key][d]
+                values[k] = int(row[elem * 4 : elem * 4 + 4].view(np.uint32)[0]) if row.size >= elem * 4 + 4 else None
+            report.differences.append({
+                "dpu": d, "symbol": name, "kind": kind, "address": addr + first, "offsets": offs[:16].tolist(),
+                "element": elem, "values": values, "schedules": differing,
+            })
+    report.logs_differ = [k for k in range(1, schedules) if logs[k] != logs[0]]
+    return report

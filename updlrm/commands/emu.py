@@ -4,9 +4,15 @@ each DPU's printf log and the emulator's counters.
     updlrm emu run my_kernel.c --dpus 8 --tasklets 16
     updlrm emu run my_kernel.c -D BLOCK=256 -I include/ --launches 3 --json
 
+    updlrm emu run my_kernel.c --schedules 16          # race finder
+    eval "$(updlrm emu env)"                           # drop-in SDK commands on PATH
+
 Optional inputs: ``--heap FILE`` copies a file's bytes to the start of every DPU's MRAM heap
-(``DPU_MRAM_HEAP_POINTER``), padded to 8 bytes. Exit status: 0 when every launch ran, 1 when a DPU
-faulted (the fault is printed), 2 when the kernel does not compile or the emulator is missing.
+(``DPU_MRAM_HEAP_POINTER``), padded to 8 bytes. ``--schedules N`` runs the kernel under N tasklet
+schedules (round-robin, then seeded random ones) and reports the symbols and addresses whose final
+bytes differ. Exit status: 0 when every launch ran (and, with --schedules, nothing differed), 1 when
+a DPU faulted (the fault is printed), 2 when the kernel does not compile or the emulator is missing,
+3 when the race finder saw results that depend on the schedule.
 """
 
 from __future__ import annotations
@@ -36,6 +42,15 @@ def add_parser(subparsers) -> None:
     run.add_argument("--heap", type=Path, help="file copied to every DPU's MRAM heap before the first launch")
     run.add_argument("--log-dpus", type=int, default=4, help="print the logs of the first N DPUs (default 4)")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
+    run.add_argument("--schedules", type=int, default=0, metavar="N",
+                     help="race finder: run under N tasklet schedules (round-robin + N-1 seeded random ones) and "
+                          "report the symbols and addresses whose results differ (exit 3 when they do)")
+    run.add_argument("--seed", type=int, default=0, help="seed of the random schedules (default 0)")
+    run.add_argument("--schedule", choices=["rr", "random", "run"], default=None,
+                     help="tasklet schedule of a plain run (default rr: switch at every DMA and sync call)")
+    run.add_argument("--timeout", type=float, default=None, help="launch timeout in seconds (default 120)")
+    run.add_argument("--not-strict", action="store_true",
+                     help="resolve unaligned / base-less MRAM addresses as hardware does instead of faulting")
     run.set_defaults(func=_run)
     env = sub.add_parser("env", help="print shell commands that put the drop-in SDK commands on PATH",
                          description="Prints `export PATH=...` for the folder holding the emulator's "
@@ -102,18 +117,43 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     try:
         so = compile_kernel(args.kernel, nr_tasklets=args.tasklets, stack_size=args.stack_size,
-                            defines=args.defines, include_dirs=args.include_dirs)
+                            defines=args.defines, include_dirs=args.include_dirs, strict=not args.not_strict)
     except (UpdlrmError, ValueError, FileNotFoundError) as exc:
         print(f"updlrm emu run: {exc}", file=sys.stderr)
         return 2
+    heap = None
+    if args.heap is not None:
+        data = np.frombuffer(args.heap.read_bytes(), np.uint8)
+        heap = np.concatenate([data, np.zeros((-len(data)) % 8, np.uint8)])
+    if args.schedules:
+        if args.schedules < 2:
+            print("updlrm emu run: --schedules must be >= 2", file=sys.stderr)
+            return 2
+
+        def setup(dpus):
+            if heap is not None:
+                dpus.copy_to(emu.MRAM_HEAP_SYMBOL, heap)
+
+        report = emu.find_races(so, nr_dpus=args.dpus, schedules=args.schedules, seed=args.seed, setup=setup,
+                                launches=args.launches, heap_bytes=0 if heap is None else len(heap),
+                                timeout=args.timeout)
+        if args.json:
+            print(json.dumps({"kernel": [str(k) for k in args.kernel], "schedules": args.schedules,
+                              "seed": args.seed, "race_found": report.found, "differences": report.differences,
+                              "faults": report.faults, "logs_differ": report.logs_differ}, indent=2, default=str))
+        else:
+            print(report.summary())
+        return 3 if report.found else 0
     result: dict = {"kernel": [str(k) for k in args.kernel], "binary": str(so), "dpus": args.dpus,
                     "tasklets": args.tasklets, "launches": []}
     status = 0
     with EmuDpuSet(args.dpus, so) as dpus:
-        if args.heap is not None:
-            data = np.frombuffer(args.heap.read_bytes(), np.uint8)
-            data = np.concatenate([data, np.zeros((-len(data)) % 8, np.uint8)])
-            dpus.copy_to(emu.MRAM_HEAP_SYMBOL, data)  # DPU_MRAM_HEAP_POINTER_NAME
+        if args.schedule:
+            dpus.set_schedule(args.schedule, args.seed)
+        if args.timeout is not None:
+            dpus.set_timeout(args.timeout)
+        if heap is not None:
+            dpus.copy_to(emu.MRAM_HEAP_SYMBOL, heap)  # DPU_MRAM_HEAP_POINTER_NAME
         for k in range(args.launches):
             t0 = time.perf_counter()
             entry: dict = {"launch": k}

@@ -66,6 +66,10 @@ dpu_error_t dpu_emu_set_schedule(struct dpu_set_t set, int policy, uint64_t seed
  * faults the DPUs still running with "launch timed out". Default: profile "timeoutMs", else
  * $UPDLRM_EMU_TIMEOUT_MS, else 120000. */
 dpu_error_t dpu_emu_set_timeout(struct dpu_set_t set, uint32_t timeout_ms);
+/* The loaded program's data symbols, one "name kind address size\n" line each (kind W = WRAM,
+ * M = MRAM; address as the DPU sees it), NUL-terminated in `buf` (truncated to `len`). Returns
+ * the bytes the full list needs (without the NUL), so a caller can retry with a larger buffer. */
+size_t dpu_emu_list_symbols(struct dpu_set_t set, char *buf, size_t len);
 /* Strict MRAM addressing for `set` (1: unaligned and base-less MRAM addresses fault; 0: resolved as
  * hardware does and counted; -1: the kernel's own choice, UPDLRM_EMU_STRICT at its build). */
 dpu_error_t dpu_emu_set_strict(struct dpu_set_t set, int strict);

@@ -1080,6 +1080,40 @@ static dpu_error_t resolve_symbol(struct updlrm_emu_set *s, struct dpu_symbol_t 
     return DPU_OK;
 }
 
+EMU_API size_t dpu_emu_list_symbols(struct dpu_set_t h, char *buf, size_t len)
+{
+    struct hview v;
+    if (buf && len)
+        buf[0] = '\0';
+    if (check_handle(h, &v) != DPU_OK || !v.set->prog)
+        return 0;
+    struct emu_program_ext *x = (struct emu_program_ext *)v.set->prog;
+    size_t need = 0;
+    for (size_t i = 0; i < x->nr_syms; i++) {
+        const char *name = x->syms[i].name;
+        struct emu_sym_ref r;
+        if (!strncmp(name, "__updlrm", 8) || x->syms[i].size == 0)
+            continue;
+        dpu_error_t saved_code = tls_error_code;
+        char saved[EMU_MSG_LEN];
+        memcpy(saved, tls_error, sizeof saved);
+        int ok = resolve_in(&x->p, name, &r) == DPU_OK;
+        tls_error_code = saved_code;
+        memcpy(tls_error, saved, sizeof saved);
+        if (!ok)
+            continue;
+        char line[600];
+        int n = snprintf(line, sizeof line, "%s %c %u %llu\n", name, r.is_mram ? 'M' : 'W',
+                         r.is_mram ? EMU_MRAM_BASE + r.base : r.base, (unsigned long long)r.size);
+        if (n <= 0)
+            continue;
+        if (buf && need + (size_t)n < len)
+            memcpy(buf + need, line, (size_t)n + 1);
+        need += (size_t)n;
+    }
+    return need;
+}
+
 EMU_API dpu_error_t dpu_get_symbol(struct dpu_program_t *program, const char *symbol_name, struct dpu_symbol_t *symbol)
 {
     struct emu_sym_ref r;
