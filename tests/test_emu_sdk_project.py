@@ -71,3 +71,15 @@ def test_pkg_config_and_compiler_options(tmp_path):
                           "-mcpu=v1A", "-flto", "-O2", "-o", str(tmp_path / "k"), str(src)],
                          capture_output=True, text=True)
     assert res.returncode != 0 and "multiple of 8 in [8, 2048]" in res.stderr
+
+
+def test_race_command_runs_an_unchanged_host_under_several_schedules(tmp_path, capsys, monkeypatch):
+    proj = tmp_path / "proj"
+    shutil.copytree(PROJECT, proj)
+    env = _env_from_cli(capsys)
+    subprocess.run(["make", "NR_DPUS=2", "NR_TASKLETS=8"], cwd=proj, capture_output=True, env=env, check=True)
+    monkeypatch.chdir(proj)
+    rc = main(["emu", "race", "--schedules", "3", "--expect", "ALL CHECKS PASSED", "--", "./bin/host_app"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "schedule 2 (schedule=random,seed=2): exit 0 expect matched" in out

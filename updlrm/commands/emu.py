@@ -52,6 +52,18 @@ def add_parser(subparsers) -> None:
     run.add_argument("--not-strict", action="store_true",
                      help="resolve unaligned / base-less MRAM addresses as hardware does instead of faulting")
     run.set_defaults(func=_run)
+    race = sub.add_parser("race", help="run an unchanged host program under N tasklet schedules (C-level race finder)",
+                          description="Runs COMMAND (a host program linked with the emulator, e.g. built with "
+                          "the drop-in commands) once with the round-robin schedule and N-1 times with seeded "
+                          "random ones (through UPMEM_PROFILE_BASE=schedule=random,seed=S, which every dpu_alloc "
+                          "reads), and reports the schedules whose exit status or --expect match differ. Exit 3 "
+                          "when they differ.")
+    race.add_argument("--schedules", type=int, default=8, metavar="N", help="schedules to run (default 8)")
+    race.add_argument("--seed", type=int, default=0, help="seed of the random schedules (default 0)")
+    race.add_argument("--expect", metavar="REGEX", help="a regex the output must match (e.g. 'Outputs are equal')")
+    race.add_argument("--timeout", type=float, default=300.0, help="seconds per run (default 300)")
+    race.add_argument("command", nargs=argparse.REMAINDER, help="-- then the program and its arguments")
+    race.set_defaults(func=_race)
     env = sub.add_parser("env", help="print shell commands that put the drop-in SDK commands on PATH",
                          description="Prints `export PATH=...` for the folder holding the emulator's "
                          "dpu-upmem-dpurte-clang and dpu-pkg-config, so that an unchanged UPMEM project builds "
@@ -60,6 +72,42 @@ def add_parser(subparsers) -> None:
     env.add_argument("--append", action="store_true", help="append to PATH (an installed SDK keeps priority)")
     env.set_defaults(func=_env)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _race(args: argparse.Namespace) -> int:
+    import os
+    import re
+    import subprocess
+
+    cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not cmd or args.schedules < 2:
+        print("updlrm emu race: give --schedules >= 2 and a command after --", file=sys.stderr)
+        return 2
+    pattern = re.compile(args.expect) if args.expect else None
+    base = os.environ.get("UPMEM_PROFILE_BASE", "")
+    rows = []
+    for k in range(args.schedules):
+        sched = "schedule=rr" if k == 0 else f"schedule=random,seed={args.seed + k}"
+        env = dict(os.environ, UPMEM_PROFILE_BASE=f"{base},{sched}" if base else sched)
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
+            rc, out = proc.returncode, proc.stdout + proc.stderr
+        except subprocess.TimeoutExpired:
+            rc, out = "timeout", ""
+        except OSError as exc:
+            print(f"updlrm emu race: cannot run {cmd[0]}: {exc}", file=sys.stderr)
+            return 2
+        ok = bool(pattern.search(out)) if pattern else None
+        rows.append((k, sched, rc, ok))
+        mark = "" if ok is None else (" expect matched" if ok else " expect NOT matched")
+        print(f"schedule {k} ({sched}): exit {rc}{mark}")
+    differ = [r for r in rows if (r[2], r[3]) != (rows[0][2], rows[0][3])]
+    if differ:
+        print(f"results depend on the schedule: {len(differ)} of {args.schedules - 1} random schedules differ from "
+              f"round-robin (reproduce one with UPMEM_PROFILE_BASE=<its schedule>)")
+        return 3
+    print(f"no difference between {args.schedules} schedules")
+    return 0
 
 
 def _env(args: argparse.Namespace) -> int:
