@@ -75,3 +75,20 @@ def test_timeout_default_from_the_profile_and_async_launch(build_dir):
             dpus.sync()
     with pytest.raises(ValueError):
         EmuDpuSet(1, so).set_timeout(-1)
+
+
+def test_crash_is_caught_after_faulthandler_replaces_the_handler(build_dir):
+    import faulthandler
+
+    so = _crash_kernel(build_dir, 1)
+    with EmuDpuSet(2, so) as dpus:
+        dpus.launch()  # handlers installed
+        was = faulthandler.is_enabled()
+        faulthandler.enable()  # installs its own SIGSEGV handler over ours
+        try:
+            dpus.copy_to("victim", np.array([1], np.uint32), dpu=1)
+            with pytest.raises(DpuFaultError, match="SIGSEGV"):
+                dpus.launch()
+        finally:
+            if not was:
+                faulthandler.disable()

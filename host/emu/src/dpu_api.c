@@ -816,6 +816,7 @@ static dpu_error_t run_range(struct updlrm_emu_set *s, uint32_t first, uint32_t 
         free(started);
         return fail(DPU_ERR_ALLOCATION, "dpu_launch: out of host memory");
     }
+    emu_signals_install();
     uint64_t deadline = s->timeout_ms ? emu_now_ns() + (uint64_t)s->timeout_ms * 1000000ull : 0;
     for (uint32_t i = 0; i < w; i++)
         p->scheds[i].deadline_ns = deadline;
