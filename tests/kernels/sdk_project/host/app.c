@@ -178,7 +178,33 @@ int main(void)
     CHECK(dpu_probe_get(&probe, DPU_ENERGY, DPU_AVERAGE, &energy) != DPU_OK, "the emulator measures no energy");
     DPU_ASSERT(dpu_probe_deinit(&probe));
 
+    /* the *_symbol transfer forms, dpu_set_from_dpu, and single-call callbacks */
+    uint32_t seven = 7, back7[NR_DPUS];
+    DPU_ASSERT(dpu_broadcast_to_symbol(set, scale_sym, 0, &seven, 4, DPU_XFER_DEFAULT));
+    DPU_FOREACH(set, dpu, i) DPU_ASSERT(dpu_prepare_xfer(dpu, &back7[i]));
+    DPU_ASSERT(dpu_push_xfer_symbol(set, DPU_XFER_FROM_DPU, scale_sym, 0, 4, DPU_XFER_DEFAULT));
+    DPU_FOREACH(set, dpu, i) CHECK(back7[i] == 7, "DPU %u scale after broadcast_to_symbol: %u", i, back7[i]);
+    uint32_t whole[8] = {0};
+    DPU_ASSERT(dpu_callback(set, count_rank, whole, DPU_CALLBACK_ASYNC | DPU_CALLBACK_NONBLOCKING | DPU_CALLBACK_SINGLE_CALL));
+    DPU_ASSERT(dpu_sync(set));
+    CHECK(whole[0] == NR_DPUS, "single-call callback saw %u DPUs", whole[0]);
+    CHECK(dpu_callback(set, count_rank, whole, DPU_CALLBACK_NONBLOCKING) == DPU_ERR_NONBLOCKING_SYNC_CALLBACK,
+          "a synchronous non-blocking callback is refused");
+    {
+        struct dpu_set_t d0 = dpu_set_from_dpu(dpu_from_set(last));
+        uint32_t n = 0;
+        DPU_ASSERT(dpu_get_nr_dpus(d0, &n));
+        CHECK(n == 1, "dpu_set_from_dpu: %u DPUs", n);
+    }
     DPU_ASSERT(dpu_free(set));
+
+    /* dpu_alloc_ranks: whole ranks of nrDpusPerRank DPUs */
+    struct dpu_set_t ranks;
+    DPU_ASSERT(dpu_alloc_ranks(3, "nrDpusPerRank=5", &ranks));
+    DPU_ASSERT(dpu_get_nr_dpus(ranks, &nr_dpus));
+    DPU_ASSERT(dpu_get_nr_ranks(ranks, &nr_ranks));
+    CHECK(nr_dpus == 15 && nr_ranks == 3, "dpu_alloc_ranks: %u DPUs in %u ranks", nr_dpus, nr_ranks);
+    DPU_ASSERT(dpu_free(ranks));
     if (failures) {
         printf("%d CHECKS FAILED\n", failures);
         return 1;
