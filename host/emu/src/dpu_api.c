@@ -644,6 +644,15 @@ EMU_API dpu_error_t dpu_load(struct dpu_set_t h, const char *binary_path, struct
     p->wram_size = (size_t)(img->wram_end - img->wram_start);
     size_t mram_init = (size_t)(img->mram_end - img->mram_start);
     size_t mramz = (size_t)(img->mramz_end - img->mramz_start);
+    const uint32_t *rt_version = (const uint32_t *)dlsym(img->handle, "__updlrm_emu_rt_version");
+    if (!rt_version || *rt_version != UPDLRM_EMU_RT_VERSION) {
+        uint32_t got = rt_version ? *rt_version : 0;
+        program_free(p);
+        return fail(DPU_ERR_ELF_INVALID_FILE,
+                    "dpu_load: %s was built against emulator runtime headers of version %u, this emulator is %u: "
+                    "rebuild the kernel (dpu-upmem-dpurte-clang, compile_kernel or the CMake build)",
+                    binary_path, got, UPDLRM_EMU_RT_VERSION);
+    }
     if (p->nr_tasklets == 0 || p->nr_tasklets > EMU_MAX_TASKLETS) {
         program_free(p);
         return fail(DPU_ERR_ELF_INVALID_FILE, "dpu_load: %s was built with NR_TASKLETS=%u; allowed 1..%u", binary_path,
