@@ -66,6 +66,11 @@ def test_endless_loop_times_out_per_call_and_the_set_stays_usable(build_dir):
     assert elapsed < 30
 
 
+def test_endless_loop_of_dmas_times_out_at_a_scheduling_point(build_dir):
+    exc = _run_and_reuse(_crash_kernel(build_dir, 7), timeout=0.5)
+    assert exc.dpu == 1 and exc.tasklet == 1 and "launch timed out after 500 ms" in exc.reason
+
+
 def test_timeout_default_from_the_profile_and_async_launch(build_dir):
     so = _crash_kernel(build_dir, 3)
     with EmuDpuSet(2, so, profile="timeoutMs=300") as dpus:

@@ -155,6 +155,7 @@ struct emu_sched {
     void *volatile crash_addr;
     volatile uintptr_t crash_pc;
     void *image_base;      /* load address of the image (dladdr's dli_fbase) */
+    uintptr_t code_lo, code_hi; /* the image's executable segment(s): kernel code */
 };
 
 struct emu_program {

@@ -35,6 +35,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <dlfcn.h>
+#include <link.h>
 #include <sys/syscall.h>
 #include <ucontext.h>
 
@@ -330,6 +331,8 @@ static inline uint32_t rq_pop(struct emu_sched *s)
  * runnable and the scheduler picks who runs next; under "run" nothing happens. */
 static inline void sched_point(struct emu_sched *s)
 {
+    if (__builtin_expect(s->deadline_hit, 0))
+        fault_here(s, "launch timed out after %u ms (an endless loop?)", s->set->timeout_ms);
     if (s->policy == EMU_POLICY_RUN || s->nr_tasklets == 1)
         return;
 #ifndef EMU_USE_UCONTEXT
@@ -848,6 +851,32 @@ static void tasklet_entry(void *arg)
     __builtin_unreachable();
 }
 
+/* dl_iterate_phdr callback: the executable segments of the image loaded at s->image_base. */
+static int find_code(struct dl_phdr_info *info, size_t size, void *arg)
+{
+    (void)size;
+    struct emu_sched *s = (struct emu_sched *)arg;
+    uintptr_t lo = UINTPTR_MAX, hi = 0;
+    int mine = 0;
+    for (unsigned i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type != PT_LOAD)
+            continue;
+        uintptr_t a = info->dlpi_addr + ph->p_vaddr, b = a + ph->p_memsz;
+        if ((uintptr_t)s->image->main_fn >= a && (uintptr_t)s->image->main_fn < b)
+            mine = 1;
+        if (ph->p_flags & PF_X) {
+            lo = a < lo ? a : lo;
+            hi = b > hi ? b : hi;
+        }
+    }
+    if (!mine)
+        return 0;
+    s->code_lo = lo;
+    s->code_hi = hi;
+    return 1;
+}
+
 EMU_HIDDEN int emu_sched_init(struct emu_sched *s, struct emu_program *prog, struct emu_image *image)
 {
     memset(s, 0, sizeof *s);
@@ -879,6 +908,7 @@ EMU_HIDDEN int emu_sched_init(struct emu_sched *s, struct emu_program *prog, str
     Dl_info info;
     if (dladdr((const void *)image->main_fn, &info))
         s->image_base = info.dli_fbase;
+    dl_iterate_phdr(find_code, s);
     memset(s->heap, 0, EMU_WRAM_SIZE);
 #ifdef EMU_USE_UCONTEXT
     s->sched_uctx = calloc(1, sizeof(ucontext_t));
@@ -1222,14 +1252,17 @@ static void on_signal(int sig, siginfo_t *si, void *uctx)
         if (!s)
             return;
         s->deadline_hit = 1;
-        if (s->in_tasklet && !s->faulted) {
-            s->crash_sig = 0;
 #if defined(__x86_64__)
-            s->crash_pc = (uintptr_t)((ucontext_t *)uctx)->uc_mcontext.gregs[REG_RIP];
-#endif
+        uintptr_t pc = (uintptr_t)((ucontext_t *)uctx)->uc_mcontext.gregs[REG_RIP];
+        /* Jump out only from the kernel's own code (an endless loop there); inside the emulator or
+         * libc (which may hold a lock) the next scheduling point stops the DPU instead. */
+        if (s->in_tasklet && !s->faulted && pc >= s->code_lo && pc < s->code_hi) {
+            s->crash_sig = 0;
+            s->crash_pc = pc;
             siglongjmp(s->recover, 1);
         }
-        return; /* the scheduler sees deadline_hit before it resumes a tasklet */
+#endif
+        return; /* sched_point and the scheduler see deadline_hit */
     }
     if (s && s->in_tasklet && !s->faulted && sig == SIGSEGV && si && !s->mirror_active &&
         in_image_mram(s->image, (uintptr_t)si->si_addr)) {
