@@ -1,5 +1,6 @@
 # updlrm_add_emu_kernel(<name> SOURCES <c files...> [NR_TASKLETS n] [STACK_SIZE_DEFAULT b]
-#                       [INCLUDE_DIRS dirs...] [DEFINES defs...] [INSTALL_DIR dir])
+#                       [INCLUDE_DIRS dirs...] [DEFINES defs...] [INSTALL_DIR dir]
+#                       [RACE_FREE] [NOT_STRICT])
 #
 # Compiles a DPU C program unchanged with the host compiler against host/emu's DPU runtime
 # headers, producing ${CMAKE_CURRENT_BINARY_DIR}/<name>.emu.so, the program file the emulator's
@@ -10,11 +11,24 @@
 # same-named symbols of the host process). Installs into ${UPDLRM_INSTALL_DIR}/kernels unless
 # INSTALL_DIR says otherwise. Creates a target <name> (built by default) whose property
 # UPDLRM_EMU_KERNEL_FILE is the path of the .emu.so.
+# RACE_FREE marks a kernel whose results cannot depend on how its tasklets interleave (check it
+# with `updlrm emu run --schedules N`): the emulator then runs each tasklet until it blocks instead
+# of switching at every DMA and synchronization call (faster). NOT_STRICT resolves unaligned and
+# base-less MRAM addresses as hardware does instead of faulting (strict is the default here).
 set(UPDLRM_EMU_RUNTIME_INCLUDE_DIR "${CMAKE_CURRENT_LIST_DIR}/../host/emu/include")
 set(UPDLRM_EMU_KERNEL_LD "${CMAKE_CURRENT_LIST_DIR}/../host/emu/kernel.ld")
 
 function(updlrm_add_emu_kernel name)
-  cmake_parse_arguments(ARG "" "NR_TASKLETS;STACK_SIZE_DEFAULT;INSTALL_DIR" "SOURCES;INCLUDE_DIRS;DEFINES" ${ARGN})
+  cmake_parse_arguments(ARG "RACE_FREE;NOT_STRICT" "NR_TASKLETS;STACK_SIZE_DEFAULT;INSTALL_DIR"
+                        "SOURCES;INCLUDE_DIRS;DEFINES" ${ARGN})
+  set(_race_free 0)
+  if(ARG_RACE_FREE)
+    set(_race_free 1)
+  endif()
+  set(_strict 1)
+  if(ARG_NOT_STRICT)
+    set(_strict 0)
+  endif()
   if(NOT ARG_SOURCES)
     message(FATAL_ERROR "updlrm_add_emu_kernel(${name}): SOURCES is empty")
   endif()
@@ -45,7 +59,8 @@ function(updlrm_add_emu_kernel name)
   # The runtime headers come first so that <stdio.h> resolves to the DPU printf shim.
   target_include_directories(${_objs} BEFORE PRIVATE "${UPDLRM_EMU_RUNTIME_INCLUDE_DIR}" ${ARG_INCLUDE_DIRS})
   target_compile_definitions(${_objs} PRIVATE
-    NR_TASKLETS=${ARG_NR_TASKLETS} STACK_SIZE_DEFAULT=${ARG_STACK_SIZE_DEFAULT} ${ARG_DEFINES})
+    NR_TASKLETS=${ARG_NR_TASKLETS} STACK_SIZE_DEFAULT=${ARG_STACK_SIZE_DEFAULT}
+    UPDLRM_EMU_STRICT=${_strict} UPDLRM_EMU_RACE_FREE=${_race_free} ${ARG_DEFINES})
   target_compile_options(${_objs} PRIVATE -fPIC -fno-common)
   set_target_properties(${_objs} PROPERTIES POSITION_INDEPENDENT_CODE ON)
 

@@ -96,7 +96,7 @@ def test_cli_emu_run(tmp_path, capsys, monkeypatch):
 
 def test_cli_emu_run_fault_exit_status(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("UPDLRM_CACHE_DIR", str(tmp_path))
-    rc = main(["emu", "run", str(KERNELS / "bad.c"), "-D", "MODE=3", "-D", "FAULT_TAG=0", "--dpus", "2"])
+    rc = main(["emu", "run", str(KERNELS / "bad.c"), "-D", "MODE=3", "-D", "FAULT_TAG=0", "-D", "UPDLRM_EMU_NO_STATIC_DMA_CHECK", "--dpus", "2"])
     assert rc == 1
     err = capsys.readouterr().err
     assert "FAULT on DPU 0 (tasklet 3): tasklet 3: mram_read size 4096" in err

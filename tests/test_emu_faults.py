@@ -29,7 +29,7 @@ def good(build_dir):
 
 
 def _bad(build_dir, mode):
-    return compile_kernel(KERNELS / "bad.c", nr_tasklets=16, defines=[f"MODE={mode}"], out_dir=build_dir)
+    return compile_kernel(KERNELS / "bad.c", nr_tasklets=16, defines=[f"MODE={mode}", "UPDLRM_EMU_NO_STATIC_DMA_CHECK"], out_dir=build_dir)
 
 
 def _tag(dpus, culprit=FAULT_DPU):
@@ -115,7 +115,7 @@ def test_wram_over_budget_at_load(build_dir, good):
         dpus.launch()
         assert int(dpus.copy_from("counter", 4, 1, dtype=np.uint32)[0]) == 80
     # The same kernel fits with one tasklet (60,000 B + 1 x 1,024 B <= 64 KiB).
-    one = compile_kernel(KERNELS / "bad.c", nr_tasklets=1, defines=["MODE=9"], out_dir=build_dir)
+    one = compile_kernel(KERNELS / "bad.c", nr_tasklets=1, defines=["MODE=9", "UPDLRM_EMU_NO_STATIC_DMA_CHECK"], out_dir=build_dir)
     with EmuDpuSet(1, one) as dpus:
         dpus.launch()
 

@@ -48,14 +48,18 @@ __all__ = [
     "compile_kernel",
     "native_dir",
     "emu_include_dir",
+    "emu_bin_dir",
     "COUNTERS_DTYPE",
     "MAX_TASKLETS",
     "MRAM_HEAP_SYMBOL",
+    "RaceReport",
+    "find_races",
 ]
 
 MAX_TASKLETS = 24  # UPMEM v1A hardware threads (v1B: 16)
 DPU_ALLOCATE_ALL = 0xFFFFFFFF
-_DPU_ERR_DPU_FAULT = 21  # position of DPU_ERR_DPU_FAULT in dpu_error_t (host/emu/include_host/dpu.h)
+_DPU_ERR_DPU_FAULT = 21  # DPU_ERR_DPU_FAULT in dpu_error_t (the SDK's numbering, host/emu/include_host/dpu.h)
+SCHEDULES = {"rr": 0, "random": 1, "run": 2}  # DPU_EMU_SCHEDULE_* (dpu_emu.h)
 _NO_TASKLET = 0xFFFFFFFF
 
 # Mirror of struct dpu_emu_counters (host/emu/include_host/dpu_emu.h); checked against the C
@@ -74,6 +78,9 @@ COUNTERS_DTYPE = np.dtype(
         ("wram_heap_peak_bytes", "<u4"),
         ("nr_tasklets", "<u4"),
         ("faulted", "<i4"),
+        ("mram_realigned_ops", "<u8"),
+        ("mram_rebased_ops", "<u8"),
+        ("switches", "<u8"),
     ]
 )
 
@@ -124,6 +131,14 @@ def native_dir() -> Path:
     )
 
 
+def emu_bin_dir() -> Path:
+    """The folder of the drop-in SDK commands (``dpu-upmem-dpurte-clang``, ``dpu-pkg-config``)."""
+    d = native_dir() / "emu_bin"
+    if not (d / "dpu-upmem-dpurte-clang").is_file():
+        raise BackendUnavailableError(f"the emulator's drop-in commands are missing in {d}; rebuild updlrm")
+    return d
+
+
 def emu_include_dir() -> Path:
     """The emulator's DPU runtime headers (defs.h, mram.h, ...) and kernel.ld."""
     d = native_dir() / "emu_include"
@@ -157,6 +172,8 @@ def compile_kernel(
     defines: Iterable[str] = (),
     include_dirs: Iterable[str | os.PathLike] = (),
     out_dir: str | os.PathLike | None = None,
+    strict: bool = True,
+    race_free: bool = False,
 ) -> Path:
     """Compile a DPU C program for the emulator and return the path of its ``.emu.so``.
 
@@ -167,6 +184,13 @@ def compile_kernel(
     a shared object. Results are cached in ``out_dir`` (default ``~/.cache/updlrm/emu_kernels`` or
     ``$UPDLRM_CACHE_DIR``) under a hash of the sources, headers in ``include_dirs``, options and
     the runtime headers: an unchanged kernel is not rebuilt.
+
+    ``strict`` (default True) keeps the emulator's strict MRAM addressing for this kernel
+    (unaligned or base-less MRAM addresses fault); False resolves them as hardware does, as the
+    drop-in ``dpu-upmem-dpurte-clang`` does by default. ``race_free=True`` marks a kernel whose
+    results cannot depend on how tasklets interleave, so that the emulator may run each tasklet
+    until it blocks (faster); the default schedule switches at every DMA and synchronization call.
+    Kernels carry line tables (``-g1``) so that a crash report names the source line.
 
     Raises ``KernelCompileError`` with the compiler's output when compiling fails, ``ValueError``
     for bad arguments and ``FileNotFoundError`` for a missing source.
@@ -195,7 +219,7 @@ def compile_kernel(
     cc, ld = _tool("cc", "CC"), _tool("ld", "LD")
 
     h = hashlib.sha256()
-    h.update(f"{nr_tasklets}|{stack_size}|{defines}|{cc}|{ld}".encode())
+    h.update(f"{nr_tasklets}|{stack_size}|{defines}|{cc}|{ld}|{strict}|{race_free}".encode())
     for s in srcs:
         h.update(str(s).encode() + b"\0" + s.read_bytes())
     for d in [rt, *incs]:
@@ -209,9 +233,10 @@ def compile_kernel(
     if out.is_file():
         return out
 
-    flags = ["-O2", "-g0", "-fPIC", "-fno-common", "-std=gnu11", f"-I{rt}"]
+    flags = ["-O2", "-g1", "-fPIC", "-fno-common", "-std=gnu11", f"-I{rt}"]
     flags += [f"-I{i}" for i in incs]
     flags += [f"-DNR_TASKLETS={nr_tasklets}", f"-DSTACK_SIZE_DEFAULT={stack_size}"]
+    flags += [f"-DUPDLRM_EMU_STRICT={int(bool(strict))}", f"-DUPDLRM_EMU_RACE_FREE={int(bool(race_free))}"]
     flags += [f"-D{d}" for d in defines]
     with tempfile.TemporaryDirectory(prefix="updlrm-kernel-", dir=out_dir) as tmp:
         objs = []
@@ -239,10 +264,19 @@ def _run(cmd: list[str], what: str) -> None:
 # The C library
 
 
-class _DpuSetT(ctypes.Structure):
-    """struct dpu_set_t (passed by value)."""
+class _RankList(ctypes.Structure):
+    _fields_ = [("nr_ranks", ctypes.c_uint32), ("ranks", ctypes.c_void_p)]
 
-    _fields_ = [("kind", ctypes.c_int), ("set", ctypes.c_void_p), ("first", ctypes.c_uint32), ("count", ctypes.c_uint32)]
+
+class _SetUnion(ctypes.Union):
+    _fields_ = [("list", _RankList), ("dpu", ctypes.c_void_p)]
+
+
+class _DpuSetT(ctypes.Structure):
+    """struct dpu_set_t (passed by value): kind, then a rank list or one DPU, as in the SDK."""
+
+    _anonymous_ = ("u",)
+    _fields_ = [("kind", ctypes.c_int), ("u", _SetUnion)]
 
 
 _LIB: ctypes.CDLL | None = None
@@ -274,6 +308,10 @@ def _lib() -> ctypes.CDLL:
         "dpu_emu_counters_size": (SZ, []),
         "dpu_emu_set_workers": (None, [ctypes.c_uint]),
         "dpu_get_nr_dpus": (I, [S, ctypes.POINTER(U32)]),
+        "dpu_emu_set_schedule": (I, [S, I, ctypes.c_uint64]),
+        "dpu_emu_set_timeout": (I, [S, U32]),
+        "dpu_emu_set_strict": (I, [S, I]),
+        "dpu_emu_list_symbols": (SZ, [S, ctypes.c_char_p, SZ]),
     }
     for name, (res, args) in sigs.items():
         fn = getattr(lib, name)
@@ -296,9 +334,12 @@ _DPU_ERROR_NAMES = [
     "DPU_ERR_DPU_DISABLED", "DPU_ERR_DPU_ALREADY_RUNNING", "DPU_ERR_INVALID_MEMORY_TRANSFER",
     "DPU_ERR_INVALID_LAUNCH_POLICY", "DPU_ERR_DPU_FAULT", "DPU_ERR_ELF_INVALID_FILE",
     "DPU_ERR_ELF_NO_SUCH_FILE", "DPU_ERR_ELF_NO_SUCH_SECTION", "DPU_ERR_TIMEOUT",
-    "DPU_ERR_INVALID_PROFILE", "DPU_ERR_UNKNOWN_PROFILE_PROPERTY", "DPU_ERR_INVALID_PROFILE_PROPERTY",
-    "DPU_ERR_UNKNOWN_SYMBOL",
-]  # fmt: skip
+    "DPU_ERR_INVALID_PROFILE", "DPU_ERR_UNKNOWN_SYMBOL", "DPU_ERR_LOG_FORMAT",
+    "DPU_ERR_LOG_CONTEXT_MISSING", "DPU_ERR_LOG_BUFFER_TOO_SMALL", "DPU_ERR_VPD_INVALID_FILE",
+    "DPU_ERR_VPD_NO_REPAIR", "DPU_ERR_NO_THREAD_PER_RANK", "DPU_ERR_INVALID_BUFFER_SIZE",
+    "DPU_ERR_NONBLOCKING_SYNC_CALLBACK", "DPU_ERR_TOO_MANY_TASKLETS", "DPU_ERR_SG_TOO_MANY_BLOCKS",
+    "DPU_ERR_SG_LENGTH_MISMATCH", "DPU_ERR_SG_NOT_ACTIVATED", "DPU_ERR_SG_NOT_MRAM_SYMBOL",
+]  # fmt: skip (dpu_error_t order, the SDK's numbering)
 
 
 def error_name(status: int) -> str:
@@ -348,7 +389,7 @@ class EmuDpuSet:
         if status == 0:
             return
         detail = (self._lib.dpu_emu_last_error() or b"").decode(errors="replace")
-        if status == _DPU_ERR_DPU_FAULT and getattr(self, "_set", None) is not None and self._set.set:
+        if status == _DPU_ERR_DPU_FAULT and getattr(self, "_set", None) is not None and self._set.list.ranks:
             fault = self.last_fault()
             if fault is not None:
                 dpu, tasklet, reason = fault
@@ -358,7 +399,7 @@ class EmuDpuSet:
         raise NativeError(f"{what} failed with {error_name(status)}: {detail}", status)
 
     def _live(self) -> _DpuSetT:
-        if not self._set.set:
+        if not self._set.list.ranks:
             raise NativeError("this EmuDpuSet is closed")
         return self._set
 
@@ -414,9 +455,45 @@ class EmuDpuSet:
                     f"push_xfer(FROM_DPU, {symbol!r}, offset={offset}, {length} bytes)")
         return out.view(dtype)
 
-    def launch(self, sync: bool = True) -> None:
-        """Run the kernel on every DPU (``sync=False``: in the background; call ``sync()``)."""
+    def launch(self, sync: bool = True, timeout: float | None = None) -> None:
+        """Run the kernel on every DPU (``sync=False``: in the background; call ``sync()``).
+
+        ``timeout`` (seconds) bounds this and later launches (default: the profile's
+        ``timeoutMs``, else ``$UPDLRM_EMU_TIMEOUT_MS``, else 120 s; 0 = none): DPUs still running
+        then fault with "launch timed out" (``DpuFaultError``) and the set stays usable.
+        """
+        if timeout is not None:
+            self.set_timeout(timeout)
         self._check(self._lib.dpu_launch(self._live(), 1 if sync else 0), "dpu_launch")
+
+    def set_timeout(self, seconds: float) -> None:
+        """Launch timeout of later launches in seconds (0 = none)."""
+        if not seconds >= 0:
+            raise ValueError(f"timeout={seconds!r} must be >= 0 seconds")
+        ms = int(round(seconds * 1000))
+        if seconds > 0:
+            ms = max(ms, 1)
+        self._check(self._lib.dpu_emu_set_timeout(self._live(), min(ms, 2**32 - 1)), "dpu_emu_set_timeout")
+
+    def set_schedule(self, policy: str = "rr", seed: int = 0) -> None:
+        """Tasklet scheduling of later launches: ``"rr"`` (default: round-robin switch at every DMA
+        and synchronization call, as tasklets interleave on a DPU), ``"random"`` (a random runnable
+        tasklet at the same points, reproducible by ``seed``: the race finder) or ``"run"`` (each
+        tasklet runs until it blocks; only for kernels whose results cannot depend on it)."""
+        if policy not in SCHEDULES:
+            raise ValueError(f"schedule {policy!r} must be one of {sorted(SCHEDULES)}")
+        if not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**64:
+            raise ValueError(f"seed={seed!r} must be an int in [0, 2**64)")
+        self._check(self._lib.dpu_emu_set_schedule(self._live(), SCHEDULES[policy], int(seed)),
+                    "dpu_emu_set_schedule")
+
+    def set_strict(self, strict: bool | None) -> None:
+        """MRAM addressing of later launches: True = unaligned or base-less MRAM addresses fault
+        (today's checks), False = resolved as hardware does (low 3 bits dropped, an offset without
+        the 0x08000000 base taken as one; counted in ``mram_realigned_ops``/``mram_rebased_ops``),
+        None = the kernel's build (``compile_kernel(strict=...)``, default strict)."""
+        value = -1 if strict is None else int(bool(strict))
+        self._check(self._lib.dpu_emu_set_strict(self._live(), value), "dpu_emu_set_strict")
 
     def sync(self) -> None:
         """Wait for a background launch; raises ``DpuFaultError`` if a DPU faulted."""
@@ -458,11 +535,22 @@ class EmuDpuSet:
         t = -1 if tasklet.value == _NO_TASKLET else int(tasklet.value)
         return int(dpu.value), t, msg.value.decode(errors="replace")
 
+    def symbols(self) -> list[tuple[str, str, int, int]]:
+        """The kernel's data symbols: (name, "W" or "M", DPU address, size in bytes)."""
+        need = self._lib.dpu_emu_list_symbols(self._live(), None, 0)
+        buf = ctypes.create_string_buffer(need + 1)
+        self._lib.dpu_emu_list_symbols(self._live(), buf, need + 1)
+        out = []
+        for line in buf.value.decode(errors="replace").splitlines():
+            name, kind, addr, size = line.split()
+            out.append((name, kind, int(addr), int(size)))
+        return out
+
     def close(self) -> None:
         """Free the DPUs (idempotent)."""
-        if getattr(self, "_set", None) is not None and self._set.set:
+        if getattr(self, "_set", None) is not None and self._set.list.ranks:
             self._lib.dpu_free(self._set)
-            self._set.set = None
+            self._set.list.ranks = None
 
     def __enter__(self) -> "EmuDpuSet":
         return self
@@ -475,3 +563,125 @@ class EmuDpuSet:
             self.close()
         except Exception:
             pass
+
+
+# ----------------------------------------------------------------------------------------------
+# The race finder
+
+
+class RaceReport:
+    """What ``find_races`` saw: ``differences`` is a list of dicts, one per (DPU, symbol) whose
+    final bytes differ between schedules: ``dpu``, ``symbol``, ``kind`` ("W" WRAM, "M" MRAM,
+    "heap"), ``address`` (the first differing byte, as the DPU sees it), ``offsets`` (differing
+    byte offsets in the symbol, first 16), ``element`` (the first differing 4-byte element, which is
+    the tasklet's slot in arrays indexed by ``me()``), ``values`` ({schedule: uint32 at that
+    element}), ``schedules`` (the schedules that disagree with schedule 0). Schedule 0 is the
+    default round-robin one, schedule k >= 1 random with seed ``seed + k``. ``faults`` holds
+    {schedule: fault message} for schedules that faulted (a fault under some schedules only is a
+    race too), ``logs_differ`` the schedules whose printf output differs from schedule 0."""
+
+    def __init__(self, schedules: int, seed: int):
+        self.schedules = schedules
+        self.seed = seed
+        self.differences: list[dict] = []
+        self.faults: dict[int, str] = {}
+        self.logs_differ: list[int] = []
+
+    @property
+    def found(self) -> bool:
+        return bool(self.differences or self.logs_differ or (self.faults and len(self.faults) < self.schedules))
+
+    def summary(self) -> str:
+        if not self.found:
+            return (f"no difference between {self.schedules} schedules (round-robin + {self.schedules - 1} random, "
+                    f"seed {self.seed})")
+        lines = [f"results depend on the schedule ({self.schedules} schedules, seed {self.seed}):"]
+        for d in self.differences[:50]:
+            vals = ", ".join(f"s{k}={v}" for k, v in list(d["values"].items())[:6])
+            lines.append(f"  DPU {d['dpu']} {d['symbol']} ({d['kind']}) at 0x{d['address']:08x}, byte offsets "
+                         f"{d['offsets'][:8]}, element {d['element']}: {vals}; differs in schedules "
+                         f"{d['schedules'][:10]}")
+        if len(self.differences) > 50:
+            lines.append(f"  ... {len(self.differences) - 50} more")
+        for k, msg in sorted(self.faults.items()):
+            lines.append(f"  schedule {k} faulted: {msg}")
+        if self.logs_differ:
+            lines.append(f"  printf output differs in schedules {self.logs_differ[:10]}")
+        return "\n".join(lines)
+
+
+def find_races(
+    kernel: str | os.PathLike,
+    nr_dpus: int = 1,
+    schedules: int = 16,
+    seed: int = 0,
+    setup=None,
+    launches: int = 1,
+    heap_bytes: int = 0,
+    max_symbol_bytes: int = 1 << 20,
+    timeout: float | None = None,
+) -> RaceReport:
+    """Run ``kernel`` (an ``.emu.so``) under ``schedules`` tasklet schedules and report what differs.
+
+    Each schedule gets a fresh set of ``nr_dpus`` DPUs; ``setup(dpus)`` (optional) writes the
+    inputs, then the kernel runs ``launches`` times. Compared afterwards: every data symbol of
+    the kernel (WRAM globals, ``__host`` and ``__mram`` variables, each up to ``max_symbol_bytes``),
+    the first ``heap_bytes`` of the MRAM heap, the printf logs and faults. Schedule 0 is the
+    default round-robin one; schedule k >= 1 is random with seed ``seed + k`` (reproduce one with
+    ``EmuDpuSet.set_schedule("random", seed + k)``). A kernel that is free of races gives the same
+    results under all of them; a planted race is typically found within 8 schedules (see
+    tests/test_emu_races.py).
+    """
+    if not isinstance(schedules, int) or schedules < 2:
+        raise ValueError(f"schedules={schedules!r} must be an int >= 2 (round-robin + random ones)")
+    report = RaceReport(schedules, seed)
+    snaps: list[dict] = []
+    logs: list[list[str]] = []
+    symbols = None
+    for k in range(schedules):
+        with EmuDpuSet(nr_dpus, kernel) as dpus:
+            if k > 0:
+                dpus.set_schedule("random", seed + k)
+            if timeout is not None:
+                dpus.set_timeout(timeout)
+            if setup is not None:
+                setup(dpus)
+            try:
+                for _ in range(launches):
+                    dpus.launch()
+            except DpuFaultError as exc:
+                report.faults[k] = str(exc)
+            if symbols is None:
+                symbols = [sym for sym in dpus.symbols()]
+            snap = {}
+            for name, kind, addr, size in symbols:
+                n = min(size, max_symbol_bytes)
+                n -= n % (8 if kind == "M" else 4)
+                if n <= 0:
+                    continue
+                snap[(name, kind, addr)] = dpus.push_from(name, n)
+            if heap_bytes:
+                snap[(MRAM_HEAP_SYMBOL, "heap", 0)] = dpus.push_from(MRAM_HEAP_SYMBOL, heap_bytes - heap_bytes % 8)
+            snaps.append(snap)
+            logs.append([dpus.log(d) for d in range(nr_dpus)])
+    base = snaps[0]
+    for key, ref in base.items():
+        name, kind, addr = key
+        for d in range(nr_dpus):
+            differing = [k for k in range(1, schedules) if not np.array_equal(snaps[k][key][d], ref[d])]
+            if not differing:
+                continue
+            other = snaps[differing[0]][key][d]
+            offs = np.nonzero(other != ref[d])[0]
+            first = int(offs[0])
+            elem = first // 4
+            values = {}
+            for k in [0, *differing]:
+                row = snaps[k][key][d]
+                values[k] = int(row[elem * 4 : elem * 4 + 4].view(np.uint32)[0]) if row.size >= elem * 4 + 4 else None
+            report.differences.append({
+                "dpu": d, "symbol": name, "kind": kind, "address": addr + first, "offsets": offs[:16].tolist(),
+                "element": elem, "values": values, "schedules": differing,
+            })
+    report.logs_differ = [k for k in range(1, schedules) if logs[k] != logs[0]]
+    return report

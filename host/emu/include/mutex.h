@@ -1,6 +1,8 @@
 /*
  * mutex.h - tasklet mutexes, emulator version (SDK names): MUTEX_INIT(name) defines a mutex,
- * mutex_lock / mutex_trylock / mutex_unlock use it. Tasklets switch only at blocking calls.
+ * MUTEX_GET(name) gives its id, mutex_lock / mutex_trylock / mutex_unlock use it. A mutex id is
+ * only a key: ids that compare equal are the same mutex (a zero-filled mutex_id_t array shares
+ * one mutex, as zero-filled ids share atomic bit 0 on a DPU).
  */
 #ifndef _DPUSYSCORE_MUTEX_H_
 #define _DPUSYSCORE_MUTEX_H_

@@ -23,6 +23,11 @@ static inline int updlrm_emu_printf(const char *format, ...)
 static inline int updlrm_emu_puts(const char *s) { return updlrm_emu_printf("%s\n", s); }
 static inline int updlrm_emu_putchar(int c) { updlrm_emu_printf("%c", c); return c; }
 
+/* STDOUT_BUFFER_INIT(size): the SDK's printf buffer size for the program. The emulator keeps up to
+ * 1 MiB of printf output per DPU and launch whatever the size; the macro only checks it. */
+#define STDOUT_BUFFER_INIT(_size) \
+    typedef char __updlrm_emu_stdout_buffer_size_check[((_size) > 0) ? 1 : -1] __attribute__((unused))
+
 #undef printf
 #undef puts
 #undef putchar

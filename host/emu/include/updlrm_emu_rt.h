@@ -27,16 +27,32 @@
 #define STACK_SIZE_DEFAULT 1024
 #endif
 
-#define UPDLRM_EMU_RT_VERSION 1u
+/* Strict MRAM addressing (1, the default of compile_kernel/updlrm_add_emu_kernel): unaligned or
+ * base-less MRAM addresses fault. 0 (dpu-upmem-dpurte-clang's default): resolved as hardware does. */
+#ifndef UPDLRM_EMU_STRICT
+#define UPDLRM_EMU_STRICT 1
+#endif
+/* 1 marks a kernel whose results do not depend on how tasklets interleave: the emulator may then
+ * run each tasklet until it blocks (faster). Default 0: switch at every DMA and sync call. */
+#ifndef UPDLRM_EMU_RACE_FREE
+#define UPDLRM_EMU_RACE_FREE 0
+#endif
+
+#define UPDLRM_EMU_RT_VERSION 2u
 #define UPDLRM_EMU_MRAM_BASE 0x08000000u   /* MRAM addresses as a real DPU sees them */
 #define UPDLRM_EMU_MRAM_SIZE (64u << 20)   /* 64 MiB per DPU */
 #define UPDLRM_EMU_WRAM_SIZE 65536u        /* 64 KiB per DPU */
 
 /* Barrier, mutex and semaphore objects live in the kernel's WRAM globals; the wait queues live in
  * the emulator's scheduler (reset at every launch), so a faulted launch leaves nothing stale. */
+/* The SDK's barrier_t fields (some programs set them by hand): the emulator releases the
+ * waiters when initial_count tasklets have arrived; count, wait_queue and lock are kept for
+ * source compatibility. */
 struct updlrm_emu_barrier {
-    uint32_t count; /* tasklets that must arrive before all are released */
-    uint32_t id;
+    uint8_t wait_queue;
+    uint8_t count;
+    uint8_t initial_count;
+    uint8_t lock;
 };
 struct updlrm_emu_mutex {
     uint32_t id;
@@ -67,7 +83,8 @@ struct updlrm_emu_rt {
     void (*perfcounter_config)(int mode, int reset);
     uint64_t (*perfcounter_get)(void);
     int (*vprintf)(const char *format, va_list ap);
-    void (*fault)(const char *reason); /* never returns during a launch */ /* stop this DPU with a fault (e.g. halt(), a kernel assert) */
+    void (*fault)(const char *reason); /* stop this DPU with a fault (halt(), assert); never returns in a launch */
+    void (*yield)(void);               /* a scheduling point (the C-level race-finder switch) */
 };
 
 #ifndef UPDLRM_EMU_NO_KERNEL_SYMBOLS
@@ -77,6 +94,12 @@ __attribute__((weak, visibility("default"), section("updlrm_rt"))) const struct 
 __attribute__((weak, used, visibility("default"))) const uint32_t __updlrm_emu_nr_tasklets = NR_TASKLETS;
 __attribute__((weak, used, visibility("default"))) const uint32_t __updlrm_emu_stack_size = STACK_SIZE_DEFAULT;
 __attribute__((weak, used, visibility("default"))) const uint32_t __updlrm_emu_rt_version = UPDLRM_EMU_RT_VERSION;
+__attribute__((weak, used, visibility("default"))) const uint32_t __updlrm_emu_strict = UPDLRM_EMU_STRICT;
+/* Page alignment for the static MRAM sections (kernel.ld pads their ends): the loader keeps them
+ * inaccessible so that a kernel's direct access to a __mram variable is caught and mirrored. */
+__attribute__((section("updlrm_mram_anchor"), aligned(4096), used)) static char __updlrm_mram_anchor[0];
+__attribute__((section(".bss.updlrm_mramz_anchor"), aligned(4096), used)) static char __updlrm_mramz_anchor[0];
+__attribute__((weak, used, visibility("default"))) const uint32_t __updlrm_emu_race_free = UPDLRM_EMU_RACE_FREE;
 #endif
 
 #define __UPDLRM_RT (__updlrm_emu_rt)

@@ -31,6 +31,10 @@ struct dpu_emu_counters {
     uint32_t wram_heap_peak_bytes; /* mem_alloc high-water mark in the last launch */
     uint32_t nr_tasklets;
     int32_t faulted;            /* 1 when this DPU faulted in the last launch */
+    /* MRAM addressing outside strict mode, as hardware resolves it (last launch, all tasklets): */
+    uint64_t mram_realigned_ops; /* DMAs whose MRAM or WRAM address had its low 3 bits dropped */
+    uint64_t mram_rebased_ops;   /* DMAs given an MRAM offset (no 0x08000000 base), e.g. a heap offset */
+    uint64_t switches;           /* tasklet switches the scheduler made */
 };
 
 struct dpu_set_t;
@@ -51,6 +55,24 @@ const char *dpu_emu_log(struct dpu_set_t dpu, size_t *length);
 size_t dpu_emu_counters_size(void);
 /* Worker threads used by later dpu_load() calls (0 = one per online CPU, the default). */
 void dpu_emu_set_workers(unsigned n);
+
+/* Scheduling policies (also the profile's "schedule=rr|random|run"). */
+#define DPU_EMU_SCHEDULE_RR 0     /* round-robin switch at every DMA and synchronization call */
+#define DPU_EMU_SCHEDULE_RANDOM 1 /* a seeded random runnable tasklet at the same points */
+#define DPU_EMU_SCHEDULE_RUN 2    /* each tasklet runs until it blocks (race-free kernels only) */
+/* The policy and seed of later launches of `set` (the race finder: run with several seeds). */
+dpu_error_t dpu_emu_set_schedule(struct dpu_set_t set, int policy, uint64_t seed);
+/* Launch timeout of later launches of `set` in milliseconds (0 = none). A launch that runs longer
+ * faults the DPUs still running with "launch timed out". Default: profile "timeoutMs", else
+ * $UPDLRM_EMU_TIMEOUT_MS, else 120000. */
+dpu_error_t dpu_emu_set_timeout(struct dpu_set_t set, uint32_t timeout_ms);
+/* The loaded program's data symbols, one "name kind address size\n" line each (kind W = WRAM,
+ * M = MRAM; address as the DPU sees it), NUL-terminated in `buf` (truncated to `len`). Returns
+ * the bytes the full list needs (without the NUL), so a caller can retry with a larger buffer. */
+size_t dpu_emu_list_symbols(struct dpu_set_t set, char *buf, size_t len);
+/* Strict MRAM addressing for `set` (1: unaligned and base-less MRAM addresses fault; 0: resolved as
+ * hardware does and counted; -1: the kernel's own choice, UPDLRM_EMU_STRICT at its build). */
+dpu_error_t dpu_emu_set_strict(struct dpu_set_t set, int strict);
 
 #ifdef __cplusplus
 }

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -25,10 +26,12 @@
 
 static unsigned g_workers; /* 0 = one per online CPU */
 static __thread char tls_error[EMU_MSG_LEN];
+static __thread dpu_error_t tls_error_code;
 
 static dpu_error_t fail(dpu_error_t code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static dpu_error_t fail(dpu_error_t code, const char *fmt, ...)
 {
+    tls_error_code = code;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(tls_error, sizeof tls_error, fmt, ap);
@@ -73,33 +76,93 @@ static const char *error_name(dpu_error_t e)
     case DPU_ERR_ELF_NO_SUCH_SECTION: return "no such elf section";
     case DPU_ERR_TIMEOUT: return "timeout";
     case DPU_ERR_INVALID_PROFILE: return "invalid profile";
-    case DPU_ERR_UNKNOWN_PROFILE_PROPERTY: return "unknown profile property";
-    case DPU_ERR_INVALID_PROFILE_PROPERTY: return "invalid profile property";
     case DPU_ERR_UNKNOWN_SYMBOL: return "unknown symbol";
     case DPU_ERR_LOG_FORMAT: return "log format error";
     case DPU_ERR_LOG_CONTEXT_MISSING: return "log context missing";
     case DPU_ERR_LOG_BUFFER_TOO_SMALL: return "log buffer too small";
     case DPU_ERR_VPD_INVALID_FILE: return "invalid vpd file";
-    case DPU_ERR_NO_SUCH_FILE: return "no such file";
+    case DPU_ERR_VPD_NO_REPAIR: return "no vpd repair";
+    case DPU_ERR_NO_THREAD_PER_RANK: return "no thread per rank";
+    case DPU_ERR_INVALID_BUFFER_SIZE: return "invalid buffer size";
+    case DPU_ERR_NONBLOCKING_SYNC_CALLBACK: return "non-blocking synchronous callback";
+    case DPU_ERR_TOO_MANY_TASKLETS: return "too many tasklets";
+    case DPU_ERR_SG_TOO_MANY_BLOCKS: return "too many scatter/gather blocks";
+    case DPU_ERR_SG_LENGTH_MISMATCH: return "scatter/gather length mismatch";
+    case DPU_ERR_SG_NOT_ACTIVATED: return "scatter/gather not activated";
+    case DPU_ERR_SG_NOT_MRAM_SYMBOL: return "scatter/gather symbol is not in MRAM";
+    case DPU_ERR_ASYNC_JOBS: return "asynchronous job error";
     default: return "unknown error";
     }
 }
 
-/* As in recent SDKs the caller owns (and may free) the returned string. */
-EMU_API const char *dpu_error_to_string(dpu_error_t status)
+/* The caller owns (and frees) the returned string, as the SDK documents. When the calling
+ * thread's last failure had this status, its details follow (which symbol, which DPU faulted
+ * and why), so that DPU_ASSERT's message says what went wrong. NULL only when out of memory. */
+EMU_API char *dpu_error_to_string(dpu_error_t status)
 {
-    char *s = strdup(error_name(status));
-    return s ? s : "unknown error";
+    const char *name = error_name(status);
+    if (status == DPU_OK || tls_error_code != status || !tls_error[0])
+        return strdup(name);
+    size_t n = strlen(name) + strlen(tls_error) + 16;
+    char *s = (char *)malloc(n);
+    if (s)
+        snprintf(s, n, "%s [emulator: %s]", name, tls_error);
+    return s;
 }
 
 /* ------------------------------------------------------------------------------------------ */
 /* Sets and handles                                                                            */
 
-static dpu_error_t check_handle(struct dpu_set_t h)
+/* What a struct dpu_set_t designates: DPUs [first, first + count) of one emulated set. */
+struct hview {
+    struct updlrm_emu_set *set;
+    uint32_t first, count;
+};
+
+static int handle_view(struct dpu_set_t h, struct hview *v)
 {
-    if (!h.set || h.count == 0 || h.first >= h.set->nr_dpus || h.count > h.set->nr_dpus - h.first)
+    v->set = NULL;
+    v->first = v->count = 0;
+    if (h.kind == DPU_SET_DPU) {
+        const struct emu_dpu *d = (const struct emu_dpu *)h.dpu;
+        if (!d || !d->owner || d->owner->magic != EMU_SET_MAGIC)
+            return -1;
+        v->set = d->owner;
+        v->first = d->index;
+        v->count = 1;
+        return 0;
+    }
+    if (h.kind != DPU_SET_RANKS || h.list.nr_ranks == 0 || !h.list.ranks || !h.list.ranks[0])
+        return -1;
+    const struct dpu_rank_t *r0 = h.list.ranks[0], *rl = h.list.ranks[h.list.nr_ranks - 1];
+    if (!r0->set || r0->set->magic != EMU_SET_MAGIC || !rl || rl->set != r0->set)
+        return -1;
+    struct updlrm_emu_set *s = r0->set;
+    /* Rank lists are slices of the set's own array, so ranks are contiguous. */
+    if (h.list.ranks < s->rank_ptrs || h.list.ranks + h.list.nr_ranks > s->rank_ptrs + s->nr_ranks)
+        return -1;
+    v->set = s;
+    v->first = r0->first;
+    v->count = rl->first + rl->count - r0->first;
+    return 0;
+}
+
+static dpu_error_t check_handle(struct dpu_set_t h, struct hview *v)
+{
+    if (handle_view(h, v) != 0 || v->count == 0 || v->first >= v->set->nr_dpus ||
+        v->count > v->set->nr_dpus - v->first)
         return fail(DPU_ERR_INVALID_DPU_SET, "invalid DPU set handle (freed, or not from dpu_alloc)");
     return DPU_OK;
+}
+
+static struct dpu_set_t handle_of_set(struct updlrm_emu_set *s)
+{
+    struct dpu_set_t h;
+    memset(&h, 0, sizeof h);
+    h.kind = DPU_SET_RANKS;
+    h.list.nr_ranks = s->nr_ranks;
+    h.list.ranks = s->rank_ptrs;
+    return h;
 }
 
 /* Waits for an asynchronous launch in progress on the set (operations queue behind it). */
@@ -115,12 +178,57 @@ static void wait_idle(struct updlrm_emu_set *s)
         pthread_join(th, NULL);
 }
 
+EMU_API uint32_t updlrm_emu_set_size(struct dpu_set_t h)
+{
+    struct hview v;
+    return handle_view(h, &v) == 0 ? v.count : 0;
+}
+
+/* The i-th DPU of a set (an invalid handle, kind DPU with a NULL dpu, when out of range). */
 EMU_API struct dpu_set_t updlrm_emu_set_dpu(struct dpu_set_t h, uint32_t i)
 {
-    struct dpu_set_t d = h;
+    struct hview v;
+    struct dpu_set_t d;
+    memset(&d, 0, sizeof d);
     d.kind = DPU_SET_DPU;
-    d.first = h.first + i;
-    d.count = 1;
+    if (handle_view(h, &v) == 0 && i < v.count)
+        d.dpu = (struct dpu_t *)&v.set->dpus[v.first + i];
+    return d;
+}
+
+EMU_API uint32_t updlrm_emu_set_nr_ranks(struct dpu_set_t h)
+{
+    if (h.kind == DPU_SET_DPU)
+        return h.dpu ? 1u : 0u;
+    return h.kind == DPU_SET_RANKS ? h.list.nr_ranks : 0u;
+}
+
+/* The i-th rank of a set of ranks; a single DPU is its own (only) "rank". */
+EMU_API struct dpu_set_t updlrm_emu_set_rank(struct dpu_set_t h, uint32_t i)
+{
+    if (h.kind == DPU_SET_DPU)
+        return h;
+    struct dpu_set_t r;
+    memset(&r, 0, sizeof r);
+    r.kind = DPU_SET_RANKS;
+    if (h.kind == DPU_SET_RANKS && i < h.list.nr_ranks) {
+        r.list.nr_ranks = 1;
+        r.list.ranks = h.list.ranks + i;
+    }
+    return r;
+}
+
+EMU_API struct dpu_t *dpu_from_set(struct dpu_set_t h)
+{
+    return h.kind == DPU_SET_DPU ? h.dpu : NULL;
+}
+
+EMU_API struct dpu_set_t dpu_set_from_dpu(struct dpu_t *dpu)
+{
+    struct dpu_set_t d;
+    memset(&d, 0, sizeof d);
+    d.kind = DPU_SET_DPU;
+    d.dpu = dpu;
     return d;
 }
 
@@ -141,7 +249,9 @@ static int parse_u32(const char *v, size_t n, uint32_t *out)
 }
 
 struct emu_profile {
-    uint32_t system_dpus, dpus_per_rank, workers;
+    uint32_t system_dpus, dpus_per_rank, workers, timeout_ms;
+    int policy, strict;
+    uint64_t seed;
 };
 
 /* "key=value,key=value": backend (emulator only), nrDpus, nrDpusPerRank, workers; other keys are
@@ -166,15 +276,43 @@ static dpu_error_t parse_profile_into(const char *profile, struct emu_profile *p
                                 (int)vlen, v);
             } else if (klen == 6 && !strncmp(s, "nrDpus", 6)) {
                 if (parse_u32(v, vlen, &p->system_dpus) || p->system_dpus == 0 || p->system_dpus > EMU_MAX_DPUS)
-                    return fail(DPU_ERR_INVALID_PROFILE_PROPERTY, "profile nrDpus=%.*s must be 1..%u", (int)vlen, v,
+                    return fail(DPU_ERR_INVALID_PROFILE, "profile nrDpus=%.*s must be 1..%u", (int)vlen, v,
                                 EMU_MAX_DPUS);
             } else if (klen == 13 && !strncmp(s, "nrDpusPerRank", 13)) {
                 if (parse_u32(v, vlen, &p->dpus_per_rank) || p->dpus_per_rank == 0 || p->dpus_per_rank > 64)
-                    return fail(DPU_ERR_INVALID_PROFILE_PROPERTY, "profile nrDpusPerRank=%.*s must be 1..64",
+                    return fail(DPU_ERR_INVALID_PROFILE, "profile nrDpusPerRank=%.*s must be 1..64",
                                 (int)vlen, v);
+            } else if (klen == 8 && !strncmp(s, "schedule", 8)) {
+                if (vlen == 2 && !strncmp(v, "rr", 2))
+                    p->policy = EMU_POLICY_RR;
+                else if (vlen == 6 && !strncmp(v, "random", 6))
+                    p->policy = EMU_POLICY_RANDOM;
+                else if (vlen == 3 && !strncmp(v, "run", 3))
+                    p->policy = EMU_POLICY_RUN;
+                else
+                    return fail(DPU_ERR_INVALID_PROFILE, "profile schedule=%.*s must be rr, random or run", (int)vlen,
+                                v);
+            } else if (klen == 4 && !strncmp(s, "seed", 4)) {
+                char buf[32];
+                char *end = NULL;
+                if (vlen == 0 || vlen >= sizeof buf)
+                    return fail(DPU_ERR_INVALID_PROFILE, "profile seed=%.*s is not a number", (int)vlen, v);
+                memcpy(buf, v, vlen);
+                buf[vlen] = '\0';
+                errno = 0;
+                p->seed = strtoull(buf, &end, 10);
+                if (errno || *end)
+                    return fail(DPU_ERR_INVALID_PROFILE, "profile seed=%.*s is not a number", (int)vlen, v);
+            } else if (klen == 6 && !strncmp(s, "strict", 6)) {
+                if (vlen != 1 || (v[0] != '0' && v[0] != '1'))
+                    return fail(DPU_ERR_INVALID_PROFILE, "profile strict=%.*s must be 0 or 1", (int)vlen, v);
+                p->strict = v[0] - '0';
+            } else if (klen == 9 && !strncmp(s, "timeoutMs", 9)) {
+                if (parse_u32(v, vlen, &p->timeout_ms))
+                    return fail(DPU_ERR_INVALID_PROFILE, "profile timeoutMs=%.*s must be 0..4294967295", (int)vlen, v);
             } else if (klen == 7 && !strncmp(s, "workers", 7)) {
                 if (parse_u32(v, vlen, &p->workers) || p->workers > 1024)
-                    return fail(DPU_ERR_INVALID_PROFILE_PROPERTY, "profile workers=%.*s must be 0..1024", (int)vlen,
+                    return fail(DPU_ERR_INVALID_PROFILE, "profile workers=%.*s must be 0..1024", (int)vlen,
                                 v);
             }
         }
@@ -188,6 +326,13 @@ static dpu_error_t parse_profile(const char *profile, struct emu_profile *p)
     p->system_dpus = EMU_DEFAULT_SYSTEM_DPUS;
     p->dpus_per_rank = EMU_DEFAULT_DPUS_PER_RANK;
     p->workers = 0;
+    p->policy = -1;
+    p->strict = -1;
+    p->seed = 0;
+    p->timeout_ms = EMU_DEFAULT_TIMEOUT_MS;
+    const char *env_timeout = getenv("UPDLRM_EMU_TIMEOUT_MS");
+    if (env_timeout && *env_timeout)
+        (void)parse_u32(env_timeout, strlen(env_timeout), &p->timeout_ms);
     dpu_error_t e = parse_profile_into(getenv("UPMEM_PROFILE_BASE"), p);
     if (e != DPU_OK)
         return e;
@@ -206,9 +351,29 @@ static struct updlrm_emu_set *set_create(uint32_t nr, uint32_t per_rank)
     }
     s->nr_dpus = nr;
     s->dpus_per_rank = per_rank;
+    s->nr_ranks = (nr + per_rank - 1) / per_rank;
+    s->ranks = (struct dpu_rank_t *)calloc(s->nr_ranks, sizeof *s->ranks);
+    s->rank_ptrs = (struct dpu_rank_t **)calloc(s->nr_ranks, sizeof *s->rank_ptrs);
+    if (!s->ranks || !s->rank_ptrs) {
+        free(s->ranks);
+        free(s->rank_ptrs);
+        free(s->dpus);
+        free(s);
+        return NULL;
+    }
+    for (uint32_t r = 0; r < s->nr_ranks; r++) {
+        s->ranks[r].set = s;
+        s->ranks[r].first = r * per_rank;
+        s->ranks[r].count = nr - r * per_rank < per_rank ? nr - r * per_rank : per_rank;
+        s->rank_ptrs[r] = &s->ranks[r];
+    }
     pthread_mutex_init(&s->lock, NULL);
-    for (uint32_t i = 0; i < nr; i++)
+    for (uint32_t i = 0; i < nr; i++) {
         s->dpus[i].fault_tasklet = EMU_NO_TASKLET;
+        s->dpus[i].owner = s;
+        s->dpus[i].index = i;
+    }
+    s->magic = EMU_SET_MAGIC;
     return s;
 }
 
@@ -229,10 +394,11 @@ EMU_API dpu_error_t dpu_alloc(uint32_t nr_dpus, const char *profile, struct dpu_
     s->fault_tasklet = EMU_NO_TASKLET;
     /* A per-set worker count from the profile overrides dpu_emu_set_workers() for this set. */
     s->profile_workers = p.workers;
-    dpu_set->kind = DPU_SET_RANKS;
-    dpu_set->set = s;
-    dpu_set->first = 0;
-    dpu_set->count = n;
+    s->opt_policy = p.policy;
+    s->opt_strict = p.strict;
+    s->opt_seed = p.seed;
+    s->timeout_ms = p.timeout_ms;
+    *dpu_set = handle_of_set(s);
     return DPU_OK;
 }
 
@@ -278,6 +444,7 @@ static void program_free(struct emu_program *p)
     free(p->images);
     free(p->wram_pristine);
     free(p->mram_init);
+    free(p->path);
     struct emu_program_ext *x = (struct emu_program_ext *)p;
     for (size_t i = 0; i < x->nr_syms; i++)
         free(x->syms[i].name);
@@ -422,11 +589,12 @@ static uint32_t worker_count(struct updlrm_emu_set *s)
 
 EMU_API dpu_error_t dpu_load(struct dpu_set_t h, const char *binary_path, struct dpu_program_t **program)
 {
-    dpu_error_t e = check_handle(h);
+    struct hview v;
+    dpu_error_t e = check_handle(h, &v);
     if (e != DPU_OK)
         return e;
-    struct updlrm_emu_set *s = h.set;
-    if (h.first != 0 || h.count != s->nr_dpus)
+    struct updlrm_emu_set *s = v.set;
+    if (v.first != 0 || v.count != s->nr_dpus)
         return fail(DPU_ERR_INVALID_DPU_SET, "dpu_load: the emulator loads a program into a whole set only");
     if (!binary_path)
         return fail(DPU_ERR_ELF_NO_SUCH_FILE, "dpu_load: binary_path is NULL");
@@ -466,11 +634,25 @@ EMU_API dpu_error_t dpu_load(struct dpu_set_t h, const char *binary_path, struct
     struct emu_image *img = &p->images[0];
     const uint32_t *nt = (const uint32_t *)dlsym(img->handle, "__updlrm_emu_nr_tasklets");
     const uint32_t *ss = (const uint32_t *)dlsym(img->handle, "__updlrm_emu_stack_size");
+    const uint32_t *strict = (const uint32_t *)dlsym(img->handle, "__updlrm_emu_strict");
+    const uint32_t *race_free = (const uint32_t *)dlsym(img->handle, "__updlrm_emu_race_free");
     p->nr_tasklets = nt ? *nt : 1;
     p->stack_size = ss ? *ss : 1024;
+    p->strict_default = strict ? (*strict != 0) : 1;
+    p->race_free = race_free ? (*race_free != 0) : 0;
+    p->path = strdup(binary_path);
     p->wram_size = (size_t)(img->wram_end - img->wram_start);
     size_t mram_init = (size_t)(img->mram_end - img->mram_start);
     size_t mramz = (size_t)(img->mramz_end - img->mramz_start);
+    const uint32_t *rt_version = (const uint32_t *)dlsym(img->handle, "__updlrm_emu_rt_version");
+    if (!rt_version || *rt_version != UPDLRM_EMU_RT_VERSION) {
+        uint32_t got = rt_version ? *rt_version : 0;
+        program_free(p);
+        return fail(DPU_ERR_ELF_INVALID_FILE,
+                    "dpu_load: %s was built against emulator runtime headers of version %u, this emulator is %u: "
+                    "rebuild the kernel (dpu-upmem-dpurte-clang, compile_kernel or the CMake build)",
+                    binary_path, got, UPDLRM_EMU_RT_VERSION);
+    }
     if (p->nr_tasklets == 0 || p->nr_tasklets > EMU_MAX_TASKLETS) {
         program_free(p);
         return fail(DPU_ERR_ELF_INVALID_FILE, "dpu_load: %s was built with NR_TASKLETS=%u; allowed 1..%u", binary_path,
@@ -511,6 +693,10 @@ EMU_API dpu_error_t dpu_load(struct dpu_set_t h, const char *binary_path, struct
     for (uint32_t i = 0; i < w; i++)
         memcpy(p->wram_pristine + (size_t)i * p->wram_size, p->images[i].wram_start, p->wram_size);
     memcpy(p->mram_init, img->mram_start, mram_init);
+    /* Static MRAM variables a kernel may touch directly: see the mirror in sched.c. */
+    for (uint32_t i = 0; i < w; i++)
+        emu_mirror_init(&p->images[i]);
+    emu_signals_install();
     for (uint32_t i = 0; i < w; i++) {
         if (emu_sched_init(&p->scheds[i], p, &p->images[i]) != 0) {
             program_free(p);
@@ -557,11 +743,12 @@ EMU_API dpu_error_t dpu_load(struct dpu_set_t h, const char *binary_path, struct
 
 EMU_API dpu_error_t dpu_free(struct dpu_set_t h)
 {
-    dpu_error_t e = check_handle(h);
+    struct hview v;
+    dpu_error_t e = check_handle(h, &v);
     if (e != DPU_OK)
         return e;
-    struct updlrm_emu_set *s = h.set;
-    if (h.first != 0 || h.count != s->nr_dpus)
+    struct updlrm_emu_set *s = v.set;
+    if (v.first != 0 || v.count != s->nr_dpus)
         return fail(DPU_ERR_INVALID_DPU_SET, "dpu_free: pass the whole set returned by dpu_alloc");
     wait_idle(s);
     program_free(s->prog);
@@ -574,6 +761,9 @@ EMU_API dpu_error_t dpu_free(struct dpu_set_t h)
         free(dp->log);
     }
     free(s->dpus);
+    free(s->ranks);
+    free(s->rank_ptrs);
+    s->magic = 0;
     pthread_mutex_destroy(&s->lock);
     free(s);
     return DPU_OK;
@@ -581,22 +771,24 @@ EMU_API dpu_error_t dpu_free(struct dpu_set_t h)
 
 EMU_API dpu_error_t dpu_get_nr_dpus(struct dpu_set_t h, uint32_t *nr_dpus)
 {
-    dpu_error_t e = check_handle(h);
+    struct hview v;
+    dpu_error_t e = check_handle(h, &v);
     if (e != DPU_OK)
         return e;
     if (nr_dpus)
-        *nr_dpus = h.count;
+        *nr_dpus = v.count;
     return DPU_OK;
 }
 
 EMU_API dpu_error_t dpu_get_nr_ranks(struct dpu_set_t h, uint32_t *nr_ranks)
 {
-    dpu_error_t e = check_handle(h);
+    struct hview v;
+    dpu_error_t e = check_handle(h, &v);
     if (e != DPU_OK)
         return e;
     if (nr_ranks) {
-        uint32_t per = h.set->dpus_per_rank;
-        uint32_t first_rank = h.first / per, last_rank = (h.first + h.count - 1) / per;
+        uint32_t per = v.set->dpus_per_rank;
+        uint32_t first_rank = v.first / per, last_rank = (v.first + v.count - 1) / per;
         *nr_ranks = last_rank - first_rank + 1;
     }
     return DPU_OK;
@@ -633,6 +825,11 @@ static dpu_error_t run_range(struct updlrm_emu_set *s, uint32_t first, uint32_t 
         free(started);
         return fail(DPU_ERR_ALLOCATION, "dpu_launch: out of host memory");
     }
+    emu_signals_install();
+    uint64_t deadline = s->timeout_ms ? emu_now_ns() + (uint64_t)s->timeout_ms * 1000000ull : 0;
+    for (uint32_t i = 0; i < w; i++)
+        p->scheds[i].deadline_ns = deadline;
+    s->launch_no++;
     for (uint32_t k = 0; k < n; k++)
         jobs[k] = (struct run_job){s, (first + k) % w, first, count};
     for (uint32_t k = 1; k < n; k++)
@@ -680,10 +877,11 @@ static void *async_main(void *arg)
 
 EMU_API dpu_error_t dpu_launch(struct dpu_set_t h, dpu_launch_policy_t policy)
 {
-    dpu_error_t e = check_handle(h);
+    struct hview v;
+    dpu_error_t e = check_handle(h, &v);
     if (e != DPU_OK)
         return e;
-    struct updlrm_emu_set *s = h.set;
+    struct updlrm_emu_set *s = v.set;
     if (policy != DPU_SYNCHRONOUS && policy != DPU_ASYNCHRONOUS)
         return fail(DPU_ERR_INVALID_LAUNCH_POLICY, "dpu_launch: policy %d is neither DPU_SYNCHRONOUS nor DPU_ASYNCHRONOUS",
                     (int)policy);
@@ -691,14 +889,14 @@ EMU_API dpu_error_t dpu_launch(struct dpu_set_t h, dpu_launch_policy_t policy)
     if (!s->prog)
         return fail(DPU_ERR_NO_PROGRAM_LOADED, "dpu_launch: no program loaded (call dpu_load first)");
     if (policy == DPU_SYNCHRONOUS)
-        return run_range(s, h.first, h.count);
+        return run_range(s, v.first, v.count);
     pthread_mutex_lock(&s->lock);
-    s->run_first = h.first;
-    s->run_count = h.count;
+    s->run_first = v.first;
+    s->run_count = v.count;
     s->async_result = DPU_OK;
     if (pthread_create(&s->async_thread, NULL, async_main, s) != 0) {
         pthread_mutex_unlock(&s->lock);
-        return run_range(s, h.first, h.count);
+        return run_range(s, v.first, v.count);
     }
     s->async_running = 1;
     pthread_mutex_unlock(&s->lock);
@@ -707,10 +905,11 @@ EMU_API dpu_error_t dpu_launch(struct dpu_set_t h, dpu_launch_policy_t policy)
 
 EMU_API dpu_error_t dpu_sync(struct dpu_set_t h)
 {
-    dpu_error_t e = check_handle(h);
+    struct hview v;
+    dpu_error_t e = check_handle(h, &v);
     if (e != DPU_OK)
         return e;
-    struct updlrm_emu_set *s = h.set;
+    struct updlrm_emu_set *s = v.set;
     wait_idle(s);
     e = __atomic_load_n(&s->async_result, __ATOMIC_ACQUIRE);
     s->async_result = DPU_OK;
@@ -721,10 +920,11 @@ EMU_API dpu_error_t dpu_sync(struct dpu_set_t h)
 
 EMU_API dpu_error_t dpu_status(struct dpu_set_t h, bool *done, bool *fault)
 {
-    dpu_error_t e = check_handle(h);
+    struct hview v;
+    dpu_error_t e = check_handle(h, &v);
     if (e != DPU_OK)
         return e;
-    struct updlrm_emu_set *s = h.set;
+    struct updlrm_emu_set *s = v.set;
     int running = 0;
     pthread_mutex_lock(&s->lock);
     if (s->async_running) {
@@ -740,10 +940,76 @@ EMU_API dpu_error_t dpu_status(struct dpu_set_t h, bool *done, bool *fault)
     if (fault) {
         int any = 0;
         if (!running)
-            for (uint32_t d = h.first; d < h.first + h.count; d++)
+            for (uint32_t d = v.first; d < v.first + v.count; d++)
                 any |= s->dpus[d].counters.faulted;
         *fault = any != 0;
     }
+    return DPU_OK;
+}
+
+/* Runs callback(set, rank index, args) for every rank of the set (or once with the whole set
+ * for DPU_CALLBACK_SINGLE_CALL). The emulator runs asynchronous callbacks at once, after any
+ * launch in progress: they are done when dpu_sync() returns, as the SDK guarantees. */
+EMU_API dpu_error_t dpu_callback(struct dpu_set_t h, dpu_error_t (*callback)(struct dpu_set_t, uint32_t, void *),
+                                 void *args, dpu_callback_flags_t flags)
+{
+    struct hview v;
+    dpu_error_t e = check_handle(h, &v);
+    if (e != DPU_OK)
+        return e;
+    if (!callback)
+        return fail(DPU_ERR_INTERNAL, "dpu_callback: callback is NULL");
+    if (!(flags & DPU_CALLBACK_ASYNC) && (flags & DPU_CALLBACK_NONBLOCKING))
+        return fail(DPU_ERR_NONBLOCKING_SYNC_CALLBACK, "dpu_callback: DPU_CALLBACK_NONBLOCKING needs DPU_CALLBACK_ASYNC");
+    wait_idle(v.set);
+    if ((flags & DPU_CALLBACK_SINGLE_CALL) && (flags & DPU_CALLBACK_ASYNC))
+        return callback(h, 0, args);
+    uint32_t nr = updlrm_emu_set_nr_ranks(h);
+    for (uint32_t r = 0; r < nr; r++) {
+        dpu_error_t ce = callback(updlrm_emu_set_rank(h, r), r, args);
+        if (ce != DPU_OK)
+            return ce;
+    }
+    return DPU_OK;
+}
+
+EMU_API dpu_error_t dpu_emu_set_schedule(struct dpu_set_t h, int policy, uint64_t seed)
+{
+    struct hview v;
+    dpu_error_t e = check_handle(h, &v);
+    if (e != DPU_OK)
+        return e;
+    if (policy < EMU_POLICY_RR || policy > EMU_POLICY_RUN)
+        return fail(DPU_ERR_INVALID_PROFILE, "dpu_emu_set_schedule: policy %d is not RR (0), RANDOM (1) or RUN (2)",
+                    policy);
+    wait_idle(v.set);
+    v.set->opt_policy = policy;
+    v.set->opt_seed = seed;
+    v.set->launch_no = 0; /* the same seed gives the same schedules */
+    return DPU_OK;
+}
+
+EMU_API dpu_error_t dpu_emu_set_timeout(struct dpu_set_t h, uint32_t timeout_ms)
+{
+    struct hview v;
+    dpu_error_t e = check_handle(h, &v);
+    if (e != DPU_OK)
+        return e;
+    wait_idle(v.set);
+    v.set->timeout_ms = timeout_ms;
+    return DPU_OK;
+}
+
+EMU_API dpu_error_t dpu_emu_set_strict(struct dpu_set_t h, int strict)
+{
+    struct hview v;
+    dpu_error_t e = check_handle(h, &v);
+    if (e != DPU_OK)
+        return e;
+    if (strict < -1 || strict > 1)
+        return fail(DPU_ERR_INVALID_PROFILE, "dpu_emu_set_strict: %d is not -1, 0 or 1", strict);
+    wait_idle(v.set);
+    v.set->opt_strict = strict;
     return DPU_OK;
 }
 
@@ -756,9 +1022,8 @@ struct emu_sym_ref {
     uint64_t size;
 };
 
-static dpu_error_t resolve(struct updlrm_emu_set *s, const char *name, struct emu_sym_ref *r)
+static dpu_error_t resolve_in(struct emu_program *p, const char *name, struct emu_sym_ref *r)
 {
-    struct emu_program *p = s->prog;
     if (!p)
         return fail(DPU_ERR_NO_PROGRAM_LOADED, "no program loaded (call dpu_load first)");
     if (!name)
@@ -796,6 +1061,79 @@ static dpu_error_t resolve(struct updlrm_emu_set *s, const char *name, struct em
         return fail(DPU_ERR_INVALID_SYMBOL_ACCESS,
                     "symbol '%s' is not a writable WRAM (__host/global) or MRAM (__mram) variable of the kernel", name);
     }
+    return DPU_OK;
+}
+
+static dpu_error_t resolve(struct updlrm_emu_set *s, const char *name, struct emu_sym_ref *r)
+{
+    return resolve_in(s->prog, name, r);
+}
+
+/* A struct dpu_symbol_t back to what it designates (see dpu_get_symbol). */
+static dpu_error_t resolve_symbol(struct updlrm_emu_set *s, struct dpu_symbol_t sym, struct emu_sym_ref *r)
+{
+    if (!s->prog)
+        return fail(DPU_ERR_NO_PROGRAM_LOADED, "no program loaded (call dpu_load first)");
+    if (sym.address >= EMU_MRAM_BASE) {
+        r->is_mram = 1;
+        r->base = sym.address - EMU_MRAM_BASE;
+        if ((uint64_t)r->base + sym.size > EMU_MRAM_SIZE)
+            return fail(DPU_ERR_INVALID_SYMBOL_ACCESS, "symbol at 0x%08x (%u bytes) runs past MRAM", sym.address, sym.size);
+    } else {
+        r->is_mram = 0;
+        r->base = sym.address;
+        if ((uint64_t)sym.address + sym.size > s->prog->wram_size)
+            return fail(DPU_ERR_INVALID_SYMBOL_ACCESS, "symbol at WRAM 0x%08x (%u bytes) is not inside the WRAM globals",
+                        sym.address, sym.size);
+    }
+    r->size = sym.size;
+    return DPU_OK;
+}
+
+EMU_API size_t dpu_emu_list_symbols(struct dpu_set_t h, char *buf, size_t len)
+{
+    struct hview v;
+    if (buf && len)
+        buf[0] = '\0';
+    if (check_handle(h, &v) != DPU_OK || !v.set->prog)
+        return 0;
+    struct emu_program_ext *x = (struct emu_program_ext *)v.set->prog;
+    size_t need = 0;
+    for (size_t i = 0; i < x->nr_syms; i++) {
+        const char *name = x->syms[i].name;
+        struct emu_sym_ref r;
+        if (!strncmp(name, "__updlrm", 8) || x->syms[i].size == 0)
+            continue;
+        dpu_error_t saved_code = tls_error_code;
+        char saved[EMU_MSG_LEN];
+        memcpy(saved, tls_error, sizeof saved);
+        int ok = resolve_in(&x->p, name, &r) == DPU_OK;
+        tls_error_code = saved_code;
+        memcpy(tls_error, saved, sizeof saved);
+        if (!ok)
+            continue;
+        char line[600];
+        int n = snprintf(line, sizeof line, "%s %c %u %llu\n", name, r.is_mram ? 'M' : 'W',
+                         r.is_mram ? EMU_MRAM_BASE + r.base : r.base, (unsigned long long)r.size);
+        if (n <= 0)
+            continue;
+        if (buf && need + (size_t)n < len)
+            memcpy(buf + need, line, (size_t)n + 1);
+        need += (size_t)n;
+    }
+    return need;
+}
+
+EMU_API dpu_error_t dpu_get_symbol(struct dpu_program_t *program, const char *symbol_name, struct dpu_symbol_t *symbol)
+{
+    struct emu_sym_ref r;
+    if (!program || !symbol)
+        return fail(DPU_ERR_INTERNAL, "dpu_get_symbol: program or symbol is NULL");
+    dpu_error_t e = resolve_in((struct emu_program *)program, symbol_name, &r);
+    if (e != DPU_OK)
+        return e;
+    symbol->address = r.is_mram ? EMU_MRAM_BASE + r.base : r.base;
+    symbol->size = r.size > 0xffffffffu ? 0xffffffffu : (uint32_t)r.size;
     return DPU_OK;
 }
 
@@ -841,32 +1179,66 @@ static void dpu_read(struct updlrm_emu_set *s, uint32_t d, const struct emu_sym_
     dp->counters.dpu_to_host_bytes += length;
 }
 
-static dpu_error_t prepare_access(struct dpu_set_t h, const char *name, uint32_t offset, size_t length,
-                                  struct emu_sym_ref *r)
+/* Checks the handle, waits for a launch in progress, resolves the symbol (by name, or `sym` when
+ * name is NULL) and checks the access. */
+static dpu_error_t prepare_access(struct dpu_set_t h, struct hview *v, const char *name, const struct dpu_symbol_t *sym,
+                                  uint32_t offset, size_t length, struct emu_sym_ref *r)
 {
-    dpu_error_t e = check_handle(h);
+    dpu_error_t e = check_handle(h, v);
     if (e != DPU_OK)
         return e;
-    wait_idle(h.set);
-    e = resolve(h.set, name, r);
+    wait_idle(v->set);
+    e = name || !sym ? resolve(v->set, name, r) : resolve_symbol(v->set, *sym, r);
     if (e != DPU_OK)
         return e;
-    return check_access(r, name, offset, length);
+    return check_access(r, name ? name : "(symbol)", offset, length);
+}
+
+static dpu_error_t copy_to(struct dpu_set_t h, const char *name, const struct dpu_symbol_t *sym, uint32_t offset,
+                           const void *src, size_t length)
+{
+    struct emu_sym_ref r;
+    struct hview v;
+    dpu_error_t e = prepare_access(h, &v, name, sym, offset, length, &r);
+    if (e != DPU_OK)
+        return e;
+    if (length && !src)
+        return fail(DPU_ERR_INVALID_MEMORY_TRANSFER, "dpu_copy_to: src is NULL");
+    for (uint32_t d = v.first; d < v.first + v.count && length; d++)
+        if ((e = dpu_write(v.set, d, &r, offset, src, length)) != DPU_OK)
+            return e;
+    return DPU_OK;
+}
+
+static dpu_error_t copy_from(struct dpu_set_t h, const char *name, const struct dpu_symbol_t *sym, uint32_t offset,
+                             void *dst, size_t length)
+{
+    struct emu_sym_ref r;
+    struct hview v;
+    dpu_error_t e = prepare_access(h, &v, name, sym, offset, length, &r);
+    if (e != DPU_OK)
+        return e;
+    if (v.count != 1)
+        return fail(DPU_ERR_INVALID_DPU_SET, "dpu_copy_from takes a single DPU (use DPU_FOREACH), got %u", v.count);
+    if (length && !dst)
+        return fail(DPU_ERR_INVALID_MEMORY_TRANSFER, "dpu_copy_from: dst is NULL");
+    if (length)
+        dpu_read(v.set, v.first, &r, offset, dst, length);
+    return DPU_OK;
 }
 
 EMU_API dpu_error_t dpu_copy_to(struct dpu_set_t h, const char *symbol_name, uint32_t symbol_offset, const void *src,
                                 size_t length)
 {
-    struct emu_sym_ref r;
-    dpu_error_t e = prepare_access(h, symbol_name, symbol_offset, length, &r);
-    if (e != DPU_OK)
-        return e;
-    if (length && !src)
-        return fail(DPU_ERR_INVALID_MEMORY_TRANSFER, "dpu_copy_to: src is NULL");
-    for (uint32_t d = h.first; d < h.first + h.count && length; d++)
-        if ((e = dpu_write(h.set, d, &r, symbol_offset, src, length)) != DPU_OK)
-            return e;
-    return DPU_OK;
+    if (!symbol_name)
+        return fail(DPU_ERR_UNKNOWN_SYMBOL, "symbol name is NULL");
+    return copy_to(h, symbol_name, NULL, symbol_offset, src, length);
+}
+
+EMU_API dpu_error_t dpu_copy_to_symbol(struct dpu_set_t h, struct dpu_symbol_t symbol, uint32_t symbol_offset,
+                                       const void *src, size_t length)
+{
+    return copy_to(h, NULL, &symbol, symbol_offset, src, length);
 }
 
 EMU_API dpu_error_t dpu_broadcast_to(struct dpu_set_t h, const char *symbol_name, uint32_t symbol_offset,
@@ -876,30 +1248,74 @@ EMU_API dpu_error_t dpu_broadcast_to(struct dpu_set_t h, const char *symbol_name
     return dpu_copy_to(h, symbol_name, symbol_offset, src, length);
 }
 
+EMU_API dpu_error_t dpu_broadcast_to_symbol(struct dpu_set_t h, struct dpu_symbol_t symbol, uint32_t symbol_offset,
+                                            const void *src, size_t length, dpu_xfer_flags_t flags)
+{
+    (void)flags;
+    return copy_to(h, NULL, &symbol, symbol_offset, src, length);
+}
+
 EMU_API dpu_error_t dpu_copy_from(struct dpu_set_t h, const char *symbol_name, uint32_t symbol_offset, void *dst,
                                   size_t length)
 {
-    struct emu_sym_ref r;
-    dpu_error_t e = prepare_access(h, symbol_name, symbol_offset, length, &r);
+    if (!symbol_name)
+        return fail(DPU_ERR_UNKNOWN_SYMBOL, "symbol name is NULL");
+    return copy_from(h, symbol_name, NULL, symbol_offset, dst, length);
+}
+
+EMU_API dpu_error_t dpu_copy_from_symbol(struct dpu_set_t h, struct dpu_symbol_t symbol, uint32_t symbol_offset,
+                                         void *dst, size_t length)
+{
+    return copy_from(h, NULL, &symbol, symbol_offset, dst, length);
+}
+
+/* Raw MRAM of one DPU: the offset and length must be multiples of 8 inside the 64 MiB. */
+static dpu_error_t mram_raw(struct dpu_t *dpu, int to_dpu, uint32_t off, void *buf, size_t n, const char *what)
+{
+    struct hview v;
+    dpu_error_t e = check_handle(dpu_set_from_dpu(dpu), &v);
     if (e != DPU_OK)
         return e;
-    if (h.count != 1)
-        return fail(DPU_ERR_INVALID_DPU_SET, "dpu_copy_from takes a single DPU (use DPU_FOREACH), got %u", h.count);
-    if (length && !dst)
-        return fail(DPU_ERR_INVALID_MEMORY_TRANSFER, "dpu_copy_from: dst is NULL");
-    if (length)
-        dpu_read(h.set, h.first, &r, symbol_offset, dst, length);
+    if ((uint64_t)off + n > EMU_MRAM_SIZE || off % 8 || n % 8)
+        return fail(DPU_ERR_INVALID_MRAM_ACCESS,
+                    "%s: MRAM offset %u and length %zu must be multiples of 8 inside the %u bytes of MRAM", what, off, n,
+                    EMU_MRAM_SIZE);
+    if (n && !buf)
+        return fail(DPU_ERR_INVALID_MEMORY_TRANSFER, "%s: the host buffer is NULL", what);
+    wait_idle(v.set);
+    struct emu_dpu *dp = &v.set->dpus[v.first];
+    if (to_dpu) {
+        if (emu_mram_write(dp, off, buf, n) != 0)
+            return fail(DPU_ERR_ALLOCATION, "%s: out of host memory for MRAM", what);
+        dp->counters.host_to_dpu_bytes += n;
+    } else {
+        emu_mram_read(dp, off, buf, n);
+        dp->counters.dpu_to_host_bytes += n;
+    }
     return DPU_OK;
+}
+
+EMU_API dpu_error_t dpu_copy_to_mram(struct dpu_t *dpu, uint32_t mram_byte_offset, const uint8_t *source,
+                                     size_t nb_of_bytes)
+{
+    return mram_raw(dpu, 1, mram_byte_offset, (void *)source, nb_of_bytes, "dpu_copy_to_mram");
+}
+
+EMU_API dpu_error_t dpu_copy_from_mram(struct dpu_t *dpu, uint8_t *destination, uint32_t mram_byte_offset,
+                                       size_t nb_of_bytes)
+{
+    return mram_raw(dpu, 0, mram_byte_offset, destination, nb_of_bytes, "dpu_copy_from_mram");
 }
 
 EMU_API dpu_error_t dpu_prepare_xfer(struct dpu_set_t h, void *buffer)
 {
-    dpu_error_t e = check_handle(h);
+    struct hview v;
+    dpu_error_t e = check_handle(h, &v);
     if (e != DPU_OK)
         return e;
-    wait_idle(h.set);
-    for (uint32_t d = h.first; d < h.first + h.count; d++)
-        h.set->dpus[d].xfer_buf = buffer;
+    wait_idle(v.set);
+    for (uint32_t d = v.first; d < v.first + v.count; d++)
+        v.set->dpus[d].xfer_buf = buffer;
     return DPU_OK;
 }
 
@@ -932,33 +1348,37 @@ static void *push_worker(void *arg)
     return NULL;
 }
 
-EMU_API dpu_error_t dpu_push_xfer(struct dpu_set_t h, dpu_xfer_t xfer, const char *symbol_name, uint32_t symbol_offset,
-                                  size_t length, dpu_xfer_flags_t flags)
+static dpu_error_t push_xfer(struct dpu_set_t h, dpu_xfer_t xfer, const char *symbol_name,
+                             const struct dpu_symbol_t *sym, uint32_t symbol_offset, size_t length,
+                             dpu_xfer_flags_t flags)
 {
     struct emu_sym_ref r;
+    struct hview v;
     if (xfer != DPU_XFER_TO_DPU && xfer != DPU_XFER_FROM_DPU)
         return fail(DPU_ERR_INVALID_MEMORY_TRANSFER, "dpu_push_xfer: direction %d is neither TO_DPU nor FROM_DPU",
                     (int)xfer);
-    dpu_error_t e = prepare_access(h, symbol_name, symbol_offset, length, &r);
+    dpu_error_t e = prepare_access(h, &v, symbol_name, sym, symbol_offset, length, &r);
     if (e != DPU_OK)
         return e;
-    struct updlrm_emu_set *s = h.set;
+    if (!symbol_name)
+        symbol_name = "(symbol)";
+    struct updlrm_emu_set *s = v.set;
     if (length) {
         /* Large pushes are copied by several threads (DPUs are independent). */
         uint32_t nthreads = 1;
-        if ((uint64_t)length * h.count >= (8u << 20)) {
+        if ((uint64_t)length * v.count >= (8u << 20)) {
             long c = sysconf(_SC_NPROCESSORS_ONLN);
             nthreads = c > 1 ? (uint32_t)c : 1;
             if (nthreads > 64)
                 nthreads = 64;
-            if (nthreads > h.count)
-                nthreads = h.count;
+            if (nthreads > v.count)
+                nthreads = v.count;
         }
         struct push_job jobs[64];
         pthread_t th[64];
         int started[64] = {0};
         for (uint32_t i = 0; i < nthreads; i++) {
-            jobs[i] = (struct push_job){s, &r, xfer, symbol_offset, length, h.first, h.count, nthreads, i, DPU_OK};
+            jobs[i] = (struct push_job){s, &r, xfer, symbol_offset, length, v.first, v.count, nthreads, i, DPU_OK};
             if (i > 0)
                 started[i] = pthread_create(&th[i], NULL, push_worker, &jobs[i]) == 0;
         }
@@ -975,9 +1395,87 @@ EMU_API dpu_error_t dpu_push_xfer(struct dpu_set_t h, dpu_xfer_t xfer, const cha
                          symbol_name);
     }
     if (!(flags & DPU_XFER_NO_RESET))
-        for (uint32_t d = h.first; d < h.first + h.count; d++)
+        for (uint32_t d = v.first; d < v.first + v.count; d++)
             s->dpus[d].xfer_buf = NULL;
     return e;
+}
+
+EMU_API dpu_error_t dpu_push_xfer(struct dpu_set_t h, dpu_xfer_t xfer, const char *symbol_name, uint32_t symbol_offset,
+                                  size_t length, dpu_xfer_flags_t flags)
+{
+    if (!symbol_name)
+        return fail(DPU_ERR_UNKNOWN_SYMBOL, "symbol name is NULL");
+    return push_xfer(h, xfer, symbol_name, NULL, symbol_offset, length, flags);
+}
+
+EMU_API dpu_error_t dpu_push_xfer_symbol(struct dpu_set_t h, dpu_xfer_t xfer, struct dpu_symbol_t symbol,
+                                         uint32_t symbol_offset, size_t length, dpu_xfer_flags_t flags)
+{
+    return push_xfer(h, xfer, NULL, &symbol, symbol_offset, length, flags);
+}
+
+/* Scatter/gather: DPU i of the set takes (TO_DPU) or gives (FROM_DPU) `length` bytes at the
+ * symbol's offset from/to the host blocks get_block_info->f(&blk, i, 0, 1, ...) lists, in order.
+ * The blocks' total must equal `length` unless DPU_SG_XFER_DISABLE_LENGTH_CHECK (then a short
+ * TO_DPU transfer fills the rest with zeros). MRAM symbols only, as in the SDK. */
+EMU_API dpu_error_t dpu_push_sg_xfer(struct dpu_set_t h, dpu_xfer_t xfer, const char *symbol_name,
+                                     uint32_t symbol_offset, size_t length, get_block_t *get_block_info,
+                                     dpu_sg_xfer_flags_t flags)
+{
+    struct emu_sym_ref r;
+    struct hview v;
+    if (xfer != DPU_XFER_TO_DPU && xfer != DPU_XFER_FROM_DPU)
+        return fail(DPU_ERR_INVALID_MEMORY_TRANSFER, "dpu_push_sg_xfer: direction %d is neither TO_DPU nor FROM_DPU",
+                    (int)xfer);
+    if (!get_block_info || !get_block_info->f)
+        return fail(DPU_ERR_INVALID_MEMORY_TRANSFER, "dpu_push_sg_xfer: get_block_info (and its f) is NULL");
+    if (!symbol_name)
+        return fail(DPU_ERR_UNKNOWN_SYMBOL, "symbol name is NULL");
+    dpu_error_t e = prepare_access(h, &v, symbol_name, NULL, symbol_offset, length, &r);
+    if (e != DPU_OK)
+        return e;
+    if (!r.is_mram)
+        return fail(DPU_ERR_SG_NOT_MRAM_SYMBOL, "dpu_push_sg_xfer: symbol '%s' is not an MRAM symbol", symbol_name);
+    for (uint32_t i = 0; i < v.count; i++) {
+        uint32_t d = v.first + i;
+        size_t done = 0;
+        for (uint32_t b = 0;; b++) {
+            struct sg_block_info blk = {NULL, 0};
+            if (!get_block_info->f(&blk, i, b, get_block_info->args))
+                break;
+            if (done + blk.length > length)
+                return fail(DPU_ERR_SG_LENGTH_MISMATCH,
+                            "dpu_push_sg_xfer(%s): DPU %u's blocks exceed the transfer length %zu", symbol_name, i,
+                            length);
+            if (blk.length && !blk.addr)
+                return fail(DPU_ERR_INVALID_MEMORY_TRANSFER, "dpu_push_sg_xfer: DPU %u block %u has a NULL address", i, b);
+            if (xfer == DPU_XFER_TO_DPU) {
+                if (emu_mram_write(&v.set->dpus[d], r.base + symbol_offset + (uint32_t)done, blk.addr, blk.length) != 0)
+                    return fail(DPU_ERR_ALLOCATION, "dpu_push_sg_xfer: out of host memory for MRAM");
+                v.set->dpus[d].counters.host_to_dpu_bytes += blk.length;
+            } else {
+                emu_mram_read(&v.set->dpus[d], r.base + symbol_offset + (uint32_t)done, blk.addr, blk.length);
+                v.set->dpus[d].counters.dpu_to_host_bytes += blk.length;
+            }
+            done += blk.length;
+        }
+        if (done != length) {
+            if (!(flags & DPU_SG_XFER_DISABLE_LENGTH_CHECK))
+                return fail(DPU_ERR_SG_LENGTH_MISMATCH,
+                            "dpu_push_sg_xfer(%s): DPU %u's blocks hold %zu bytes, the transfer is %zu", symbol_name, i,
+                            done, length);
+            if (xfer == DPU_XFER_TO_DPU) {
+                static const uint8_t zeros[4096];
+                for (size_t k = done; k < length;) {
+                    size_t c = length - k < sizeof zeros ? length - k : sizeof zeros;
+                    if (emu_mram_write(&v.set->dpus[d], r.base + symbol_offset + (uint32_t)k, zeros, c) != 0)
+                        return fail(DPU_ERR_ALLOCATION, "dpu_push_sg_xfer: out of host memory for MRAM");
+                    k += c;
+                }
+            }
+        }
+    }
+    return DPU_OK;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -985,15 +1483,16 @@ EMU_API dpu_error_t dpu_push_xfer(struct dpu_set_t h, dpu_xfer_t xfer, const cha
 
 EMU_API dpu_error_t dpu_log_read(struct dpu_set_t h, FILE *stream)
 {
-    dpu_error_t e = check_handle(h);
+    struct hview v;
+    dpu_error_t e = check_handle(h, &v);
     if (e != DPU_OK)
         return e;
     if (!stream)
         return fail(DPU_ERR_SYSTEM, "dpu_log_read: stream is NULL");
-    wait_idle(h.set);
-    for (uint32_t d = h.first; d < h.first + h.count; d++) {
-        struct emu_dpu *dp = &h.set->dpus[d];
-        if (h.count > 1)
+    wait_idle(v.set);
+    for (uint32_t d = v.first; d < v.first + v.count; d++) {
+        struct emu_dpu *dp = &v.set->dpus[d];
+        if (v.count > 1)
             fprintf(stream, "=== DPU %u log ===\n", d);
         if (dp->log && dp->log_len)
             fwrite(dp->log, 1, dp->log_len, stream);
@@ -1005,13 +1504,14 @@ EMU_API dpu_error_t dpu_log_read(struct dpu_set_t h, FILE *stream)
 /* Log of one DPU as a string (not in the SDK): used by the Python runner. */
 EMU_API const char *dpu_emu_log(struct dpu_set_t h, size_t *length)
 {
-    if (check_handle(h) != DPU_OK || h.count != 1) {
+    struct hview v;
+    if (check_handle(h, &v) != DPU_OK || v.count != 1) {
         if (length)
             *length = 0;
         return "";
     }
-    wait_idle(h.set);
-    struct emu_dpu *dp = &h.set->dpus[h.first];
+    wait_idle(v.set);
+    struct emu_dpu *dp = &v.set->dpus[v.first];
     if (length)
         *length = dp->log ? dp->log_len : 0;
     return dp->log ? dp->log : "";
@@ -1019,14 +1519,15 @@ EMU_API const char *dpu_emu_log(struct dpu_set_t h, size_t *length)
 
 EMU_API dpu_error_t dpu_emu_get_counters(struct dpu_set_t h, struct dpu_emu_counters *out)
 {
-    dpu_error_t e = check_handle(h);
+    struct hview v;
+    dpu_error_t e = check_handle(h, &v);
     if (e != DPU_OK)
         return e;
     if (!out)
         return fail(DPU_ERR_SYSTEM, "dpu_emu_get_counters: out is NULL");
-    wait_idle(h.set);
-    for (uint32_t i = 0; i < h.count; i++)
-        out[i] = h.set->dpus[h.first + i].counters;
+    wait_idle(v.set);
+    for (uint32_t i = 0; i < v.count; i++)
+        out[i] = v.set->dpus[v.first + i].counters;
     return DPU_OK;
 }
 
@@ -1035,23 +1536,25 @@ EMU_API size_t dpu_emu_counters_size(void) { return sizeof(struct dpu_emu_counte
 
 EMU_API dpu_error_t dpu_emu_reset_transfer_counters(struct dpu_set_t h)
 {
-    dpu_error_t e = check_handle(h);
+    struct hview v;
+    dpu_error_t e = check_handle(h, &v);
     if (e != DPU_OK)
         return e;
-    wait_idle(h.set);
-    for (uint32_t d = h.first; d < h.first + h.count; d++) {
-        h.set->dpus[d].counters.host_to_dpu_bytes = 0;
-        h.set->dpus[d].counters.dpu_to_host_bytes = 0;
+    wait_idle(v.set);
+    for (uint32_t d = v.first; d < v.first + v.count; d++) {
+        v.set->dpus[d].counters.host_to_dpu_bytes = 0;
+        v.set->dpus[d].counters.dpu_to_host_bytes = 0;
     }
     return DPU_OK;
 }
 
 EMU_API dpu_error_t dpu_emu_last_fault(struct dpu_set_t h, uint32_t *dpu, uint32_t *tasklet, char *msg, size_t len)
 {
-    dpu_error_t e = check_handle(h);
+    struct hview v;
+    dpu_error_t e = check_handle(h, &v);
     if (e != DPU_OK)
         return e;
-    struct updlrm_emu_set *s = h.set;
+    struct updlrm_emu_set *s = v.set;
     wait_idle(s);
     pthread_mutex_lock(&s->lock);
     int has = s->has_fault;
@@ -1063,4 +1566,53 @@ EMU_API dpu_error_t dpu_emu_last_fault(struct dpu_set_t h, uint32_t *dpu, uint32
         snprintf(msg, len, "%s", has ? s->fault_msg : "");
     pthread_mutex_unlock(&s->lock);
     return has ? DPU_OK : DPU_ERR_INVALID_DPU_SET;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* dpu_log.h and dpu_probe.h                                                                   */
+
+EMU_API dpu_error_t dpulog_read_for_dpu(struct dpu_t *dpu, FILE *stream)
+{
+    return dpu_log_read(dpu_set_from_dpu(dpu), stream);
+}
+
+EMU_API dpu_error_t dpu_probe_init(const char *name, struct dpu_probe_t *probe)
+{
+    if (!probe)
+        return fail(DPU_ERR_INTERNAL, "dpu_probe_init: probe is NULL");
+    probe->name = name;
+    probe->running = 0;
+    return DPU_OK;
+}
+
+EMU_API dpu_error_t dpu_probe_deinit(struct dpu_probe_t *probe)
+{
+    (void)probe;
+    return DPU_OK;
+}
+
+EMU_API dpu_error_t dpu_probe_start(struct dpu_probe_t *probe)
+{
+    if (probe)
+        probe->running = 1;
+    return DPU_OK;
+}
+
+EMU_API dpu_error_t dpu_probe_stop(struct dpu_probe_t *probe)
+{
+    if (probe)
+        probe->running = 0;
+    return DPU_OK;
+}
+
+EMU_API dpu_error_t dpu_probe_get(struct dpu_probe_t *probe, dpu_probe_option_t option, dpu_probe_mode_t mode,
+                                  double *value)
+{
+    (void)probe;
+    (void)option;
+    (void)mode;
+    if (value)
+        *value = 0.0;
+    return fail(DPU_ERR_INTERNAL, "dpu_probe_get: the emulator measures no energy or DPU time (the timing model "
+                                  "is separate); build without the energy probe");
 }

@@ -12,9 +12,13 @@
 #define UPDLRM_EMU_INTERNAL_H
 
 #include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <stdint.h>
 
 #include "dpu.h"
+#include "dpu_log.h"
+#include "dpu_probe.h"
 #define UPDLRM_EMU_NO_KERNEL_SYMBOLS 1
 #include "../include/updlrm_emu_rt.h"
 
@@ -33,12 +37,27 @@
 #define EMU_MSG_LEN 400
 #define EMU_MAX_SYNC_OBJECTS 256          /* distinct barriers/mutexes/semaphores per kernel */
 #define EMU_NO_TASKLET 0xffffffffu
+#define EMU_SET_MAGIC 0x55504d45u         /* "UPME": a live set */
+#define EMU_ALTSTACK_BYTES (64u << 10)    /* signal stack of a worker (crash reports) */
+#define EMU_DEFAULT_TIMEOUT_MS 120000u    /* launch timeout unless the profile/env/call says */
+
+/* Scheduling policies (profile "schedule=..."). */
+enum emu_policy {
+    EMU_POLICY_RR = 0,     /* switch round-robin at every DMA and synchronization call (default) */
+    EMU_POLICY_RANDOM = 1, /* switch to a random runnable tasklet at the same points (seeded) */
+    EMU_POLICY_RUN = 2,    /* run each tasklet until it blocks (fast path for race-free kernels) */
+};
 
 /* DMA cost model for perfcounter_get (cycles): alpha + bytes / 2 (PrIM section 3.2.1). */
 #define EMU_DMA_READ_ALPHA 77u
 #define EMU_DMA_WRITE_ALPHA 61u
 
+struct updlrm_emu_set;
+
+/* One DPU; struct dpu_t * handles of the API point here. */
 struct emu_dpu {
+    struct updlrm_emu_set *owner;
+    uint32_t index;
     uint8_t *mram_pages[EMU_NR_PAGES]; /* NULL = never written, reads as zeros */
     uint8_t *wram_saved;               /* this DPU's WRAM globals between launches */
     uint8_t *heap_saved;               /* its WRAM heap [0, heap_saved_len) between launches */
@@ -51,6 +70,13 @@ struct emu_dpu {
     struct dpu_emu_counters counters;
     char fault_msg[EMU_MSG_LEN];
     uint32_t fault_tasklet;
+    uintptr_t fault_pc;                /* kernel code address of a crash (0 = none) */
+};
+
+/* One rank: DPUs [first, first + count) of its set; struct dpu_rank_t * handles point here. */
+struct dpu_rank_t {
+    struct updlrm_emu_set *set;
+    uint32_t first, count;
 };
 
 /* One dlopen()ed private copy of the kernel. */
@@ -78,6 +104,7 @@ struct emu_tasklet {
 
 struct emu_sync_obj {
     const void *addr;
+    uint32_t target;  /* barrier: tasklets to wait for (its initial count) */
     uint32_t waiting; /* barrier: tasklets arrived */
     uint32_t locked;  /* mutex */
     uint32_t owner;
@@ -109,6 +136,26 @@ struct emu_sched {
     uint64_t cycles, perf_base;
     int faulted;
     int mram_alias;       /* image __mram sections overlap the MRAM window: no DMA fast path */
+    /* scheduling */
+    enum emu_policy policy;
+    uint64_t rng;          /* xorshift state of the random policy */
+    uint32_t rq[EMU_MAX_TASKLETS]; /* run queue (ring): runnable tasklets not running, FIFO */
+    uint32_t rq_head, rq_len;
+    int strict;            /* MRAM addressing: 1 = fault on unaligned/offset addresses */
+    uint32_t fast_floor;   /* lowest MRAM offset the DMA fast path may touch (mirrored below) */
+    volatile sig_atomic_t mirror_active; /* static MRAM mirrored into the image (see sched.c) */
+    /* isolation */
+    volatile sig_atomic_t in_tasklet;
+    volatile sig_atomic_t deadline_hit;
+    sigjmp_buf recover;    /* where a crash or a timeout in a tasklet lands (run_one_dpu) */
+    uint8_t *altstack;
+    uint64_t deadline_ns;  /* launch deadline (CLOCK_MONOTONIC), 0 = none */
+    uint64_t switches;
+    volatile int crash_sig;        /* 0 with a recovery = the deadline */
+    void *volatile crash_addr;
+    volatile uintptr_t crash_pc;
+    void *image_base;      /* load address of the image (dladdr's dli_fbase) */
+    uintptr_t code_lo, code_hi; /* the image's executable segment(s): kernel code */
 };
 
 struct emu_program {
@@ -123,11 +170,23 @@ struct emu_program {
     uint32_t mram_init_size;  /* updlrm_mram bytes (multiple of 8) */
     uint32_t mram_static;     /* bytes of static MRAM variables = heap offset */
     uint8_t *mram_init;       /* pristine updlrm_mram contents */
+    int strict_default;       /* the kernel's __updlrm_emu_strict */
+    int race_free;            /* the kernel's __updlrm_emu_race_free */
+    char *path;               /* the program file (for source lines in crash reports) */
 };
 
 struct updlrm_emu_set {
+    uint32_t magic;
     uint32_t nr_dpus, dpus_per_rank;
     struct emu_dpu *dpus;
+    uint32_t nr_ranks;
+    struct dpu_rank_t *ranks;
+    struct dpu_rank_t **rank_ptrs;
+    /* options from the profile (-1 = not given) */
+    int opt_policy, opt_strict;
+    uint64_t opt_seed;
+    uint32_t timeout_ms;
+    uint32_t launch_no;            /* launches so far (seeds the random policy) */
     struct emu_program *prog;
     pthread_mutex_t lock;
     pthread_t async_thread;
@@ -153,5 +212,11 @@ EMU_HIDDEN extern const struct updlrm_emu_rt emu_rt_table;
 EMU_HIDDEN int emu_mram_write(struct emu_dpu *dpu, uint32_t off, const void *src, size_t n);
 EMU_HIDDEN void emu_mram_read(const struct emu_dpu *dpu, uint32_t off, void *dst, size_t n);
 EMU_HIDDEN uint64_t emu_now_ns(void);
+/* Makes an image's __mram sections inaccessible (the first direct access mirrors them). */
+EMU_HIDDEN void emu_mirror_init(struct emu_image *img);
+/* Installs the crash/timeout signal handlers once per process. */
+EMU_HIDDEN void emu_signals_install(void);
+/* "file.c:42 (func)" for a code address of a kernel image, or "" (uses addr2line). */
+EMU_HIDDEN void emu_source_line(const char *so_path, uintptr_t pc, char *out, size_t len);
 
 #endif

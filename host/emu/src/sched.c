@@ -4,21 +4,29 @@
  * mutexes, semaphores, handshakes, perfcounter, printf).
  *
  * Each worker thread owns one scheduler (struct emu_sched) and runs its DPUs one after another.
- * For one DPU, NR_TASKLETS coroutines run on the worker's host stacks; a tasklet runs until it
- * blocks (barrier, mutex, semaphore, handshake) or ends, then the scheduler picks the next
- * runnable one round-robin. No tasklet is ever preempted, so kernel code between two blocking
- * calls is atomic, as a correct DPU kernel must not rely on anything else anyway.
+ * For one DPU, NR_TASKLETS coroutines run on the worker's host stacks. Scheduling points are every
+ * DMA (mram_read/mram_write), barrier, mutex, semaphore and handshake call and tasklet end: at
+ * each, the default policy switches to the next runnable tasklet round-robin (on a DPU the other
+ * tasklets run while a DMA is in flight), the random policy to a seeded random one (the race
+ * finder), and the "run" policy (kernels marked race-free) only when the tasklet blocks. Kernel
+ * code between two scheduling points is atomic: the emulator never preempts it.
+ * Isolation: a crash in kernel code (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT, a host stack
+ * overflow into the guard page) or the launch deadline (a per-thread timer signal) lands in a
+ * signal handler on the worker's alternate stack, which records the fault and siglongjmps back to
+ * run_one_dpu; the DPU's coroutines are abandoned like after any other fault.
  * A fault (bad DMA, WRAM heap exhausted, deadlock, halt) abandons the DPU's coroutines: their
  * stacks are simply reused for the next DPU, and the wait queues live here (reset per DPU), so
  * nothing stale remains for the next launch.
  *
  * Context switch: on x86-64 a 20-instruction assembly switch (callee-saved registers, MXCSR and
- * the x87 control word); elsewhere ucontext (swapcontext also saves the signal mask with a
+ * the x87 control word, reloaded only when they differ: ldmxcsr/fldcw were 5% of a round-robin
+ * run); elsewhere ucontext (swapcontext also saves the signal mask with a
  * syscall per switch, which is why x86-64 avoids it).
  */
 #include "emu_internal.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +35,9 @@
 #include <time.h>
 #include <unistd.h>
 #include <dlfcn.h>
+#include <link.h>
+#include <sys/syscall.h>
+#include <ucontext.h>
 
 #if !defined(__x86_64__) || defined(UPDLRM_EMU_FORCE_UCONTEXT)
 #include <ucontext.h>
@@ -66,9 +77,18 @@ __asm__(".text\n"
         "  stmxcsr (%rsp)\n"
         "  fnstcw 4(%rsp)\n"
         "  movq %rsp, (%rdi)\n"
+        "  movl (%rsp), %eax\n"
+        "  movzwl 4(%rsp), %ecx\n"
         "  movq %rsi, %rsp\n"
+        /* ldmxcsr/fldcw stall the pipeline: restore only what differs (kernels rarely change them) */
+        "  cmpl (%rsp), %eax\n"
+        "  je 1f\n"
         "  ldmxcsr (%rsp)\n"
+        "1:\n"
+        "  cmpw 4(%rsp), %cx\n"
+        "  je 2f\n"
         "  fldcw 4(%rsp)\n"
+        "2:\n"
         "  addq $8, %rsp\n"
         "  popq %r15\n"
         "  popq %r14\n"
@@ -128,11 +148,13 @@ static void to_scheduler(struct emu_sched *s)
 static void to_tasklet(struct emu_sched *s, uint32_t i)
 {
     s->current = i;
+    s->in_tasklet = 1;
 #ifdef EMU_USE_UCONTEXT
     swapcontext((ucontext_t *)s->sched_uctx, (ucontext_t *)s->t[i].uctx);
 #else
     updlrm_emu_ctx_switch(&s->sched_sp, s->t[i].sp);
 #endif
+    s->in_tasklet = 0;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -286,6 +308,138 @@ static int mram_offset(struct emu_sched *s, const void *p, uint32_t *off)
     return 0;
 }
 
+/* The run queue: runnable tasklets in the order they became runnable (FIFO). A tasklet that is
+ * woken or yields goes to the back, so a tasklet released earlier reaches its next DMA earlier,
+ * as with the DPU's equal-progress interleaving (e.g. in a handshake chain, the notifier's DMA
+ * comes before the waiter's). */
+static inline void rq_push(struct emu_sched *s, uint32_t i)
+{
+    uint32_t n = s->nr_tasklets, tail = s->rq_head + s->rq_len;
+    s->rq[tail < n ? tail : tail - n] = i;
+    s->rq_len++;
+}
+
+static inline uint32_t rq_pop(struct emu_sched *s)
+{
+    uint32_t i = s->rq[s->rq_head];
+    s->rq_head = s->rq_head + 1 == s->nr_tasklets ? 0 : s->rq_head + 1;
+    s->rq_len--;
+    return i;
+}
+
+/* A scheduling point in a tasklet: under the round-robin and random policies the tasklet stays
+ * runnable and the scheduler picks who runs next; under "run" nothing happens. */
+static inline void sched_point(struct emu_sched *s)
+{
+    if (__builtin_expect(s->deadline_hit, 0))
+        fault_here(s, "launch timed out after %u ms (an endless loop?)", s->set->timeout_ms);
+    if (s->policy == EMU_POLICY_RUN || s->nr_tasklets == 1)
+        return;
+#ifndef EMU_USE_UCONTEXT
+    if (s->policy == EMU_POLICY_RR) {
+        /* Round-robin over the run queue, handing over directly to the next tasklet: one switch
+         * instead of two through the scheduler, which only runs when a tasklet blocks or ends. */
+        if (s->rq_len == 0)
+            return; /* the only runnable tasklet: go on */
+        uint32_t cur = s->current, i = rq_pop(s);
+        rq_push(s, cur);
+        s->current = i;
+        s->switches++;
+        updlrm_emu_ctx_switch(&s->t[cur].sp, s->t[i].sp);
+        return; /* resumed: whoever switched back set s->current = cur */
+    }
+#endif
+    rq_push(s, s->current); /* the scheduler takes the next one from the queue */
+    to_scheduler(s);
+}
+
+/* A scheduling point right after this tasklet released `woken` others (now the last entries of
+ * the queue): it stays ahead of them, as on a DPU the releasing tasklet goes on at once while the
+ * released ones are dispatched again later. Under the random policy all orders are possible. */
+static void sched_point_after_wake(struct emu_sched *s, uint32_t woken)
+{
+    if (s->policy != EMU_POLICY_RR || woken == 0 || woken > s->rq_len || s->nr_tasklets == 1) {
+        sched_point(s);
+        return;
+    }
+    uint32_t n = s->nr_tasklets;
+    /* insert current before the last `woken` entries */
+    uint32_t pos = s->rq_len - woken;
+    for (uint32_t j = s->rq_len; j > pos; j--) {
+        uint32_t a = s->rq_head + j < n ? s->rq_head + j : s->rq_head + j - n;
+        uint32_t b = a == 0 ? n - 1 : a - 1;
+        s->rq[a] = s->rq[b];
+    }
+    uint32_t at = s->rq_head + pos < n ? s->rq_head + pos : s->rq_head + pos - n;
+    s->rq[at] = s->current;
+    s->rq_len++;
+    uint32_t cur = s->current, i = rq_pop(s);
+    if (i == cur)
+        return;
+    s->current = i;
+    s->switches++;
+#ifndef EMU_USE_UCONTEXT
+    updlrm_emu_ctx_switch(&s->t[cur].sp, s->t[i].sp);
+#else
+    s->current = cur;
+    /* ucontext: let the scheduler run i next (it is at the head again) */
+    s->rq_head = s->rq_head == 0 ? n - 1 : s->rq_head - 1;
+    s->rq[s->rq_head] = i;
+    s->rq_len++;
+    to_scheduler(s);
+#endif
+}
+
+static void rt_yield(void)
+{
+    struct emu_sched *s = tls_sched;
+    if (s)
+        sched_point(s);
+}
+
+/* Static MRAM variables touched directly by kernel code: the image's __mram sections are kept
+ * inaccessible; the first direct access of a DPU's run faults, on_signal makes them accessible
+ * and copies the DPU's MRAM bytes in (mirror_activate), and from then on until the DPU's run
+ * ends the sections hold those bytes: DMAs to their offsets go there too (mirror_at), and the
+ * bytes are copied back into MRAM at the end (mirror_finish). A kernel that only uses
+ * mram_read/mram_write never pays for this. mirror_at: where MRAM offset `off` lives now, or
+ * NULL when it is in MRAM proper. */
+static uint8_t *mirror_at(struct emu_sched *s, uint32_t off)
+{
+    const struct emu_program *p = s->prog;
+    if (!s->mirror_active || off >= p->mram_static)
+        return NULL;
+    if (off < p->mram_init_size)
+        return s->image->mram_start + off;
+    return s->image->mramz_start + (off - p->mram_init_size);
+}
+
+/* Copies n bytes between WRAM and MRAM offset `off`, through the mirror where it applies. */
+static int mram_copy(struct emu_sched *s, int is_write, uint32_t off, void *wram_p, unsigned n)
+{
+    struct emu_dpu *d = s->dpu;
+    uint32_t floor = s->fast_floor;
+    while (n > 0 && off < floor) { /* the mirrored part, in pieces that stay in one section */
+        const struct emu_program *p = s->prog;
+        uint32_t end = off < p->mram_init_size ? p->mram_init_size : p->mram_static;
+        unsigned k = end - off < n ? end - off : n;
+        uint8_t *m = mirror_at(s, off);
+        if (is_write)
+            memcpy(m, wram_p, k);
+        else
+            memcpy(wram_p, m, k);
+        off += k;
+        wram_p = (uint8_t *)wram_p + k;
+        n -= k;
+    }
+    if (n == 0)
+        return 0;
+    if (is_write)
+        return emu_mram_write(d, off, wram_p, n);
+    emu_mram_read(d, off, wram_p, n);
+    return 0;
+}
+
 /* The checked DMA: finds and reports any violation (the slow path, taken when the fast path in
  * dma() cannot prove the access good), then does the copy. */
 static void dma_checked(struct emu_sched *s, int is_write, const void *mram_p, void *wram_p, unsigned n)
@@ -293,6 +447,19 @@ static void dma_checked(struct emu_sched *s, int is_write, const void *mram_p, v
     const char *op = is_write ? "mram_write" : "mram_read";
     uint32_t off = 0;
     int in_mram = mram_offset(s, mram_p, &off);
+    struct emu_dpu *d = s->dpu;
+    if (!in_mram && !s->strict && (uintptr_t)mram_p < EMU_MRAM_SIZE) {
+        /* Hardware decodes the low 26 bits: a heap offset given without the MRAM base works. */
+        off = (uint32_t)(uintptr_t)mram_p;
+        in_mram = 1;
+        d->counters.mram_rebased_ops++;
+    }
+    if (!s->strict && in_mram && ((off | (uint32_t)(uintptr_t)wram_p) & 7u) != 0) {
+        /* Hardware ignores the low 3 bits of both DMA addresses. */
+        off &= ~7u;
+        wram_p = (void *)((uintptr_t)wram_p & ~(uintptr_t)7);
+        d->counters.mram_realigned_ops++;
+    }
     uint32_t shown = in_mram ? EMU_MRAM_BASE + off : (uint32_t)(uintptr_t)mram_p;
 #define EMU_DMA_FMT(what) "%s " what " (mram 0x%08x %s wram %p, %u bytes)"
 #define EMU_DMA_ARGS op, shown, is_write ? "<-" : "->", wram_p, n
@@ -316,16 +483,15 @@ static void dma_checked(struct emu_sched *s, int is_write, const void *mram_p, v
                    EMU_DMA_ARGS);
 #undef EMU_DMA_FMT
 #undef EMU_DMA_ARGS
-    struct emu_dpu *d = s->dpu;
     uint32_t t = s->current;
     if (is_write) {
-        if (emu_mram_write(d, off, wram_p, n) != 0)
+        if (mram_copy(s, 1, off, wram_p, n) != 0)
             fault_here(s, "mram_write: the host is out of memory for MRAM backing pages");
         d->counters.dma_write_ops[t]++;
         d->counters.dma_write_bytes[t] += n;
         s->cycles += EMU_DMA_WRITE_ALPHA + n / 2;
     } else {
-        emu_mram_read(d, off, wram_p, n);
+        mram_copy(s, 0, off, wram_p, n);
         d->counters.dma_read_ops[t]++;
         d->counters.dma_read_bytes[t] += n;
         s->cycles += EMU_DMA_READ_ALPHA + n / 2;
@@ -347,13 +513,15 @@ static inline __attribute__((always_inline)) void dma(int is_write, const void *
     uint32_t off = (uint32_t)(a - EMU_MRAM_BASE);
     const struct emu_image *img = s->image;
     /* (n - 8) <= 2040 rejects n < 8 (wraps) and n > 2048; one OR tests all three alignments */
-    int fast = !s->mram_alias && a - EMU_MRAM_BASE < EMU_MRAM_SIZE && (unsigned)(n - 8u) <= 2040u &&
+    int fast = !s->mram_alias && a - EMU_MRAM_BASE < EMU_MRAM_SIZE && off >= s->fast_floor &&
+               (unsigned)(n - 8u) <= 2040u &&
                ((n | off | (uint32_t)w) & 7u) == 0 &&
                (off & (EMU_PAGE_SIZE - 1)) + n <= EMU_PAGE_SIZE && /* also proves off + n <= MRAM size */
                ((w >= (uintptr_t)img->wram_start && w + n <= (uintptr_t)img->wram_end) ||
                 (w >= (uintptr_t)s->heap && w + n <= (uintptr_t)s->heap + s->heap_top));
     if (__builtin_expect(!fast, 0)) {
         dma_checked(s, is_write, mram_p, wram_p, n);
+        sched_point(s);
         return;
     }
     struct emu_dpu *d = s->dpu;
@@ -369,14 +537,18 @@ static inline __attribute__((always_inline)) void dma(int is_write, const void *
         d->counters.dma_write_bytes[t] += n;
         s->cycles += EMU_DMA_WRITE_ALPHA + n / 2;
     } else {
+        d->counters.dma_read_ops[t]++;
+        d->counters.dma_read_bytes[t] += n;
+        s->cycles += EMU_DMA_READ_ALPHA + n / 2;
+        /* The copy happens at issue, then the other tasklets run (as they do while a DMA is in
+         * flight). Prefetching the source and copying on resume was measured slower on the
+         * project's kernel (docs/EMULATOR.md, "Scheduling cost"). */
         if (__builtin_expect(page != NULL, 1))
             memcpy(wram_p, page + in, n);
         else
             memset(wram_p, 0, n);
-        d->counters.dma_read_ops[t]++;
-        d->counters.dma_read_bytes[t] += n;
-        s->cycles += EMU_DMA_READ_ALPHA + n / 2;
     }
+    sched_point(s);
 }
 
 static void rt_mram_read(const void *from, void *to, unsigned n) { dma(0, from, to, n); }
@@ -439,8 +611,10 @@ static void block(struct emu_sched *s, enum emu_wait_kind kind, const void *obj,
     to_scheduler(s);
 }
 
-static void wake(struct emu_tasklet *t)
+static void wake_t(struct emu_sched *s, uint32_t i)
 {
+    struct emu_tasklet *t = &s->t[i];
+    rq_push(s, i);
     t->state = T_RUNNABLE;
     t->wait = W_NONE;
     t->wait_obj = NULL;
@@ -451,19 +625,25 @@ static void rt_barrier_wait(struct updlrm_emu_barrier *b)
     struct emu_sched *s = tls_sched;
     if (!s)
         return;
-    if (b->count == 0 || b->count > s->nr_tasklets)
-        fault_here(s, "barrier_wait on a barrier for %u tasklets, but the DPU runs %u tasklets (deadlock)", b->count,
-                   s->nr_tasklets);
     struct emu_sync_obj *o = sync_obj(s, b);
+    if (o->waiting == 0)
+        o->target = b->initial_count; /* a phase starts: the count is read once per phase */
+    if (o->target == 0 || o->target > s->nr_tasklets)
+        fault_here(s, "barrier_wait on a barrier for %u tasklets, but the DPU runs %u tasklets (deadlock)", o->target,
+                   s->nr_tasklets);
     o->waiting++;
-    if (o->waiting >= b->count) {
+    if (o->waiting >= o->target) {
         o->waiting = 0;
+        uint32_t woken = 0;
         for (uint32_t i = 0; i < s->nr_tasklets; i++)
-            if (s->t[i].state == T_BLOCKED && s->t[i].wait == W_BARRIER && s->t[i].wait_obj == b)
-                wake(&s->t[i]);
+            if (s->t[i].state == T_BLOCKED && s->t[i].wait == W_BARRIER && s->t[i].wait_obj == b) {
+                wake_t(s, i);
+                woken++;
+            }
+        sched_point_after_wake(s, woken);
         return;
     }
-    block(s, W_BARRIER, b, b->count);
+    block(s, W_BARRIER, b, o->target);
 }
 
 static void rt_mutex_lock(struct updlrm_emu_mutex *m)
@@ -475,6 +655,7 @@ static void rt_mutex_lock(struct updlrm_emu_mutex *m)
     if (!o->locked) {
         o->locked = 1;
         o->owner = s->current;
+        sched_point(s);
         return;
     }
     if (o->owner == s->current)
@@ -508,11 +689,13 @@ static void rt_mutex_unlock(struct updlrm_emu_mutex *m)
         uint32_t i = (s->current + k) % s->nr_tasklets;
         if (s->t[i].state == T_BLOCKED && s->t[i].wait == W_MUTEX && s->t[i].wait_obj == m) {
             o->owner = i;
-            wake(&s->t[i]);
+            wake_t(s, i);
+            sched_point_after_wake(s, 1);
             return;
         }
     }
     o->locked = 0;
+    sched_point(s);
 }
 
 static void rt_sem_take(struct updlrm_emu_sem *sem)
@@ -522,6 +705,7 @@ static void rt_sem_take(struct updlrm_emu_sem *sem)
         return;
     if (sem->value > 0) {
         sem->value--;
+        sched_point(s);
         return;
     }
     block(s, W_SEM, sem, 0); /* sem_give hands the unit over directly */
@@ -535,11 +719,13 @@ static void rt_sem_give(struct updlrm_emu_sem *sem)
     for (uint32_t k = 1; k <= s->nr_tasklets; k++) {
         uint32_t i = (s->current + k) % s->nr_tasklets;
         if (s->t[i].state == T_BLOCKED && s->t[i].wait == W_SEM && s->t[i].wait_obj == sem) {
-            wake(&s->t[i]);
+            wake_t(s, i);
+            sched_point_after_wake(s, 1);
             return;
         }
     }
     sem->value++;
+    sched_point(s);
 }
 
 static int rt_handshake_notify(void)
@@ -549,7 +735,8 @@ static int rt_handshake_notify(void)
         return 0;
     for (uint32_t i = 0; i < s->nr_tasklets; i++)
         if (s->t[i].state == T_BLOCKED && s->t[i].wait == W_WAIT_FOR && s->t[i].wait_arg == s->current) {
-            wake(&s->t[i]);
+            wake_t(s, i);
+            sched_point_after_wake(s, 1);
             return 0;
         }
     block(s, W_NOTIFY, NULL, 0);
@@ -565,7 +752,8 @@ static int rt_handshake_wait_for(unsigned notifier)
         fault_here(s, "handshake_wait_for(%u): no such other tasklet (NR_TASKLETS = %u)", notifier, s->nr_tasklets);
     struct emu_tasklet *n = &s->t[notifier];
     if (n->state == T_BLOCKED && n->wait == W_NOTIFY) {
-        wake(n);
+        wake_t(s, notifier);
+        sched_point_after_wake(s, 1);
         return 0;
     }
     block(s, W_WAIT_FOR, NULL, notifier);
@@ -648,6 +836,7 @@ EMU_HIDDEN const struct updlrm_emu_rt emu_rt_table = {
     .perfcounter_get = rt_perfcounter_get,
     .vprintf = rt_vprintf,
     .fault = rt_fault,
+    .yield = rt_yield,
 };
 
 /* ------------------------------------------------------------------------------------------ */
@@ -660,6 +849,32 @@ static void tasklet_entry(void *arg)
     s->t[s->current].state = T_DONE;
     to_scheduler(s);
     __builtin_unreachable();
+}
+
+/* dl_iterate_phdr callback: the executable segments of the image loaded at s->image_base. */
+static int find_code(struct dl_phdr_info *info, size_t size, void *arg)
+{
+    (void)size;
+    struct emu_sched *s = (struct emu_sched *)arg;
+    uintptr_t lo = UINTPTR_MAX, hi = 0;
+    int mine = 0;
+    for (unsigned i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type != PT_LOAD)
+            continue;
+        uintptr_t a = info->dlpi_addr + ph->p_vaddr, b = a + ph->p_memsz;
+        if ((uintptr_t)s->image->main_fn >= a && (uintptr_t)s->image->main_fn < b)
+            mine = 1;
+        if (ph->p_flags & PF_X) {
+            lo = a < lo ? a : lo;
+            hi = b > hi ? b : hi;
+        }
+    }
+    if (!mine)
+        return 0;
+    s->code_lo = lo;
+    s->code_hi = hi;
+    return 1;
 }
 
 EMU_HIDDEN int emu_sched_init(struct emu_sched *s, struct emu_program *prog, struct emu_image *image)
@@ -689,6 +904,11 @@ EMU_HIDDEN int emu_sched_init(struct emu_sched *s, struct emu_program *prog, str
     s->heap = (uint8_t *)aligned_alloc(64, EMU_WRAM_SIZE);
     if (!s->heap)
         return -1;
+    s->altstack = (uint8_t *)malloc(EMU_ALTSTACK_BYTES);
+    Dl_info info;
+    if (dladdr((const void *)image->main_fn, &info))
+        s->image_base = info.dli_fbase;
+    dl_iterate_phdr(find_code, s);
     memset(s->heap, 0, EMU_WRAM_SIZE);
 #ifdef EMU_USE_UCONTEXT
     s->sched_uctx = calloc(1, sizeof(ucontext_t));
@@ -703,6 +923,7 @@ EMU_HIDDEN void emu_sched_fini(struct emu_sched *s)
     if (s->stacks)
         munmap(s->stacks, s->stacks_bytes);
     free(s->heap);
+    free(s->altstack);
 #ifdef EMU_USE_UCONTEXT
     free(s->sched_uctx);
     for (uint32_t i = 0; i < EMU_MAX_TASKLETS; i++)
@@ -734,18 +955,171 @@ static void fault_deadlock(struct emu_sched *s)
     default: break;
     }
     if (t->wait == W_BARRIER) {
-        const struct updlrm_emu_barrier *b = (const struct updlrm_emu_barrier *)t->wait_obj;
         uint32_t waiting = 0;
         for (uint32_t i = 0; i < s->nr_tasklets; i++)
-            if (s->t[i].state == T_BLOCKED && s->t[i].wait == W_BARRIER && s->t[i].wait_obj == b)
+            if (s->t[i].state == T_BLOCKED && s->t[i].wait == W_BARRIER && s->t[i].wait_obj == t->wait_obj)
                 waiting++;
         fault_set(s, first,
                   "deadlock in barrier_wait: the barrier expects %u tasklets but only %u wait on it "
                   "(%u tasklets blocked, %u ended)",
-                  b->count, waiting, blocked, done);
+                  t->wait_arg, waiting, blocked, done);
     } else {
         fault_set(s, first, "deadlock in %s: %u tasklets blocked, %u ended, none can run", what, blocked, done);
     }
+}
+
+static void mirror_protect(struct emu_image *img, int prot)
+{
+    uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uint8_t *rs[2] = {img->mram_start, img->mramz_start}, *re[2] = {img->mram_end, img->mramz_end};
+    for (int k = 0; k < 2; k++) {
+        /* kernel.ld gives each section whole pages; never touch a page it does not own */
+        uintptr_t a = (uintptr_t)rs[k], b = ((uintptr_t)re[k] + pg - 1) & ~(pg - 1);
+        if (rs[k] && re[k] > rs[k] && (a & (pg - 1)) == 0)
+            mprotect((void *)a, b - a, prot);
+    }
+}
+
+EMU_HIDDEN void emu_mirror_init(struct emu_image *img) { mirror_protect(img, PROT_NONE); }
+
+static int in_image_mram(const struct emu_image *img, uintptr_t a)
+{
+    return (img->mram_start && a >= (uintptr_t)img->mram_start && a < (uintptr_t)img->mram_end) ||
+           (img->mramz_start && a >= (uintptr_t)img->mramz_start && a < (uintptr_t)img->mramz_end);
+}
+
+/* In the signal handler (only syscalls and copies): the first direct access of this run. */
+static void mirror_activate(struct emu_sched *s)
+{
+    const struct emu_program *p = s->prog;
+    mirror_protect(s->image, PROT_READ | PROT_WRITE);
+    emu_mram_read(s->dpu, 0, s->image->mram_start, p->mram_init_size);
+    emu_mram_read(s->dpu, p->mram_init_size, s->image->mramz_start, p->mram_static - p->mram_init_size);
+    s->mirror_active = 1;
+    s->fast_floor = p->mram_static; /* DMAs below go through mram_copy, hence the mirror */
+}
+
+static void mirror_finish(struct emu_sched *s)
+{
+    const struct emu_program *p = s->prog;
+    if (!s->mirror_active)
+        return;
+    if (emu_mram_write(s->dpu, 0, s->image->mram_start, p->mram_init_size) != 0 ||
+        emu_mram_write(s->dpu, p->mram_init_size, s->image->mramz_start, p->mram_static - p->mram_init_size) != 0)
+        fault_set(s, EMU_NO_TASKLET, "the host is out of memory for MRAM backing pages");
+    mirror_protect(s->image, PROT_NONE);
+    s->mirror_active = 0;
+    s->fast_floor = 0;
+}
+
+static uint64_t rng_next(struct emu_sched *s)
+{
+    uint64_t x = s->rng; /* xorshift64* */
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    s->rng = x;
+    return x * 0x2545F4914F6CDD1Dull;
+}
+
+/* The scheduling loop of one DPU: runs tasklets until all end, one faults, or a deadlock. */
+static void schedule(struct emu_sched *s)
+{
+    uint32_t n = s->nr_tasklets, last = EMU_NO_TASKLET;
+    for (;;) {
+        if (s->faulted)
+            break;
+        if (s->deadline_hit) {
+            fault_set(s, EMU_NO_TASKLET, "launch timed out after %u ms before this DPU finished (an endless loop, "
+                      "or raise the timeout)", s->set->timeout_ms);
+            break;
+        }
+        uint32_t pick = EMU_NO_TASKLET, alive = 0;
+        for (uint32_t i = 0; i < n; i++)
+            alive += s->t[i].state != T_DONE;
+        if (s->rq_len && s->policy == EMU_POLICY_RANDOM) {
+            /* any queued tasklet, uniformly: take it out of the queue, keep the others' order */
+            uint32_t k = (uint32_t)(rng_next(s) % s->rq_len);
+            uint32_t at = s->rq_head + k < n ? s->rq_head + k : s->rq_head + k - n;
+            pick = s->rq[at];
+            for (uint32_t j = k; j + 1 < s->rq_len; j++) {
+                uint32_t a = s->rq_head + j < n ? s->rq_head + j : s->rq_head + j - n;
+                uint32_t b = a + 1 < n ? a + 1 : 0;
+                s->rq[a] = s->rq[b];
+            }
+            s->rq_len--;
+        } else if (s->rq_len) {
+            pick = rq_pop(s);
+        }
+        if (pick == EMU_NO_TASKLET) {
+            if (alive)
+                fault_deadlock(s);
+            break;
+        }
+        if (pick != last)
+            s->switches++;
+        last = pick;
+        to_tasklet(s, pick);
+    }
+}
+
+static const char *signal_name(int sig)
+{
+    switch (sig) {
+    case SIGSEGV: return "SIGSEGV";
+    case SIGBUS: return "SIGBUS";
+    case SIGFPE: return "SIGFPE";
+    case SIGILL: return "SIGILL";
+    case SIGABRT: return "SIGABRT";
+    case SIGTRAP: return "SIGTRAP";
+    default: return "a signal";
+    }
+}
+
+/* Turns what on_signal recorded into the DPU's fault message (outside the signal handler). */
+static void crash_report(struct emu_sched *s)
+{
+    uint32_t t = s->current;
+    struct emu_dpu *d = s->dpu;
+    char where[256] = "";
+    if (s->crash_pc) {
+        Dl_info info;
+        if (dladdr((void *)s->crash_pc, &info) && info.dli_fbase == s->image_base) {
+            char line[200];
+            emu_source_line(s->prog->path, s->crash_pc - (uintptr_t)info.dli_fbase, line, sizeof line);
+            if (line[0])
+                snprintf(where, sizeof where, " at %s", line);
+            else if (info.dli_sname)
+                snprintf(where, sizeof where, " in %s()", info.dli_sname);
+        }
+        d->fault_pc = s->crash_pc;
+    }
+    if (s->crash_sig == 0) {
+        fault_set(s, t, "launch timed out after %u ms (an endless loop?)%s", s->set->timeout_ms, where);
+        return;
+    }
+    const char *what = "";
+    char detail[200] = "";
+    uintptr_t a = (uintptr_t)s->crash_addr;
+    const struct emu_image *img = s->image;
+    if (s->crash_sig == SIGSEGV || s->crash_sig == SIGBUS) {
+        const struct emu_tasklet *tk = &s->t[t];
+        size_t page = (size_t)sysconf(_SC_PAGESIZE);
+        if (a >= (uintptr_t)tk->stack_lo - page && a < (uintptr_t)tk->stack_lo) {
+            what = " (stack overflow: the tasklet's host stack of 256 KiB is exhausted; deep recursion?)";
+        } else if (in_image_mram(img, a)) {
+            Dl_info info;
+            const char *name = dladdr((void *)a, &info) && info.dli_sname ? info.dli_sname : "?";
+            snprintf(detail, sizeof detail, " (direct access to the __mram variable '%s' failed)", name);
+        } else {
+            snprintf(detail, sizeof detail, " (invalid memory access at %p)", s->crash_addr);
+        }
+    } else if (s->crash_sig == SIGFPE) {
+        what = " (arithmetic exception: integer division by zero or overflow)";
+    } else if (s->crash_sig == SIGABRT) {
+        what = " (abort() called)";
+    }
+    fault_set(s, t, "%s%s%s in kernel code%s", signal_name(s->crash_sig), what, detail, where);
 }
 
 static void run_one_dpu(struct emu_sched *s, struct updlrm_emu_set *set, uint32_t index)
@@ -784,9 +1158,21 @@ static void run_one_dpu(struct emu_sched *s, struct updlrm_emu_set *set, uint32_
     s->perf_base = 0;
     s->faulted = 0;
     s->nr_objs = 0;
+    s->crash_sig = 0;
+    s->crash_addr = NULL;
+    s->crash_pc = 0;
+    s->policy = (set->opt_policy >= 0) ? (enum emu_policy)set->opt_policy
+                                       : (p->race_free ? EMU_POLICY_RUN : EMU_POLICY_RR);
+    s->strict = set->opt_strict >= 0 ? set->opt_strict : p->strict_default;
+    s->rng = (set->opt_seed ^ ((uint64_t)index * 0x9E3779B97F4A7C15ull) ^ ((uint64_t)set->launch_no << 40)) | 1u;
+    s->fast_floor = 0;
+    s->mirror_active = 0;
 
+    s->rq_head = 0;
+    s->rq_len = 0;
     for (uint32_t i = 0; i < s->nr_tasklets; i++) {
         struct emu_tasklet *t = &s->t[i];
+        rq_push(s, i);
         t->state = T_RUNNABLE;
         t->wait = W_NONE;
         t->wait_obj = NULL;
@@ -803,30 +1189,18 @@ static void run_one_dpu(struct emu_sched *s, struct updlrm_emu_set *set, uint32_
 #endif
     }
 
+    s->switches = 0;
     tls_sched = s;
-    uint32_t next = 0;
-    for (;;) {
-        if (s->faulted)
-            break;
-        uint32_t pick = EMU_NO_TASKLET, alive = 0;
-        for (uint32_t k = 0; k < s->nr_tasklets; k++) {
-            uint32_t i = (next + k) % s->nr_tasklets;
-            if (s->t[i].state != T_DONE)
-                alive++;
-            if (s->t[i].state == T_RUNNABLE) {
-                pick = i;
-                break;
-            }
-        }
-        if (pick == EMU_NO_TASKLET) {
-            if (alive)
-                fault_deadlock(s);
-            break;
-        }
-        to_tasklet(s, pick);
-        next = (pick + 1) % s->nr_tasklets;
+    if (sigsetjmp(s->recover, 0) != 0) {
+        /* A crash or the deadline in tasklet code (on_signal): the DPU stops here. */
+        s->in_tasklet = 0;
+        crash_report(s);
+    } else {
+        schedule(s);
     }
     tls_sched = NULL;
+    mirror_finish(s);
+    d->counters.switches = s->switches;
 
     /* Swap this DPU's WRAM out (also after a fault: the hardware keeps WRAM as it is). */
     memcpy(d->wram_saved, s->image->wram_start, p->wram_size);
@@ -862,16 +1236,194 @@ static void run_one_dpu(struct emu_sched *s, struct updlrm_emu_set *set, uint32_
     d->counters.wall_ns = emu_now_ns() - t0;
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* Isolation: crash and deadline signals                                                      */
+
+static const int crash_signals[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT, SIGTRAP};
+#define EMU_NR_CRASH_SIGNALS (sizeof crash_signals / sizeof crash_signals[0])
+static struct sigaction old_actions[EMU_NR_CRASH_SIGNALS];
+static int timer_signal;
+static pthread_once_t signals_once = PTHREAD_ONCE_INIT;
+
+static void on_signal(int sig, siginfo_t *si, void *uctx)
+{
+    struct emu_sched *s = tls_sched;
+    if (sig == timer_signal) {
+        if (!s)
+            return;
+        s->deadline_hit = 1;
+#if defined(__x86_64__)
+        uintptr_t pc = (uintptr_t)((ucontext_t *)uctx)->uc_mcontext.gregs[REG_RIP];
+        /* Jump out only from the kernel's own code (an endless loop there); inside the emulator or
+         * libc (which may hold a lock) the next scheduling point stops the DPU instead. */
+        if (s->in_tasklet && !s->faulted && pc >= s->code_lo && pc < s->code_hi) {
+            s->crash_sig = 0;
+            s->crash_pc = pc;
+            siglongjmp(s->recover, 1);
+        }
+#endif
+        return; /* sched_point and the scheduler see deadline_hit */
+    }
+    if (s && s->in_tasklet && !s->faulted && sig == SIGSEGV && si && !s->mirror_active &&
+        in_image_mram(s->image, (uintptr_t)si->si_addr)) {
+        mirror_activate(s); /* a direct access to a __mram variable: retry it on the mirror */
+        return;
+    }
+    if (s && s->in_tasklet && !s->faulted) {
+        s->crash_sig = sig;
+        s->crash_addr = si ? si->si_addr : NULL;
+#if defined(__x86_64__)
+        s->crash_pc = (uintptr_t)((ucontext_t *)uctx)->uc_mcontext.gregs[REG_RIP];
+#else
+        (void)uctx;
+#endif
+        siglongjmp(s->recover, 1);
+    }
+    /* Not a kernel's: hand it to whoever handled it before (or the default action). A handler that
+     * hands it back to us (each thinking the other came first) gets the default action. */
+    static __thread int chaining;
+    for (unsigned i = 0; i < EMU_NR_CRASH_SIGNALS; i++) {
+        if (crash_signals[i] != sig)
+            continue;
+        struct sigaction *o = &old_actions[i];
+        if (chaining) {
+            signal(sig, SIG_DFL);
+            raise(sig);
+            return;
+        }
+        chaining = 1;
+        if ((o->sa_flags & SA_SIGINFO) && o->sa_sigaction && o->sa_sigaction != on_signal) {
+            o->sa_sigaction(sig, si, uctx);
+            chaining = 0;
+            return;
+        }
+        if (o->sa_handler == SIG_IGN) {
+            chaining = 0;
+            return;
+        }
+        if (!(o->sa_flags & SA_SIGINFO) && o->sa_handler != SIG_DFL && o->sa_handler) {
+            o->sa_handler(sig);
+            chaining = 0;
+            return;
+        }
+        chaining = 0;
+        signal(sig, SIG_DFL); /* returning re-executes the fault (or abort() re-raises): default action */
+        if (sig == SIGTRAP || (si && si->si_code <= 0))
+            raise(sig);
+        return;
+    }
+}
+
+static pthread_mutex_t signals_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void signals_install_once(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_signal;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    for (unsigned i = 0; i < EMU_NR_CRASH_SIGNALS; i++)
+        sigaction(crash_signals[i], &sa, &old_actions[i]);
+    timer_signal = SIGRTMIN + 5;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;
+    sigaction(timer_signal, &sa, NULL);
+}
+
+/* Once per process, and again before each launch where someone (e.g. a later faulthandler.enable)
+ * replaced a handler: the replacement becomes the one signals outside kernel code go to. */
+EMU_HIDDEN void emu_signals_install(void)
+{
+    pthread_once(&signals_once, signals_install_once);
+    pthread_mutex_lock(&signals_lock);
+    for (unsigned i = 0; i < EMU_NR_CRASH_SIGNALS; i++) {
+        struct sigaction cur;
+        if (sigaction(crash_signals[i], NULL, &cur) != 0 || ((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == on_signal))
+            continue;
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_sigaction = on_signal;
+        sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;
+        sigemptyset(&sa.sa_mask);
+        sigaction(crash_signals[i], &sa, &old_actions[i]);
+    }
+    pthread_mutex_unlock(&signals_lock);
+}
+
+EMU_HIDDEN void emu_source_line(const char *so_path, uintptr_t offset, char *out, size_t len)
+{
+    out[0] = '\0';
+    if (!so_path || strchr(so_path, '\'') || !getenv("PATH"))
+        return;
+    char cmd[4400];
+    snprintf(cmd, sizeof cmd, "addr2line -f -C -e '%s' 0x%lx 2>/dev/null", so_path, (unsigned long)offset);
+    FILE *f = popen(cmd, "r");
+    if (!f)
+        return;
+    char fn[256] = "", loc[512] = "";
+    if (fgets(fn, sizeof fn, f) && fgets(loc, sizeof loc, f)) {
+        fn[strcspn(fn, "\n")] = '\0';
+        loc[strcspn(loc, "\n")] = '\0';
+        char *disc = strstr(loc, " (discriminator");
+        if (disc)
+            *disc = '\0';
+        if (loc[0] && strncmp(loc, "??", 2) != 0) {
+            const char *base = strrchr(loc, '/');
+            snprintf(out, len, "%s (%s)", base ? base + 1 : loc, fn[0] && fn[0] != '?' ? fn : "?");
+        }
+    }
+    pclose(f);
+}
+
 EMU_HIDDEN uint32_t emu_sched_run(struct emu_sched *s, struct updlrm_emu_set *set, uint32_t image_index,
                                   uint32_t first, uint32_t count)
 {
     uint32_t faults = 0, w = s->prog->nr_images;
+    /* The crash handler runs on an alternate stack (a stack overflow leaves none); keep the
+     * thread's own if it has one. */
+    stack_t old_ss, ss;
+    int restore_ss = 0;
+    if (sigaltstack(NULL, &old_ss) == 0 && (old_ss.ss_flags & SS_DISABLE) && s->altstack) {
+        ss.ss_sp = s->altstack;
+        ss.ss_size = EMU_ALTSTACK_BYTES;
+        ss.ss_flags = 0;
+        restore_ss = sigaltstack(&ss, NULL) == 0;
+    }
+    /* The deadline: a one-shot timer that signals this thread. */
+    timer_t timer;
+    int have_timer = 0;
+    s->deadline_hit = 0;
+    if (s->deadline_ns) {
+        struct sigevent sev;
+        memset(&sev, 0, sizeof sev);
+        sev.sigev_notify = SIGEV_THREAD_ID;
+        sev.sigev_signo = timer_signal;
+        sev._sigev_un._tid = (pid_t)syscall(SYS_gettid);
+        if (timer_create(CLOCK_MONOTONIC, &sev, &timer) == 0) {
+            have_timer = 1;
+            struct itimerspec its;
+            memset(&its, 0, sizeof its);
+            its.it_value.tv_sec = (time_t)(s->deadline_ns / 1000000000ull);
+            its.it_value.tv_nsec = (long)(s->deadline_ns % 1000000000ull);
+            if (s->deadline_ns <= emu_now_ns())
+                s->deadline_hit = 1;
+            else
+                timer_settime(timer, TIMER_ABSTIME, &its, NULL);
+        }
+    }
     /* DPU d runs on image d % w; start at the first DPU of the range that maps to this image. */
     uint32_t start = first + ((image_index + w - (first % w)) % w);
     for (uint32_t d = start; d < first + count; d += w) {
         run_one_dpu(s, set, d);
         if (set->dpus[d].counters.faulted)
             faults++;
+    }
+    if (have_timer)
+        timer_delete(timer);
+    s->deadline_hit = 0;
+    if (restore_ss) {
+        old_ss.ss_flags = SS_DISABLE;
+        sigaltstack(&old_ss, NULL);
     }
     return faults;
 }
