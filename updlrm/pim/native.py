@@ -133,6 +133,7 @@ def _compile_emu_kernel(nr_tasklets: int) -> str:
     include = _REPO_ROOT / "dpu_kernels" / "include"
     if not source.exists():
         raise BackendUnavailableError(f"no prebuilt kernel for {nr_tasklets} tasklets and no source at {source}")
-    path = emu.compile_kernel(str(source), nr_tasklets=nr_tasklets, include_dirs=[str(include)])
+    # race-free: as the shipped builds (dpu_kernels/CMakeLists.txt), the emulator's fast schedule
+    path = emu.compile_kernel(str(source), nr_tasklets=nr_tasklets, include_dirs=[str(include)], race_free=True)
     _compiled[nr_tasklets] = str(path)
     return _compiled[nr_tasklets]
