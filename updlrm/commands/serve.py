@@ -30,6 +30,16 @@ def add_parser(subparsers) -> None:
                         "dies, only its batch fails and a new one is started")
     p.add_argument("--engine-max-restarts", type=int, default=3,
                    help="--engine-process: restarts allowed within 60 s before the server reports failed")
+    ray = p.add_argument_group("scale-out over Ray (updlrm.distributed)")
+    ray.add_argument("--ray", metavar="ADDRESS", default=None,
+                     help="serve the model across shard servers on Ray: 'local' starts a local cluster, else a "
+                          "cluster address ('auto', 'HOST:6379'); --backend is the shard servers' backend")
+    ray.add_argument("--hosts", type=int, default=2, help="--ray: shard servers (hosts) when no --host-plan (default 2)")
+    ray.add_argument("--replicas", type=int, default=1, help="--ray: copies of every shard on distinct hosts (default 1)")
+    ray.add_argument("--dpus-per-host", type=int, default=64, help="--ray, pim: DPUs per host when no --host-plan")
+    ray.add_argument("--host-plan", default=None, help="--ray: host plan file (updlrm partition --hosts ... --save-plan)")
+    ray.add_argument("--device", default="emulator", choices=("emulator", "simulator", "hw"),
+                     help="--ray, pim: DPUs of the shard servers (hw on real UPMEM hosts)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     p.add_argument("--port", type=int, default=8000, help="port (0: pick a free one; the chosen port is printed)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -59,6 +69,17 @@ def run(args) -> int:
     except ValueError as exc:
         print(f"updlrm serve: {exc}", file=sys.stderr)
         return 2
+    if args.ray is not None:
+        from updlrm.distributed.app import RaySettings, run_ray_server
+
+        rs = RaySettings(address=args.ray, hosts=args.hosts, replicas=args.replicas, dpus_per_host=args.dpus_per_host,
+                         dpu_strategy=args.strategy, host_plan=args.host_plan, device=args.device)
+        try:
+            rs.check()
+            return run_ray_server(settings, rs, log_level=args.log_level)
+        except (ValueError, OSError) as exc:
+            print(f"updlrm serve: {exc}", file=sys.stderr)
+            return 2 if isinstance(exc, ValueError) else 1
     try:
         if args.engine_process:
             from updlrm.serving.engine_process import load_model_in_process
