@@ -239,23 +239,27 @@ def make_host_plan(
             continue
         hot = None
         counts = profile.counts[t].astype(np.float64) if profile is not None else None
-        if hot_rows and counts is not None:
-            n_hot = min(int(hot_rows), spec.rows)
-            hot = np.sort(np.argsort(-counts, kind="stable")[:n_hot]).astype(np.int64)
+        if hot_rows and counts is not None and 2 * int(hot_rows) <= spec.rows:  # else the copies would be the table
+            hot = np.sort(np.argsort(-counts, kind="stable")[:int(hot_rows)]).astype(np.int64)
         if counts is not None and counts.sum() > 0:
             cold = counts.copy()
             if hot is not None:
                 cold[hot] = 0.0
-            cum = np.cumsum(cold)
+            cum = np.cumsum(cold if cold.sum() > 0 else counts)
             cuts = np.searchsorted(cum, cum[-1] * np.arange(1, k) / k, side="left") + 1
             bounds = np.unique(np.concatenate(([0], np.clip(cuts, 1, spec.rows - 1), [spec.rows]))).astype(np.int64)
         else:
             bounds = even_bounds(spec.rows, k)
+        cold = counts.copy() if counts is not None else None
+        if hot is not None:
+            cold[hot] = 0.0
+        cold_total = float(cold.sum()) if cold is not None else 0.0
         for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
             shards.append(HostShard(t, lo, hi, hot))
-            if counts is not None and counts.sum() > 0:
-                share = (counts[lo:hi].sum() - (counts[hot][(hot >= lo) & (hot < hi)].sum() if hot is not None else 0.0)) / (
-                    counts.sum() - (counts[hot].sum() if hot is not None else 0.0) or 1.0)
+            # a range's share of the table's lookups: its cold share (hot lookups follow their
+            # bag's cold ones), rows share without a profile
+            if cold_total > 0:
+                share = float(cold[lo:hi].sum()) / cold_total
             else:
                 share = (hi - lo) / spec.rows
             shard_load.append(float(loads[t] * share))
@@ -725,5 +729,21 @@ def format_host_report(plan: HostPlan, report: dict) -> str:
     split = plan.summary()["split_tables"]
     out.append(f"{plan.nr_hosts} hosts x {plan.dpus_per_host:,} DPUs, {plan.replicas} replica(s) per shard, "
                f"{len(plan.shards)} shards ({len(split)} table(s) split in row ranges"
-               + (f", {plan.meta.get('hot_rows')} hot rows copied per range" if plan.meta.get("hot_rows") else "") + ")")
+               + (f", {plan.meta.get('hot_rows')} hot rows copied per range" if plan.meta.get("hot_rows") and split else "") + ")")
     return "\n".join(out)
+
+
+def host_lab(tables: Sequence[TableSpec], nr_hosts: int, dpus_per_host: int, replicas: int = 1, workload: Any = None,
+             batch_size: int = 2048, dpu_strategy: str = "row_uniform", hot_rows: int = 0, pooling: float = 20.0,
+             network: Optional[NetworkModel] = None, estimator: Any = None, dpu_options: Optional[dict] = None,
+             split_share: float = SPLIT_SHARE):
+    """The plan lab at host level: a host plan from ``workload``'s profile (trace A), evaluated on
+    its held-out trace B (:func:`evaluate_host_plan`); without a workload, uniform access and
+    :func:`uniform_host_cost`. Returns ``(plan, report)``."""
+    profile = None if workload is None else workload.profile
+    plan = make_host_plan(tables, nr_hosts, dpus_per_host, replicas, profile=profile, dpu_strategy=dpu_strategy,
+                          hot_rows=hot_rows, pooling=pooling, dpu_options=dpu_options, split_share=split_share)
+    if workload is None:
+        latency = None if estimator is None else estimator.latency
+        return plan, uniform_host_cost(plan, batch_size, pooling, latency=latency, network=network)
+    return plan, evaluate_host_plan(plan, workload.eval_trace, batch_size, estimator=estimator, network=network)
