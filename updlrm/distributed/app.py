@@ -118,15 +118,15 @@ def ray_loader(ray_settings: RaySettings):
         else:
             plan = make_host_plan(tables, ray_settings.hosts, ray_settings.dpus_per_host, ray_settings.replicas,
                                   dpu_strategy=ray_settings.dpu_strategy if settings.backend == "pim" else None)
-        started_local = ray_settings.address == "local"
-        connect(ray_settings.address, num_cpus=ray_settings.num_cpus, object_store_bytes=ray_settings.object_store_bytes)
+        started_here = connect(ray_settings.address, num_cpus=ray_settings.num_cpus,
+                               object_store_bytes=ray_settings.object_store_bytes)
         engine = ShardedEngine(model, plan, backend=settings.backend, device=ray_settings.device,
                                dtype=settings.dtype, call_timeout_s=ray_settings.call_timeout_s,
                                max_restarts=ray_settings.max_restarts, torch_threads=settings.torch_threads or 1)
 
         def close() -> None:
             engine.close()
-            if started_local:
+            if started_here:
                 shutdown()
 
         def health() -> tuple:
@@ -293,8 +293,10 @@ def run_ray_server(settings: ServeSettings, ray_settings: RaySettings, log_level
     host, port = sock.getsockname()[:2]
     from .cluster import connect
 
-    # Ray in the main thread, before uvicorn sets its signal handlers (ours win over Ray's)
-    connect(ray_settings.address, num_cpus=ray_settings.num_cpus, object_store_bytes=ray_settings.object_store_bytes)
+    # Ray in the main thread, before uvicorn sets its signal handlers (ours win over Ray's); this
+    # function then shuts it down, not the loader
+    started_here = connect(ray_settings.address, num_cpus=ray_settings.num_cpus,
+                           object_store_bytes=ray_settings.object_store_bytes)
     exit_code = {"code": 0}
     server: Optional[uvicorn.Server] = None
 
@@ -318,6 +320,10 @@ def run_ray_server(settings: ServeSettings, ray_settings: RaySettings, log_level
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         sock.close()
+        if started_here:
+            from .cluster import shutdown
+
+            shutdown()
     if not server.started and exit_code["code"] == 0:
         exit_code["code"] = 1
     sys.stdout.flush()

@@ -7,8 +7,9 @@ from typing import Optional
 
 
 def connect(address: str = "local", num_cpus: Optional[int] = None, object_store_bytes: Optional[int] = None,
-            log_to_driver: bool = False) -> None:
-    """Initialise Ray once for this process.
+            log_to_driver: bool = False) -> bool:
+    """Initialise Ray once for this process; returns True if this call did it (False: it was
+    already initialised, e.g. by the caller, who then also shuts it down).
 
     address: "local" starts a local cluster (``num_cpus``, default the machine's cores; an object
     store of ``object_store_bytes``, default Ray's); anything else is passed to ``ray.init`` as the
@@ -18,7 +19,7 @@ def connect(address: str = "local", num_cpus: Optional[int] = None, object_store
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     if address == "local":
         kwargs = dict(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, log_to_driver=log_to_driver)
         if object_store_bytes:
@@ -26,6 +27,7 @@ def connect(address: str = "local", num_cpus: Optional[int] = None, object_store
         ray.init(**kwargs)
     else:
         ray.init(address=address, log_to_driver=log_to_driver)
+    return True
 
 
 def shutdown() -> None:
