@@ -251,3 +251,20 @@ def test_unavailable_shard_fails_fast(cluster, model):
             sharded.hosts[1].status = "up"
         assert sharded.health() == ("ready", None)
         assert sharded.predict(batch).shape == (batch.batch_size,)
+
+
+def test_restarts_exhausted_reports_failed(cluster, model):
+    """With no restarts left the host ends "failed" (not "loading" forever); its replica serves on."""
+    plan = make_host_plan(list(CONFIG.tables), 2, 4, 2, dpu_strategy=None)
+    ref = Engine(model, backend="cpu")
+    with ShardedEngine(model, plan, backend="cpu", max_restarts=0, failed_after_s=1.0) as sharded:
+        batch = _batches(1)[0]
+        os.kill(sharded.shard_pid(0), signal.SIGKILL)
+        for _ in range(3):  # the first call finds host 0 dead and moves to host 1
+            torch.testing.assert_close(sharded.predict(batch), ref.predict(batch), rtol=0, atol=1e-6)
+        deadline = time.monotonic() + WAIT_S
+        while sharded.host_states()[0]["status"] != "failed" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sharded.host_states()[0]["status"] == "failed"
+        status, why = sharded.health()
+        assert status == "degraded" and "host 0 failed" in why

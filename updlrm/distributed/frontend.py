@@ -86,6 +86,8 @@ class ShardedEngine:
         device, dtype: pim options (``device="hw"`` on a real UPMEM host).
         call_timeout_s: a shard call not answered in this time counts as a failure of its host.
         probe_interval_s: how often a down host is pinged while Ray restarts it.
+        failed_after_s: a down host whose actor Ray reports dead (restarts exhausted) for this long
+            is "failed" for good.
         max_restarts: Ray restarts of each shard actor (-1: unlimited).
         ready_timeout_s: how long to wait for every shard server to load.
         torch_threads: intra-op threads of each shard server.
@@ -95,7 +97,7 @@ class ShardedEngine:
 
     def __init__(self, model, host_plan, backend: str = "cpu", device: str = "emulator", dtype: str = "fp32",
                  call_timeout_s: float = 30.0, probe_interval_s: float = 0.2, max_restarts: int = 10,
-                 ready_timeout_s: float = 300.0, torch_threads: int = 1):
+                 ready_timeout_s: float = 300.0, torch_threads: int = 1, failed_after_s: float = 10.0):
         import ray
 
         from updlrm.partition.hosts import HostRouter, validate_host_plan
@@ -114,6 +116,7 @@ class ShardedEngine:
         self.router = HostRouter(host_plan)
         self.call_timeout_s = float(call_timeout_s)
         self.probe_interval_s = float(probe_interval_s)
+        self.failed_after_s = float(failed_after_s)
         self._lock = threading.Lock()  # guards host states
         self._predict_lock = threading.Lock()
         self._batch_no = 0
@@ -264,24 +267,32 @@ class ShardedEngine:
         threading.Thread(target=self._probe, args=(h,), name=f"updlrm-probe-{h}", daemon=True).start()
 
     def _probe(self, h: int) -> None:
+        """Ping host ``h`` until its (restarted) actor answers; "failed" once Ray says the actor is
+        dead for good (``ActorDiedError`` for longer than ``failed_after_s``: restarts exhausted)."""
         import ray
 
         actor = self.actors[h]
+        died_since = None
         while not self._closed:
             try:
                 pid = ray.get(actor.ping.remote(), timeout=max(self.probe_interval_s, 0.05) * 5)
             except ray.exceptions.GetTimeoutError:
+                died_since = None  # queued: Ray is restarting it
                 continue
-            except ray.exceptions.ActorDiedError as exc:  # Ray gave up restarting it
-                if "restart" in str(exc).lower() or "max_restarts" in str(exc).lower() or "dead" in str(exc).lower():
-                    with self._lock:
-                        self.hosts[h].status = "failed"
-                        self.hosts[h].last_error = f"ActorDiedError: {str(exc).splitlines()[0][:200]}"
-                    log.error("shard server on host %d failed for good: %s", h, self.hosts[h].last_error)
-                    return
+            except ray.exceptions.RayActorError as exc:
+                if isinstance(exc, ray.exceptions.ActorDiedError):
+                    died_since = died_since or time.monotonic()
+                    if time.monotonic() - died_since > self.failed_after_s:
+                        with self._lock:
+                            self.hosts[h].status = "failed"
+                            self.hosts[h].last_error = f"ActorDiedError: {str(exc).splitlines()[0][:200]}"
+                        log.error("shard server on host %d failed for good: %s", h, self.hosts[h].last_error)
+                        return
                 time.sleep(self.probe_interval_s)
                 continue
-            except ray.exceptions.RayActorError:
+            except Exception:  # noqa: BLE001 - Ray shutting down under us
+                if self._closed:
+                    return
                 time.sleep(self.probe_interval_s)
                 continue
             with self._lock:
