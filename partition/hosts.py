@@ -652,10 +652,11 @@ def uniform_host_cost(plan: HostPlan, batch_size: int, pooling: float = 20.0, la
                       network: Optional[NetworkModel] = None) -> dict:
     """Analytic per-host cost of one batch under uniform access (``pooling`` lookups per bag per
     table, every row equally likely), without a trace or per-row arrays: for models too big to
-    profile here (Terabyte). Each copy serves 1/R of its shard's batches (the rotation). The DPU
-    term is the latency model on each host's DPU plan with the expected per-DPU load."""
+    profile here (Terabyte). Replicas follow the rotation (:func:`rotation_hosts`) as at run time:
+    a batch's shard is served whole by one copy; figures are means over the R rotation states.
+    The DPU term is the latency model on each host's DPU plan with the expected per-DPU load."""
     from .cost import BAG_DESC_BYTES, LOOKUP_ID_BYTES, MAX_DMA_BYTES, DpuLoad, _pad8, default_latency_model
-    from .validate import shard_arrays
+    from .validate import per_dpu_table_bytes, shard_arrays
 
     if plan.dpu_strategy is None:
         raise PlanError("uniform_host_cost needs a plan with DPU plans (dpu_strategy set)")
@@ -663,45 +664,53 @@ def uniform_host_cost(plan: HostPlan, batch_size: int, pooling: float = 20.0, la
     net = network or NetworkModel()
     B, R = float(batch_size), plan.replicas
     d = plan.tables[0].dim
-    per = []
+    keys = ("served", "lookups", "request_bytes", "response_bytes", "dpu_us", "network_us", "total_us")
+    acc = []
     for h in range(plan.nr_hosts):
-        js = plan.shards_on(h)
         hp = plan.host_plans[h]
-        if not js:
-            per.append(dict(shards=0, served=0.0, lookups=0.0, request_bytes=0.0, response_bytes=0.0, dpu_us=0.0,
-                            network_us=0.0, total_us=0.0, mram_bytes_max=0, table_bytes=0))
-            continue
-        # expected lookups per local table per batch: the shard's share of its table, 1/R of batches
-        per_local = np.array([B * pooling * plan.shards[j].nr_local_rows / plan.tables[plan.shards[j].table].rows / R
-                              for j in js])
-        a = shard_arrays(hp)
-        g_rows = np.array([g.nr_rows for g in hp.groups], dtype=np.float64)
-        reps = np.zeros(len(hp.groups), dtype=np.int64)
-        np.maximum.at(reps, a["group"], a["replica"] + 1)
-        local_rows = np.array([t.rows for t in hp.tables], dtype=np.float64)
-        entries = per_local[a["table"]] * g_rows[a["group"]] / local_rows[a["table"]] / reps[a["group"]]
-        bags = B * (1.0 - np.exp(-entries / B))
-        n = hp.topology.nr_dpus
-        bc = lambda x: np.rint(np.bincount(a["dpu"], weights=x, minlength=n)).astype(np.int64)
-        lookups, bag_n = bc(entries), bc(bags)
-        load = DpuLoad(lookups=lookups, mram_read_bytes=bc(entries * a["row_bytes"]),
-                       elements=bc(entries * (a["col_hi"] - a["col_lo"])), bags=bag_n,
-                       request_bytes=_pad8(bag_n * BAG_DESC_BYTES) + _pad8(lookups * LOOKUP_ID_BYTES),
-                       output_bytes=bc(bags * a["row_bytes"]), dma_reads=bc(entries * -(-a["row_bytes"] // MAX_DMA_BYTES)))
-        ph = lat_model(load, hp.topology)
-        dpu_us = float(sum(v for k, v in ph.items() if k != "kernel_per_dpu"))
-        served = len(js) / R
-        row = dict(shards=len(js), served=served, lookups=float(per_local.sum()),
-                   request_bytes=_request_bytes(per_local.sum(), len(js), batch_size),
-                   response_bytes=served * B * d * ELEM_BYTES, dpu_us=dpu_us)
-        row["network_us"] = net.hop_us(row["request_bytes"], row["response_bytes"])
-        row["total_us"] = dpu_us + row["network_us"]
-        from .validate import per_dpu_table_bytes
-
-        row["mram_bytes_max"] = int(per_dpu_table_bytes(hp).max() + hp.request_bytes + hp.output_bytes)
-        row["table_bytes"] = int(plan.host_bytes()[h])
-        per.append(row)
-    return {"hosts": per, "latency_us": _combine(per, net), "batch_size": batch_size, "pooling": pooling,
+        acc.append(dict({k: 0.0 for k in keys}, shards=len(plan.shards_on(h)), table_bytes=int(plan.host_bytes()[h]),
+                        mram_bytes_max=int(per_dpu_table_bytes(hp).max() + hp.request_bytes + hp.output_bytes) if hp else 0))
+    arrays = {h: shard_arrays(plan.host_plans[h]) for h in range(plan.nr_hosts) if plan.host_plans[h] is not None}
+    latency_us = 0.0
+    for state in range(R):
+        chosen = rotation_hosts(plan, state)
+        per = []
+        for h in range(plan.nr_hosts):
+            js = plan.shards_on(h)
+            served = [chosen[j] == h for j in js]
+            row = {k: 0.0 for k in keys}
+            if any(served):
+                hp, a = plan.host_plans[h], arrays[h]
+                # expected lookups of each local table this batch: its share of the table, if served
+                per_local = np.array([B * pooling * plan.shards[j].nr_local_rows / plan.tables[plan.shards[j].table].rows
+                                      if sv else 0.0 for j, sv in zip(js, served)])
+                g_rows = np.array([g.nr_rows for g in hp.groups], dtype=np.float64)
+                reps = np.zeros(len(hp.groups), dtype=np.int64)
+                np.maximum.at(reps, a["group"], a["replica"] + 1)
+                local_rows = np.array([t.rows for t in hp.tables], dtype=np.float64)
+                entries = per_local[a["table"]] * g_rows[a["group"]] / local_rows[a["table"]] / reps[a["group"]]
+                bags = B * (1.0 - np.exp(-entries / B))
+                n = hp.topology.nr_dpus
+                bc = lambda x: np.rint(np.bincount(a["dpu"], weights=x, minlength=n)).astype(np.int64)  # noqa: E731
+                lookups, bag_n = bc(entries), bc(bags)
+                load = DpuLoad(lookups=lookups, mram_read_bytes=bc(entries * a["row_bytes"]),
+                               elements=bc(entries * (a["col_hi"] - a["col_lo"])), bags=bag_n,
+                               request_bytes=_pad8(bag_n * BAG_DESC_BYTES) + _pad8(lookups * LOOKUP_ID_BYTES),
+                               output_bytes=bc(bags * a["row_bytes"]),
+                               dma_reads=bc(entries * -(-a["row_bytes"] // MAX_DMA_BYTES)))
+                ph = lat_model(load, hp.topology)
+                nsv = int(sum(served))
+                row.update(served=nsv, lookups=float(per_local.sum()), dpu_us=float(sum(v for k, v in ph.items() if k != "kernel_per_dpu")),
+                           request_bytes=_request_bytes(per_local.sum(), len(js), batch_size),
+                           response_bytes=_response_bytes(nsv, batch_size, d))
+                row["network_us"] = net.hop_us(row["request_bytes"], row["response_bytes"])
+                row["total_us"] = row["dpu_us"] + row["network_us"]
+            per.append(row)
+        latency_us += _combine(per, net) / R
+        for x, row in zip(acc, per):
+            for k in keys:
+                x[k] += row[k] / R
+    return {"hosts": acc, "latency_us": latency_us, "batch_size": batch_size, "pooling": pooling,
             "network": dataclasses.asdict(net), "latency_model": getattr(lat_model, "name", "latency model")}
 
 
