@@ -40,6 +40,9 @@ def add_parser(subparsers) -> None:
     ray.add_argument("--host-plan", default=None, help="--ray: host plan file (updlrm partition --hosts ... --save-plan)")
     ray.add_argument("--device", default="emulator", choices=("emulator", "simulator", "hw"),
                      help="--ray, pim: DPUs of the shard servers (hw on real UPMEM hosts)")
+    ray.add_argument("--host-resource", default=None, metavar="NAME",
+                     help="--ray: Ray custom resource each UPMEM host offers (ray start --resources '{\"upmem\": 1}'): "
+                          "one shard server per such host")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     p.add_argument("--port", type=int, default=8000, help="port (0: pick a free one; the chosen port is printed)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -73,7 +76,8 @@ def run(args) -> int:
         from updlrm.distributed.app import RaySettings, run_ray_server
 
         rs = RaySettings(address=args.ray, hosts=args.hosts, replicas=args.replicas, dpus_per_host=args.dpus_per_host,
-                         dpu_strategy=args.strategy, host_plan=args.host_plan, device=args.device)
+                         dpu_strategy=args.strategy, host_plan=args.host_plan, device=args.device,
+                         host_resource=args.host_resource)
         try:
             rs.check()
             return run_ray_server(settings, rs, log_level=args.log_level)

@@ -66,6 +66,8 @@ class RaySettings:
     object_store_bytes: Optional[int] = 256 << 20
     call_timeout_s: float = 30.0
     max_restarts: int = 10
+    #: Ray custom resource marking an UPMEM host (one shard server per host); None: anywhere
+    host_resource: Optional[str] = None
 
     def check(self) -> None:
         if self.hosts < 1 or self.dpus_per_host < 1:
@@ -122,7 +124,8 @@ def ray_loader(ray_settings: RaySettings):
                                object_store_bytes=ray_settings.object_store_bytes)
         engine = ShardedEngine(model, plan, backend=settings.backend, device=ray_settings.device,
                                dtype=settings.dtype, call_timeout_s=ray_settings.call_timeout_s,
-                               max_restarts=ray_settings.max_restarts, torch_threads=settings.torch_threads or 1)
+                               max_restarts=ray_settings.max_restarts, torch_threads=settings.torch_threads or 1,
+                               host_resource=ray_settings.host_resource)
 
         def close() -> None:
             engine.close()

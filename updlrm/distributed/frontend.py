@@ -91,13 +91,17 @@ class ShardedEngine:
         max_restarts: Ray restarts of each shard actor (-1: unlimited).
         ready_timeout_s: how long to wait for every shard server to load.
         torch_threads: intra-op threads of each shard server.
+        host_resource: a Ray custom resource that marks an UPMEM host (``ray start --resources
+            '{"upmem": 1}'`` on each); every shard server then takes one, so each runs on its own
+            host. None (default): Ray places them anywhere (one machine: all on it).
 
     Ray must be initialised (:func:`updlrm.distributed.cluster.connect`).
     """
 
     def __init__(self, model, host_plan, backend: str = "cpu", device: str = "emulator", dtype: str = "fp32",
                  call_timeout_s: float = 30.0, probe_interval_s: float = 0.2, max_restarts: int = 10,
-                 ready_timeout_s: float = 300.0, torch_threads: int = 1, failed_after_s: float = 10.0):
+                 ready_timeout_s: float = 300.0, torch_threads: int = 1, failed_after_s: float = 10.0,
+                 host_resource: Optional[str] = None):
         import ray
 
         from updlrm.partition.hosts import HostRouter, validate_host_plan
@@ -129,7 +133,8 @@ class ShardedEngine:
             w = weights[s.table].numpy()
             part = w[s.row_lo:s.row_hi] if s.hot_rows is None else np.concatenate([w[s.row_lo:s.row_hi], w[s.hot_rows]])
             self._weight_refs.append(ray.put(np.ascontiguousarray(part, dtype=np.float32)))
-        actor_cls = ray.remote(ShardServer).options(num_cpus=0, max_restarts=int(max_restarts), max_task_retries=0)
+        actor_cls = ray.remote(ShardServer).options(num_cpus=0, max_restarts=int(max_restarts), max_task_retries=0,
+                                                    resources={host_resource: 1} if host_resource else None)
         self.actors = []
         for h in range(host_plan.nr_hosts):
             js = host_plan.shards_on(h)
@@ -140,13 +145,16 @@ class ShardedEngine:
             self.actors.append(actor_cls.remote(
                 h, host_plan.host_tables(h), [self._weight_refs[j] for j in js], backend,
                 host_plan.host_plans[h] if backend == "pim" else None, device, dtype, torch_threads))
-        infos = {}
-        deadline = time.monotonic() + ready_timeout_s
+        refs = {h: a.info.remote() for h, a in enumerate(self.actors) if a is not None}
         try:
-            for h, a in enumerate(self.actors):
-                if a is not None:
-                    infos[h] = ray.get(a.info.remote(), timeout=max(1.0, deadline - time.monotonic()))
-        except Exception:
+            _, waiting = ray.wait(list(refs.values()), num_returns=len(refs), timeout=ready_timeout_s)
+            if waiting:
+                late = [h for h, r in refs.items() if r in waiting]
+                hint = (f"; the cluster needs {len(refs)} hosts offering resource {host_resource!r} "
+                        f"(ray start --resources '{{\"{host_resource}\": 1}}')" if host_resource else "")
+                raise TimeoutError(f"shard server(s) of host(s) {late} not ready after {ready_timeout_s:g} s{hint}")
+            infos = {h: ray.get(r) for h, r in refs.items()}  # raises what a failed constructor raised
+        except BaseException:
             self._kill_actors()
             raise
         for h, info in infos.items():
