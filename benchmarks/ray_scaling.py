@@ -17,7 +17,8 @@ Three parts, written to ``benchmarks/results/ray.json`` and one figure ``ray.png
    evaluate on held-out trace B), per-host lookups, bytes returned and modeled latency.
 
     .venv/bin/python benchmarks/ray_scaling.py                 # all three parts (~3-5 min here)
-    .venv/bin/python benchmarks/ray_scaling.py --skip-measured --repeats 1
+    .venv/bin/python benchmarks/ray_scaling.py --skip-measured --skip-modeled    # a skipped part
+                                                                   # keeps its last figures
 """
 
 from __future__ import annotations
@@ -165,7 +166,7 @@ def lab(args) -> dict:
     wl = zipf_workload(tables, alpha=1.05, pooling=args.pooling, batch_size=2048, profile_batches=args.lab_profile_batches,
                        eval_batches=args.lab_eval_batches)
     rows = []
-    for strategy, h, r in [(s, h, r) for s in args.lab_strategies for h in (2, 4, 8) for r in (1, 2)]:
+    for strategy, h, r in [(s, h, r) for s in args.lab_strategies for h in (1, 2, 4, 8) for r in (1, 2) if r <= h]:
             t0 = time.perf_counter()
             plan, rep = host_lab(tables, h, args.model_dpus, r, wl, 2048, strategy)
             hosts = rep["hosts"]
@@ -212,7 +213,7 @@ def plot(res: dict, path: Path) -> None:
     ax.set_title(f"modeled: full models, {res['modeled']['dpus_per_host']} DPUs/host, B=2048, "
                  f"{res['modeled']['network']['bytes_per_s'] * 8 / 1e9:g} Gb/s, {res['modeled']['network']['rtt_us']:g} us RTT",
                  fontsize=8)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6, loc="center right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -236,15 +237,19 @@ def main() -> int:
     p.add_argument("--lab-profile-batches", type=int, default=4)
     p.add_argument("--lab-eval-batches", type=int, default=2)
     p.add_argument("--skip-measured", action="store_true")
+    p.add_argument("--skip-modeled", action="store_true")
     p.add_argument("--skip-lab", action="store_true")
     args = p.parse_args()
     OUT.mkdir(exist_ok=True)
     res: dict = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
-    if not args.skip_measured:
-        res["measured"] = measured(args)
-    res["modeled"] = modeled(args)
-    if not args.skip_lab:
-        res["lab"] = lab(args)
+    previous = json.loads((OUT / "ray.json").read_text()) if (OUT / "ray.json").exists() else {}
+    for part, skip, fn in (("measured", args.skip_measured, measured), ("modeled", args.skip_modeled, modeled),
+                           ("lab", args.skip_lab, lab)):
+        if not skip:
+            res[part] = fn(args)
+            res[part]["run"] = res["started"]
+        elif part in previous:  # a skipped part keeps its figures from the last run (with its date)
+            res[part] = previous[part]
     res["finished"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     (OUT / "ray.json").write_text(json.dumps(res, indent=1, default=float))
     plot(res, OUT / "ray.png")
