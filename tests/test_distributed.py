@@ -196,7 +196,8 @@ def test_failover_with_replicas_loses_nothing(cluster, tiny_reference):
         bad = [r for r in results if r[0] != 200 or not r[1]]
         assert not bad, f"{len(bad)} of {len(results)} requests failed or were wrong, e.g. {bad[:2]}"
         assert st[0]["errors"] >= 1 and st[1]["calls"] > 0
-        assert (200, "degraded") in server.health_seen  # one host down, every shard still served
+        # every shard always had a live copy: /healthz never said 503 (ready, or degraded while down)
+        assert server.health_seen and all(code == 200 and st in ("ready", "degraded") for code, st in server.health_seen)
         # serving resumed on the restarted server without anyone stepping in
         calls = server.engine.host_states()[0]["calls"]
         with httpx.Client(base_url=server.url, timeout=30) as client:
@@ -208,6 +209,19 @@ def test_failover_with_replicas_loses_nothing(cluster, tiny_reference):
         assert server.engine.host_states()[0]["calls"] > calls
         assert health["status"] == "ready" and [s["status"] for s in health["shards"]] == ["up", "up"]
         assert 'updlrm_shard_restarts_total{host="0"} 1' in metrics and 'updlrm_shard_up{host="0"} 1' in metrics
+        # while host 0 is marked down (as after a failed call), /healthz says degraded and host 1 serves
+        with server.engine._lock:
+            server.engine.hosts[0].status = "down"
+        try:
+            with httpx.Client(base_url=server.url, timeout=30) as client:
+                r = client.get("/healthz")
+                assert r.status_code == 200 and r.json()["status"] == "degraded"
+                assert [s["status"] for s in r.json()["shards"]] == ["down", "up"]
+                r = client.post("/v1/predict", json={"samples": samples[:4]})
+                assert r.status_code == 200 and np.allclose(r.json()["predictions"], probs[:4], atol=1e-6)
+        finally:
+            with server.engine._lock:
+                server.engine.hosts[0].status = "up"
     finally:
         server.close()
 
@@ -224,7 +238,19 @@ def test_failover_without_replicas_answers_503_never_wrong(cluster, tiny_referen
         assert unavailable, "no request got 503 while its shard server was down"
         assert all(r[2] == "1" for r in unavailable), "a 503 lacks Retry-After"
         assert all("host 0" in r[3] for r in unavailable), unavailable[:2]
-        assert (503, "loading") in server.health_seen  # a shard has no live replica until the restart
+        # while a shard has no live copy: /healthz 503 "loading", and predict fails fast with 503
+        with server.engine._lock:
+            server.engine.hosts[0].status = "down"
+        try:
+            with httpx.Client(base_url=server.url, timeout=30) as client:
+                r = client.get("/healthz")
+                assert r.status_code == 503 and r.json()["status"] == "loading"
+                t0 = time.perf_counter()
+                r = client.post("/v1/predict", json=samples[0])
+                assert r.status_code == 503 and r.headers["retry-after"] == "1" and time.perf_counter() - t0 < 1.0
+        finally:
+            with server.engine._lock:
+                server.engine.hosts[0].status = "up"
         # after the restart: serving resumes without operator action
         with httpx.Client(base_url=server.url, timeout=30) as client:
             for i in range(6):
