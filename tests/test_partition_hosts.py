@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from updlrm.cli import main
-from updlrm.partition import PlanDoesNotFitError, PlanError, TableSpec, Topology
+from updlrm.partition import PlanDoesNotFitError, PlanError, TableSpec
 from updlrm.partition.hosts import (ELEM_BYTES, HostRouter, NetworkModel, evaluate_host_plan, host_request,
                                     load_host_plan, make_host_plan, rotation_hosts, save_host_plan,
                                     uniform_host_cost, validate_host_plan)

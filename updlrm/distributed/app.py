@@ -30,14 +30,11 @@ import logging
 import signal
 import socket
 import sys
-import time
 from dataclasses import dataclass
 from typing import Optional
 
-import numpy as np
-
 from updlrm.serving.loader import LoadedModel, ServeSettings, build_dlrm
-from updlrm.serving.metrics import LATENCY_BUCKETS_S, Counter, Gauge, Histogram, Registry
+from updlrm.serving.metrics import Gauge, Registry
 
 log = logging.getLogger("updlrm.distributed")
 
@@ -83,16 +80,12 @@ def sharded_runner(engine):
     import torch
 
     from updlrm.batch import Batch
-    from updlrm.stats import BatchStats
 
     def run_batch(merged) -> tuple:
         batch = Batch(torch.from_numpy(merged.dense), torch.from_numpy(merged.indices),
                       torch.from_numpy(merged.offsets))
-        t0 = time.perf_counter()
         probs = engine.predict(batch)
-        stats = BatchStats()
-        stats.add("embed", time.perf_counter() - t0, "measured", hosts=engine.plan.nr_hosts)
-        return probs.detach().cpu().numpy(), stats
+        return probs.detach().cpu().numpy(), engine.last_stats
 
     return run_batch
 
