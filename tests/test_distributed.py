@@ -294,3 +294,37 @@ def test_restarts_exhausted_reports_failed(cluster, model):
         assert sharded.host_states()[0]["status"] == "failed"
         status, why = sharded.health()
         assert status == "degraded" and "host 0 failed" in why
+
+
+def test_serve_command_with_ray(tiny_reference):
+    """`updlrm serve --ray local` end to end in its own process: ready, correct answers, the
+    shard-aware /healthz and /v1/model, and a graceful SIGTERM (exit 0, Ray stopped)."""
+    import subprocess
+    import sys
+
+    samples, probs = tiny_reference
+    proc = subprocess.Popen([sys.executable, "-m", "updlrm.cli", "serve", "--ray", "local", "--model", "tiny",
+                             "--hosts", "2", "--replicas", "2", "--port", "0", "--log-level", "warning"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert "listening on http://" in line, line
+        url = line.split("listening on ")[1].split()[0]
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline:
+            r = httpx.get(url + "/healthz", timeout=10)
+            if r.status_code == 200:
+                break
+            assert r.json()["status"] == "loading"
+            time.sleep(0.3)
+        assert r.status_code == 200 and len(r.json()["shards"]) == 2
+        info = httpx.get(url + "/v1/model", timeout=10).json()
+        assert info["backend"] == "ray:cpu" and info["plan"]["nr_hosts"] == 2 and info["plan"]["replicas"] == 2
+        r = httpx.post(url + "/v1/predict", json={"samples": samples[:8]}, timeout=30)
+        assert r.status_code == 200 and np.allclose(r.json()["predictions"], probs[:8], rtol=0, atol=1e-6)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

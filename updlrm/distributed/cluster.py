@@ -21,7 +21,9 @@ def connect(address: str = "local", num_cpus: Optional[int] = None, object_store
     if ray.is_initialized():
         return False
     if address == "local":
-        kwargs = dict(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, log_to_driver=log_to_driver)
+        # address="local": a new cluster even if another one runs on this machine
+        kwargs = dict(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
+                      log_to_driver=log_to_driver)
         if object_store_bytes:
             kwargs["object_store_memory"] = int(object_store_bytes)
         ray.init(**kwargs)
