@@ -243,7 +243,10 @@ def main() -> int:
     OUT.mkdir(exist_ok=True)
     res: dict = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     previous = json.loads((OUT / "ray.json").read_text()) if (OUT / "ray.json").exists() else {}
-    for part, skip, fn in (("measured", args.skip_measured, measured), ("modeled", args.skip_modeled, modeled),
+    measured_key = "measured" if args.backend == "cpu" else f"measured_{args.backend}"
+    for key in [k for k in previous if k.startswith("measured") and k != measured_key]:
+        res[key] = previous[key]  # the other shard backend's measured figures stay
+    for part, skip, fn in ((measured_key, args.skip_measured, measured), ("modeled", args.skip_modeled, modeled),
                            ("lab", args.skip_lab, lab)):
         if not skip:
             res[part] = fn(args)
