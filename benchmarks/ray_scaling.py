@@ -190,15 +190,22 @@ def plot(res: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.3))
     ax = axes[0]
-    if "measured" in res:
-        m = res["measured"]
+    parts = [k for k in ("measured", "measured_pim") if k in res]
+    for i, key in enumerate(parts):
+        m = res[key]
         names = [r["config"] for r in m["rows"]]
-        ax.bar(names, [r["samples_per_s"] for r in m["rows"]], color=["grey"] + ["C0"] * (len(names) - 1))
+        x = np.arange(len(names)) + (i - (len(parts) - 1) / 2) * 0.38
+        ax.bar(x, [r["samples_per_s"] for r in m["rows"]], width=0.36, color=f"C{i}",
+               label=f"{m['backend']} shards (load {m['load_before'][0]}-{m['load_after'][0]})")
+        ax.set_xticks(np.arange(len(names)), names)
+    if parts:
+        m = res[parts[0]]
         ax.set_ylabel("samples/s (median of repeats)")
-        ax.set_title(f"measured on this {res['machine']['cores']}-core machine\n{m['model']}, {m['backend']} shards, "
-                     f"B={m['batch_size']}, load {m['load_before'][0]}-{m['load_after'][0]}", fontsize=8)
+        ax.set_title(f"measured on this {res['machine']['cores']}-core machine (all processes share it)\n"
+                     f"{m['model']}, B={m['batch_size']}", fontsize=8)
+        ax.legend(fontsize=7)
     ax = axes[1]
     strategies = list(dict.fromkeys(x["strategy"] for x in res["modeled"]["rows"]))
     for name, style in (("kaggle", "-"), ("terabyte", "--")):
@@ -207,13 +214,18 @@ def plot(res: dict, path: Path) -> None:
                    if x["model"] == name and x["strategy"] == strategy and x["replicas"] == 1 and "error" not in x]
             if pts:
                 ax.plot(*zip(*pts), style, marker="o", color=f"C{k}", label=f"{name}, {strategy} in each host, R=1")
+    if "lab" in res:  # the trace-driven plan lab (Zipf, held-out trace), full Kaggle
+        for k, strategy in enumerate(dict.fromkeys(x["strategy"] for x in res["lab"]["rows"])):
+            pts = [(x["hosts"], x["latency_us"] / 1e3) for x in res["lab"]["rows"]
+                   if x["strategy"] == strategy and x["replicas"] == 1]
+            ax.plot(*zip(*pts), ":", marker="s", color=f"C{k + 2}", label=f"kaggle, Zipf trace, {strategy} (plan lab), R=1")
     ax.set_xlabel("UPMEM hosts")
     ax.set_ylabel("modeled batch latency (ms)")
     ax.set_yscale("log")
     ax.set_title(f"modeled: full models, {res['modeled']['dpus_per_host']} DPUs/host, B=2048, "
                  f"{res['modeled']['network']['bytes_per_s'] * 8 / 1e9:g} Gb/s, {res['modeled']['network']['rtt_us']:g} us RTT",
                  fontsize=8)
-    ax.legend(fontsize=6, loc="center right")
+    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
