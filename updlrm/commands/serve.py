@@ -75,6 +75,12 @@ def run(args) -> int:
     if args.ray is not None:
         from updlrm.distributed.app import RaySettings, run_ray_server
 
+        wrong = [f for f, given in (("--plan (use --host-plan)", args.plan), ("--engine-process", args.engine_process))
+                 if given]
+        if wrong:
+            print(f"updlrm serve: {', '.join(wrong)} do(es) not apply with --ray", file=sys.stderr)
+            return 2
+
         rs = RaySettings(address=args.ray, hosts=args.hosts, replicas=args.replicas, dpus_per_host=args.dpus_per_host,
                          dpu_strategy=args.strategy, host_plan=args.host_plan, device=args.device,
                          host_resource=args.host_resource)
