@@ -100,6 +100,13 @@ class HostShard:
         return r if self.hot_rows is None else np.concatenate([r, self.hot_rows.astype(np.int64)])
 
 
+def shard_name(spec: TableSpec, s: HostShard) -> str:
+    """``C3`` for a whole table, ``C3[0:5065613]+hot1000`` for a range with hot-row copies."""
+    if s.row_lo == 0 and s.row_hi == spec.rows and s.nr_hot == 0:
+        return spec.name
+    return f"{spec.name}[{s.row_lo}:{s.row_hi}]" + (f"+hot{s.nr_hot}" if s.nr_hot else "")
+
+
 @dataclass
 class HostPlan:
     """Placement of a model on ``nr_hosts`` hosts of ``dpus_per_host`` DPUs each.
@@ -126,9 +133,7 @@ class HostPlan:
         """The local table of shard ``j`` (what a shard server's engine holds)."""
         s = self.shards[j]
         spec = self.tables[s.table]
-        whole = s.row_lo == 0 and s.row_hi == spec.rows and s.nr_hot == 0
-        name = spec.name if whole else f"{spec.name}[{s.row_lo}:{s.row_hi}]" + (f"+hot{s.nr_hot}" if s.nr_hot else "")
-        return TableSpec(name, s.nr_local_rows, spec.dim)
+        return TableSpec(shard_name(spec, s), s.nr_local_rows, spec.dim)
 
     def host_tables(self, host: int) -> list[TableSpec]:
         """The tables of host ``host``'s engine: one per shard on it, in plan order."""
@@ -275,7 +280,7 @@ def make_host_plan(
             if host is None:
                 free = int(cap - h_bytes.min())
                 raise PlanDoesNotFitError(
-                    f"shard {HostPlan(tables, H, N, R, shards, []).shard_table(j).name} needs {fmt_bytes(sizes[j])} "
+                    f"shard {shard_name(tables[shards[j].table], shards[j])} needs {fmt_bytes(sizes[j])} "
                     f"on a host without a copy of it, but the emptiest host has {fmt_bytes(free)} free for tables",
                     shortfall_bytes=sizes[j] - free, table=shards[j].table)
             placed[j].append(host)
