@@ -297,8 +297,14 @@ def make_host_plan(
             ht = plan.host_tables(h)
             if not ht:
                 continue
-            plan.host_plans[h] = make_plan(ht, topo, dpu_strategy, profile=host_profile(plan, h, profile),
-                                           **dpu_options)
+            try:
+                plan.host_plans[h] = make_plan(ht, topo, dpu_strategy, profile=host_profile(plan, h, profile),
+                                               **dpu_options)
+            except PlanDoesNotFitError as exc:
+                raise PlanDoesNotFitError(f"host {h}'s {len(ht)} shard(s) on its {N:,} DPUs with {dpu_strategy}: {exc}",
+                                          exc.shortfall_bytes, exc.dpu, exc.table) from None
+            except PlanError as exc:
+                raise PlanError(f"host {h}'s DPU plan ({dpu_strategy}): {exc}") from None
     validate_host_plan(plan, tables)
     return plan
 
