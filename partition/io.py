@@ -42,14 +42,14 @@ def _jsonify(x):
     return x
 
 
-def save_plan(plan: Plan, path: Union[str, os.PathLike]) -> None:
-    """Write ``plan`` to ``path`` (JSON) and, if it has row-set groups, ``rows_path(path)`` (.npz)."""
-    path = Path(path)
+def plan_to_doc(plan: Plan, array_prefix: str = "g") -> tuple[dict, dict]:
+    """The JSON document of ``plan`` and its row-set arrays (``{array_prefix}{group}``: int array),
+    as :func:`save_plan` writes them; for files that embed plans (e.g. host plans)."""
     groups, arrays = [], {}
     for gi, g in enumerate(plan.groups):
         d = {"table": g.table, "kind": g.kind}
         if g.rows is not None:
-            key = f"g{gi}"
+            key = f"{array_prefix}{gi}"
             r = np.asarray(g.rows, dtype=np.int64)
             arrays[key] = r.astype(np.int32) if (r.size == 0 or r.max() < 2**31) else r
             d["rows"] = key
@@ -69,9 +69,16 @@ def save_plan(plan: Plan, path: Union[str, os.PathLike]) -> None:
         "groups": groups,
         "shard_fields": list(_SHARD_FIELDS),
         "shards": shards.reshape(-1, len(_SHARD_FIELDS)).tolist(),
-        "rows_file": rows_path(path).name if arrays else None,
         "meta": _jsonify(plan.meta),
     }
+    return doc, arrays
+
+
+def save_plan(plan: Plan, path: Union[str, os.PathLike]) -> None:
+    """Write ``plan`` to ``path`` (JSON) and, if it has row-set groups, ``rows_path(path)`` (.npz)."""
+    path = Path(path)
+    doc, arrays = plan_to_doc(plan)
+    doc["rows_file"] = rows_path(path).name if arrays else None
     if arrays:
         with open(rows_path(path), "wb") as f:
             np.savez(f, **arrays)
@@ -80,11 +87,11 @@ def save_plan(plan: Plan, path: Union[str, os.PathLike]) -> None:
     os.replace(tmp, path)
 
 
-def _dtype(doc: dict, path) -> str:
+def _dtype(doc: dict, where: str) -> str:
     """The plan file's dtype (files from before dtypes existed are fp32 plans)."""
     dtype = doc.get("dtype", "fp32")
     if dtype not in DTYPES:
-        raise PlanError(f"plan file {str(path)!r} has dtype {dtype!r}; known: {', '.join(DTYPES)}")
+        raise PlanError(f"{where}: dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     return dtype
 
 
@@ -110,11 +117,20 @@ def load_plan(path: Union[str, os.PathLike], validate: bool = True) -> Plan:
             raise PlanError(f"plan file {str(path)!r} needs its row sets in {str(rp)!r}, which does not exist")
         with np.load(rp) as z:
             arrays = {k: z[k] for k in z.files}
+    plan = plan_from_doc(doc, arrays, f"plan file {str(path)!r}")
+    if validate:
+        validate_plan(plan)
+    return plan
+
+
+def plan_from_doc(doc: dict, arrays: dict, where: str = "plan") -> Plan:
+    """The Plan of a :func:`plan_to_doc` document and its arrays (not validated); ``where`` names
+    the source in errors."""
     groups = []
     for gi, d in enumerate(doc["groups"]):
         if "rows" in d:
             if d["rows"] not in arrays:
-                raise PlanError(f"plan file {str(path)!r}: group {gi}'s rows {d['rows']!r} are missing from {doc['rows_file']!r}")
+                raise PlanError(f"{where}: group {gi}'s rows {d['rows']!r} are missing from its row-set file")
             groups.append(RowGroup(table=d["table"], rows=arrays[d["rows"]].astype(np.int64), kind=d["kind"]))
         else:
             groups.append(RowGroup(table=d["table"], row_lo=d["row_lo"], row_hi=d["row_hi"], kind=d["kind"]))
@@ -122,7 +138,7 @@ def load_plan(path: Union[str, os.PathLike], validate: bool = True) -> Plan:
     shards = [Shard(**dict(zip(fields, row))) for row in doc["shards"]]
     topo = dict(doc["topology"])
     topo["working_dpus_per_rank"] = tuple(topo.get("working_dpus_per_rank", ()))
-    plan = Plan(
+    return Plan(
         tables=[TableSpec(**t) for t in doc["tables"]],
         topology=Topology(**topo),
         groups=groups,
@@ -131,8 +147,5 @@ def load_plan(path: Union[str, os.PathLike], validate: bool = True) -> Plan:
         request_bytes=doc["request_bytes"],
         output_bytes=doc["output_bytes"],
         meta=doc.get("meta", {}),
-        dtype=_dtype(doc, path),
+        dtype=_dtype(doc, where),
     )
-    if validate:
-        validate_plan(plan)
-    return plan

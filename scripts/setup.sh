@@ -18,7 +18,7 @@ if [ -n "${UPDLRM_TORCH_INDEX:-}" ]; then
 fi
 "${PIP[@]}" install -q "scikit-build-core>=0.10" "pybind11>=2.12" "torch>=2.3,<2.14" \
   "numpy>=1.24" "pandas>=2.0" "matplotlib>=3.7" "tqdm>=4.60" "fastapi>=0.110" "uvicorn>=0.29" \
-  "httpx>=0.27" "msgspec>=0.18" "swagger-ui-bundle>=1.1" "pytest>=7.4" "pytest-timeout>=2.2"
+  "httpx>=0.27" "msgspec>=0.18" "swagger-ui-bundle>=1.1" "ray>=2.9" "pytest>=7.4" "pytest-timeout>=2.2"
 echo "[setup] building and installing updlrm (CMake; incremental after the first run)" >&2
 exec 9>/tmp/updlrm-dev-build.lock
 flock 9

@@ -69,6 +69,20 @@ def add_parser(subparsers) -> None:
                    help="element type the tables are stored in on the DPUs; sets row bytes, hence MRAM use and "
                         "what fits (default fp32; int8 stores 4x the rows per DPU)")
     p.add_argument("--plan-strategy", default="cache_aware", help="strategy whose plan --save-plan writes (default cache_aware)")
+    hosts = p.add_argument_group("two-level plans: hosts, then DPUs within each host (partition.hosts)")
+    hosts.add_argument("--hosts", type=int, default=None, metavar="H",
+                       help="plan for H hosts (shard servers) instead of one: per-host load, bytes returned, modeled "
+                            "latency with a network hop; --save-plan writes the host plan")
+    hosts.add_argument("--dpus-per-host", type=int, default=None, metavar="N", help="DPUs per host (default --dpus)")
+    hosts.add_argument("--replicas", type=int, default=1, metavar="R", help="copies of every shard on distinct hosts (default 1)")
+    hosts.add_argument("--hot-rows", type=int, default=0, help="hot rows copied onto every range of a split table (default 0)")
+    hosts.add_argument("--dpu-strategy", default="row_uniform", help="strategy within each host (default row_uniform)")
+    hosts.add_argument("--split-share", type=float, default=None,
+                       help="cut a table into row ranges when one copy would carry more than this share of a host's "
+                            "lookups or table MRAM (default partition.hosts.SPLIT_SHARE: 0.5)")
+    hosts.add_argument("--uniform", action="store_true", help="uniform access, no trace (for models too big to profile here)")
+    hosts.add_argument("--net-gbps", type=float, default=None, help="link bandwidth, Gb/s (default partition.hosts.NETWORK_BYTES_PER_S: 100, assumed)")
+    hosts.add_argument("--net-rtt-us", type=float, default=None, help="RPC round trip, us (default partition.hosts.NETWORK_RTT_US: 50, assumed)")
     p.add_argument("--sweep", action="store_true", help="run the grid below instead of one comparison")
     p.add_argument("--sweep-dpus", type=_ints, default=[64, 256, 1024, 2048, 2560], help="DPU counts (default 64,256,1024,2048,2560)")
     p.add_argument("--sweep-alphas", type=_floats, default=[0.6, 1.05, 1.4], help="Zipf alphas (default 0.6,1.05,1.4)")
@@ -96,6 +110,8 @@ def run(args) -> int:
     options = {k: dict(v) for k, v in LAB_OPTIONS.items()}
     for strat, name, value in args.options:
         options.setdefault(strat, {})[name] = value
+    if args.hosts is not None:
+        return _run_hosts(args, cfg, tables, est, options)
     try:
         if args.sweep:
             rows = sweep(lambda: tables, args.sweep_dpus, args.sweep_alphas, args.sweep_batch_sizes, strategies,
@@ -129,4 +145,40 @@ def run(args) -> int:
     except PlanError as exc:
         print(f"updlrm partition: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _run_hosts(args, cfg, tables, est, options) -> int:
+    """``--hosts``: one two-level plan, its per-host report, and --save-plan."""
+    from updlrm.partition import PlanError
+    from updlrm.partition.hosts import NetworkModel, format_host_report, host_lab, save_host_plan
+    from updlrm.partition.lab import zipf_workload
+
+    defaults = NetworkModel()
+    net = NetworkModel(bytes_per_s=args.net_gbps * 1e9 / 8 if args.net_gbps else defaults.bytes_per_s,
+                       rtt_us=args.net_rtt_us if args.net_rtt_us is not None else defaults.rtt_us,
+                       source=defaults.source if args.net_gbps is None and args.net_rtt_us is None else "set on the command line")
+    try:
+        wl = None
+        if not args.uniform:
+            print(f"drawing {args.profile_batches} + {args.eval_batches} batches of Zipf({args.alpha}) lookups", file=sys.stderr)
+            wl = zipf_workload(tables, args.alpha, args.pooling, args.batch_size, args.profile_batches,
+                               args.eval_batches, args.seed)
+        plan, report = host_lab(tables, args.hosts, args.dpus_per_host or args.dpus, args.replicas, wl, args.batch_size,
+                                args.dpu_strategy, args.hot_rows, args.pooling, net, est,
+                                dpu_options=options.get(args.dpu_strategy, {}),
+                                **({"split_share": args.split_share} if args.split_share else {}))
+    except PlanError as exc:
+        print(f"updlrm partition: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"plan": plan.summary(), **report}, indent=1, default=str))
+    else:
+        access = "uniform access" if wl is None else f"Zipf alpha {args.alpha}, profiled on trace A, evaluated on trace B"
+        print(f"model {cfg.name} ({len(tables)} tables, {sum(t.rows for t in tables):,} rows), batch {args.batch_size:,}, "
+              f"pooling {args.pooling}, {access}")
+        print(format_host_report(plan, report))
+    if args.save_plan:
+        save_host_plan(plan, args.save_plan)
+        print(f"saved the host plan to {args.save_plan}")
     return 0

@@ -48,6 +48,19 @@ def add_parser(subparsers) -> None:
     g.add_argument("--max-header-bytes", type=int, default=16 << 10, help="request line + headers, in bytes (431 above)")
     g.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="seconds a graceful stop waits for requests in progress before closing their connections")
+    ray = p.add_argument_group("scale-out over Ray (updlrm.distributed)")
+    ray.add_argument("--ray", metavar="ADDRESS", default=None,
+                     help="serve the model across shard servers on Ray: 'local' starts a local cluster, else a "
+                          "cluster address ('auto', 'HOST:6379'); --backend is the shard servers' backend")
+    ray.add_argument("--hosts", type=int, default=2, help="--ray: shard servers (hosts) when no --host-plan (default 2)")
+    ray.add_argument("--replicas", type=int, default=1, help="--ray: copies of every shard on distinct hosts (default 1)")
+    ray.add_argument("--dpus-per-host", type=int, default=64, help="--ray, pim: DPUs per host when no --host-plan")
+    ray.add_argument("--host-plan", default=None, help="--ray: host plan file (updlrm partition --hosts ... --save-plan)")
+    ray.add_argument("--device", default="emulator", choices=("emulator", "simulator", "hw"),
+                     help="--ray, pim: DPUs of the shard servers (hw on real UPMEM hosts)")
+    ray.add_argument("--host-resource", default=None, metavar="NAME",
+                     help="--ray: Ray custom resource each UPMEM host offers (ray start --resources '{\"upmem\": 1}'): "
+                          "one shard server per such host")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     p.add_argument("--port", type=int, default=8000, help="port (0: pick a free one; the chosen port is printed)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -86,6 +99,24 @@ def run(args) -> int:
     except ValueError as exc:
         print(f"updlrm serve: {exc}", file=sys.stderr)
         return 2
+    if args.ray is not None:
+        from updlrm.distributed.app import RaySettings, run_ray_server
+
+        wrong = [f for f, given in (("--plan (use --host-plan)", args.plan), ("--engine-process", args.engine_process))
+                 if given]
+        if wrong:
+            print(f"updlrm serve: {', '.join(wrong)} do(es) not apply with --ray", file=sys.stderr)
+            return 2
+
+        rs = RaySettings(address=args.ray, hosts=args.hosts, replicas=args.replicas, dpus_per_host=args.dpus_per_host,
+                         dpu_strategy=args.strategy, host_plan=args.host_plan, device=args.device,
+                         host_resource=args.host_resource)
+        try:
+            rs.check()
+            return run_ray_server(settings, rs, log_level=args.log_level)
+        except (ValueError, OSError) as exc:
+            print(f"updlrm serve: {exc}", file=sys.stderr)
+            return 2 if isinstance(exc, ValueError) else 1
     try:
         if args.engine_process:
             from updlrm.serving.engine_process import load_model_in_process
