@@ -30,6 +30,7 @@
 #pragma once
 
 #include <cstddef>
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -49,12 +50,14 @@ class Bytes {
     size_t size() const { return size_; }
     uint8_t *data() { return p_.get(); }
     const uint8_t *data() const { return p_.get(); }
-    void resize(size_t n) {  // keeps the first min(n, size()) bytes; new bytes are uninitialized
+    // n bytes, contents undefined (callers rewrite what they use): growing never copies, and
+    // grows by half again so that batches of slowly rising size do not reallocate each time.
+    void resize(size_t n) {
         if (n > cap_) {
-            std::unique_ptr<uint8_t[]> q(new uint8_t[n]);
-            if (size_ != 0) std::memcpy(q.get(), p_.get(), size_);
-            p_ = std::move(q);
-            cap_ = n;
+            const size_t cap = std::max(n, cap_ + cap_ / 2);
+            p_.reset();  // the old buffer goes before the new one is mapped
+            p_.reset(new uint8_t[cap]);
+            cap_ = cap;
         }
         size_ = n;
     }
