@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-OUT=benchmarks/bench_results
+OUT=benchmarks/results/bench
 mkdir -p "$OUT"
 { echo "start $(date -u +%FT%TZ) load $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)"; } > "$OUT/run_info.txt"
 $PY benchmarks/bench_timing_validation.py --json "$OUT/timing_validation.json" | tee "$OUT/timing_validation.txt"

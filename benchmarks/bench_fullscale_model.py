@@ -15,7 +15,7 @@ by ``updlrm bench`` on the emulator path; default 0 = excluded, and said so in t
 
 Run (about a minute, 2 GB of RAM for Kaggle)::
 
-    .venv/bin/python benchmarks/bench_fullscale_model.py --json benchmarks/bench_results/fullscale_kaggle.json
+    .venv/bin/python benchmarks/bench_fullscale_model.py --json benchmarks/results/bench/fullscale_kaggle.json
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ For every ok pim run next to the cpu run of the same batch size it prints: CPU e
 (measured, this machine's packer), and the speedups of the DPU side alone, of the whole embedding
 layer, and end to end (p50 latencies; the MLPs are measured in both).
 
-Run: ``.venv/bin/python benchmarks/bench_summarize.py benchmarks/bench_results/*/bench.json``
+Run: ``.venv/bin/python benchmarks/bench_summarize.py benchmarks/results/bench/*/bench.json``
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ read before and after.
 
 Run:  .venv/bin/python benchmarks/load_time.py [--strategies cache_aware row_uniform table_wise]
           [--dpus 2560] [--row-scale 1] [--dtype int32] [--repeats 1] [--with-reference]
-          [--out benchmarks/results/load_time.json]
+          [--out benchmarks/results/loading/load_time.json]
 
 --with-reference also loads the first strategy the way it was done before the native loader
 (numpy images of every DPU in host memory, then write_shards), in the same run.
@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 STEPS = ("model_s", "profile_s", "plan_s", "prepare_s", "open_s", "build_s", "write_s", "load_s")
-DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "load_time.json"
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "loading" / "load_time.json"
 
 
 def child(args) -> dict:

@@ -13,7 +13,7 @@ dealing (``table_order`` on/off) under the PIM packer's replica choice (Router o
 "base_first", the estimator's default) and under the packer's pre-d5d8e66 table-by-table order
 (Router order "table"). Latencies are modeled (cost estimator), not measured on DPUs.
 
-    .venv/bin/python benchmarks/partition_strategies.py            # writes benchmarks/partition_results.{json,md,png}
+    .venv/bin/python benchmarks/partition_strategies.py            # writes benchmarks/results/partition/partition_results.{json,md,png}
     .venv/bin/python benchmarks/partition_strategies.py --quick    # 1/100 rows, 256 DPUs (smoke run)
 """
 
@@ -71,14 +71,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="1/100 of the rows on 256 DPUs")
     ap.add_argument("--repeats", type=int, default=3, help="timing repeats (median reported)")
-    ap.add_argument("--out", default=str(HERE / "partition_results"), help="output prefix")
+    ap.add_argument("--out", default=str(HERE / "results" / "partition" / "partition_results"), help="output prefix")
     ap.add_argument("--ablation", action="store_true",
                     help="instead: the 7 Kaggle tables with >= 100k rows (no tiny hot tables), alpha 0.6 and 0.9, "
                          "weighted ranges vs rows dealt one by one, cache_aware with and without min_cached_share "
                          "and table_order -> partition_ablation.json")
     args = ap.parse_args(argv)
     if args.ablation:
-        return ablation(HERE / "partition_ablation.json")
+        return ablation(HERE / "results" / "partition" / "partition_ablation.json")
 
     scale, dpus = (0.01, 256) if args.quick else (1.0, 2048)
     cfg = {"model": "Criteo Kaggle (26 tables, dim 16)", "row_scale": scale, "nr_dpus": dpus, "alpha": 1.05,

@@ -19,7 +19,7 @@ each dtype costs on the DPU side, in one run.
 Writes ``--out``.json (everything, with the machine and its load average) and ``--out``.md (the
 tables). About 2-3 minutes on 2 cores::
 
-    .venv/bin/python benchmarks/quant_dtypes.py --out benchmarks/results/dtypes
+    .venv/bin/python benchmarks/quant_dtypes.py --out benchmarks/results/dtypes/dtypes
 """
 
 from __future__ import annotations

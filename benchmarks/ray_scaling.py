@@ -1,6 +1,6 @@
 """Scale-out benchmark: one model across H Ray shard servers (updlrm.distributed).
 
-Three parts, written to ``benchmarks/results/ray.json`` and one figure ``ray.png``:
+Three parts, written to ``benchmarks/results/ray/ray.json`` and one figure ``ray.png``:
 
 1. **Measured here**: throughput and p50/p99 batch latency of ``ShardedEngine.predict`` with
    H = 1, 2, 4 shard servers (Ray actors, cpu or pim-emulator shard backend) on a scaled Kaggle
@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
-OUT = HERE / "results"
+OUT = HERE / "results" / "ray"
 
 
 def loadavg() -> list[float]:
@@ -252,7 +252,7 @@ def main() -> int:
     p.add_argument("--skip-modeled", action="store_true")
     p.add_argument("--skip-lab", action="store_true")
     args = p.parse_args()
-    OUT.mkdir(exist_ok=True)
+    OUT.mkdir(parents=True, exist_ok=True)
     res: dict = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     previous = json.loads((OUT / "ray.json").read_text()) if (OUT / "ray.json").exists() else {}
     measured_key = "measured" if args.backend == "cpu" else f"measured_{args.backend}"

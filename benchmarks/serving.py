@@ -13,7 +13,7 @@ max-wait + 2 x mean batch service time.
     .venv/bin/python benchmarks/serving.py                       # cpu and pim, ~3 min
     .venv/bin/python benchmarks/serving.py --backend cpu --repeats 5 --duration 10
 
-Results go to ``benchmarks/serving_results/serving_<backend>.json`` with the machine description.
+Results go to ``benchmarks/results/serving/serving_<backend>.json`` with the machine description.
 """
 
 from __future__ import annotations
@@ -261,7 +261,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-wait-ms", type=float, default=2.0)
     p.add_argument("--engine-process", action="store_true", help="serve with the engine in its own process")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=str(HERE / "serving_results"))
+    p.add_argument("--out", default=str(HERE / "results" / "serving"))
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=str(HERE / "serving_results" / "serving_cpu_cost.json"))
+    p.add_argument("--out", default=str(HERE / "results" / "serving" / "serving_cpu_cost.json"))
     args = p.parse_args(argv)
     info = machine_info()
     server = Server(["--model", "kaggle", "--row-scale", str(args.row_scale), "--backend", "cpu",

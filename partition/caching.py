@@ -24,7 +24,7 @@ regular traffic balanced together.
    kept because it still measured better than one global LPT under the new packer: equal at the
    issue-4 setting (full Kaggle, Zipf 1.05, 2,048 DPUs: imbalance 1.000 both) and clearly better
    at low skew on the 7 big Kaggle tables (Zipf 0.6: 1.07 vs 1.23; Zipf 0.9 without
-   min_cached_share: 1.007 vs 1.186; benchmarks/partition_ablation.json), probably because its
+   min_cached_share: 1.007 vs 1.186; benchmarks/results/partition/partition_ablation.json), probably because its
    finer, per-table pieces leave less expected imbalance for the cache to absorb. Global LPT
    plans faster (~3 s vs ~5 s at the issue-4 setting).
 

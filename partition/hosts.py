@@ -51,7 +51,7 @@ HOST_PLAN_FORMAT_VERSION = 1
 NETWORK_BYTES_PER_S = 100e9 / 8
 #: Round trip of one RPC between the front end and a shard server, microseconds. Assumed: a
 #: same-rack TCP round trip (~10-30 us) plus serialization and scheduling of an actor call in
-#: Ray; the measured local Ray call on this machine is in benchmarks/results/ray.md.
+#: Ray; the measured local Ray call on this machine is in benchmarks/results/ray/ray.md.
 NETWORK_RTT_US = 50.0
 #: Bytes per lookup id and per bag offset in a request to a shard server (int64 in our wire format).
 WIRE_ID_BYTES = 8
