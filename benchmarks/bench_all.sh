@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Re-run every benchmark behind benchmarks/RESULTS.md (about 5 minutes on 2 cores; ~3 GB RAM).
+# Re-run the timing-model check, the scaled-table `updlrm bench` configs and the full-scale what-if
+# into benchmarks/results/bench/ (about 5 minutes on 2 cores; ~3 GB RAM).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python

@@ -1,6 +1,6 @@
 """Benchmark: streaming read of a ~1 GB Criteo-format text file with updlrm.data.CriteoReader.
 
-Target (issue 3): >= 50 MB/s sustained with bounded memory. The script
+Target: >= 50 MB/s sustained with bounded memory. The script
 
 1. generates a Criteo-shaped file under /tmp (not in the repo): label, 13 integer fields (30 %
    empty, some negative, a few large), 26 eight-character hex ids (5 % empty), and one malformed

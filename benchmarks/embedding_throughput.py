@@ -1,6 +1,6 @@
 """Embedding-lookup throughput: emulated PIM path vs torch EmbeddingBag, measured in the same run.
 
-Issue 2's speed targets, on a Kaggle-shaped batch (B=2048, 26 tables, pooling 20, dim 16 and 64):
+The speed targets, on a Kaggle-shaped batch (B=2048, 26 tables, pooling 20, dim 16 and 64):
 emulated PIM throughput >= 0.5x torch's, and pack + merge <= 0.5x torch's EmbeddingBag time.
 Prints one JSON document (machine, parameters, per-repeat and median times, ratios) and, with
 ``--out``, writes it to a file as well.

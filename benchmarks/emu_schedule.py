@@ -3,7 +3,7 @@
 Two PimEmbedding engines over the same plan and batches: one with the default schedule (tasklets
 switch round-robin at every DMA and synchronization call, prefetching a DMA's source before the
 switch) and one created with the profile ``schedule=run`` (each tasklet runs until it blocks: the
-emulator's scheduling before issue 11, and the fast path for race-free kernels). Lookups alternate
+emulator's earlier scheduling, and the fast path for race-free kernels). Lookups alternate
 between the two so that both see the same machine load; the script prints the median emulated
 kernel time of each (emulator wall time, not a DPU latency), their ratio, and the load average.
 

@@ -1,4 +1,4 @@
-"""Benchmark of issue 4's targets: every partitioning strategy side by side on a Kaggle-shaped
+"""Benchmark of the partitioner's targets: every partitioning strategy side by side on a Kaggle-shaped
 model (26 Criteo Kaggle tables, full size, dim 16), Zipf alpha 1.05, batch 2,048, pooling 20,
 2,048 DPUs. Plans are profiled on trace A and evaluated on held-out trace B (same distribution,
 disjoint samples). Targets: cache_aware imbalance <= 1.15 and estimated latency >= 2x better than

@@ -7,7 +7,7 @@ with dynamic batching (``--max-batch 64 --max-wait-ms 2``), then alternates clos
 this shared machine hits both alike. Reported per configuration: medians over repeats of QPS and
 client-side p50/p90/p99 latency, and from the server's /metrics (delta over each run) the mean
 batch size and mean batch service time, plus per-phase means by source (measured /
-emulator-wall / modeled). Checks (issue 6): dynamic QPS >= 5x batch-1 QPS; dynamic p99 <=
+emulator-wall / modeled). Checks: dynamic QPS >= 5x batch-1 QPS; dynamic p99 <=
 max-wait + 2 x mean batch service time.
 
     .venv/bin/python benchmarks/serving.py                       # cpu and pim, ~3 min

@@ -1,7 +1,7 @@
 """Serving CPU budget: CPU seconds per request of the server and of the load generator, and whether
 pinning or a cheaper load-generator event loop moves the 64-client dynamic-batching result.
 
-Why: the issue-6 p99 bound for the cpu backend (max-wait + 2 x batch service, ~20 ms here) needs,
+Why: the serving p99 target for the cpu backend (max-wait + 2 x batch service, ~20 ms here) needs,
 by Little's law with 64 closed-loop clients (mean latency = 64 / QPS), about 64 / 0.0197 s = 3,250
 req/s, and the mean is below the p99. On a machine with ``C`` cores shared by server and load
 generator the throughput cannot exceed ``C / (server CPU + load-generator CPU per request)``, so
