@@ -32,11 +32,13 @@ def test_small_is_the_earlier_setting_and_explicit_options_win():
 
 
 def test_verdict_names_the_winner_and_marks_the_dpu_time_modeled():
+    # two batches in flight: a batch costs the larger stage (here both 1 ms), not their sum
     v = demo._verdict(cpu_s=0.004, pim_host_s=0.001, pim_dpu_modeled_s=0.001, nr_dpus=2560, batch_size=1024)
-    assert v["winner"] == "pim" and v["ratio"] == pytest.approx(2.0)
-    assert "pim wins, 2.0x faster" in v["line"] and "MODELED" in v["line"] and "\n" not in v["line"]
+    assert v["winner"] == "pim" and v["ratio"] == pytest.approx(4.0) and v["pim_one_batch_s"] == pytest.approx(0.002)
+    assert "pim wins, 4.0x faster" in v["line"] and "MODELED" in v["line"] and "\n" not in v["line"]
     v = demo._verdict(cpu_s=0.001, pim_host_s=0.003, pim_dpu_modeled_s=0.001, nr_dpus=64, batch_size=8)
-    assert v["winner"] == "cpu" and v["ratio"] == pytest.approx(4.0)
+    assert v["winner"] == "cpu" and v["ratio"] == pytest.approx(3.0) and v["bound_by"] == "host"
+    assert "bound by host pack+merge" in v["line"]
     assert demo._verdict(0.001, 0.003, 0.0, 64, 8)["winner"] is None  # no modeled DPU phases: no verdict
 
 

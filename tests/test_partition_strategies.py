@@ -117,14 +117,9 @@ def test_water_fill_equals_greedy():
         assert got.sum() == count and np.array_equal(loads + got, ref)
 
 
-def route_reference(plan, indices, offsets, B, order="base_first"):
-    """Per-DPU entries with a Python loop, transcribing the packer's rule (host/python/packer.cpp).
-    Per phase (the whole batch for order="base_first", each table for "table"): every
-    single-replica lookup is counted first; then each cached lookup, in lookup order, goes to the
-    replica whose busiest column-slice DPU has the fewest entries (strictly fewer than every
-    lower-numbered replica); every column slice of the chosen replica is one entry."""
-    n = plan.topology.nr_dpus
-    loads = np.zeros(n, dtype=np.int64)
+def _plan_maps(plan):
+    """Python dicts of a plan: (group, replica) -> DPUs of its column slices (by col_lo),
+    group -> replica count, (table, row) -> the group a lookup of it goes to (cache first)."""
     slots = {}
     for s in sorted(plan.shards, key=lambda s: s.col_lo):
         slots.setdefault((s.group, s.replica), []).append(s.dpu)
@@ -137,6 +132,18 @@ def route_reference(plan, indices, offsets, B, order="base_first"):
             key = (g.table, row)
             if g.kind == "cache" or key not in where:
                 where[key] = gi
+    return slots, reps, where
+
+
+def route_reference(plan, indices, offsets, B, order="base_first"):
+    """Per-DPU entries with a Python loop, transcribing the packer's rule (host/python/packer.cpp).
+    Per phase (the whole batch for order="base_first", each table for "table"): every
+    single-replica lookup is counted first; then each cached lookup, in lookup order, goes to the
+    replica whose busiest column-slice DPU has the fewest entries (strictly fewer than every
+    lower-numbered replica); every column slice of the chosen replica is one entry."""
+    n = plan.topology.nr_dpus
+    loads = np.zeros(n, dtype=np.int64)
+    slots, reps, where = _plan_maps(plan)
     T = len(plan.tables)
     phases = [range(T)] if order == "base_first" else [[t] for t in range(T)]
     for tables in phases:
@@ -168,18 +175,7 @@ def bag_fill_reference(plan, indices, offsets, B):
     n = plan.topology.nr_dpus
     loads = np.zeros(n, dtype=np.int64)
     sums = np.zeros(n, dtype=np.int64)
-    slots = {}
-    for s in sorted(plan.shards, key=lambda s: s.col_lo):
-        slots.setdefault((s.group, s.replica), []).append(s.dpu)
-    reps = {}
-    for (g, r) in slots:
-        reps[g] = max(reps.get(g, 0), r + 1)
-    where = {}
-    for gi, g in enumerate(plan.groups):
-        for row in g.global_rows().tolist():
-            key = (g.table, row)
-            if g.kind == "cache" or key not in where:
-                where[key] = gi
+    slots, reps, where = _plan_maps(plan)
     units = {}  # cache group -> [[bag, lookups]] in bag order
     for k in range(len(plan.tables) * B):
         t = k // B

@@ -2,6 +2,7 @@
 // updlrm/pim/layout.py builds, the fill callback for updlrm_driver_write_shards_with, and two module
 // functions (image_window for tests, table_stats for max|w| and the finite check in one pass).
 #include "loader.h"
+#include "packer.h"  // run_parts
 #include "loader_py.h"
 
 #include <algorithm>
@@ -19,24 +20,6 @@
 namespace updlrm {
 
 namespace {
-
-// Runs fn(p) for p in [0, parts): part 0 here, the others on threads (inline where a thread cannot
-// be started).
-template <class F>
-void run_parts(unsigned parts, F fn) {
-    std::vector<std::thread> ts;
-    std::vector<unsigned> inline_parts;
-    for (unsigned p = 1; p < parts; p++) {
-        try {
-            ts.emplace_back(fn, p);
-        } catch (...) {
-            inline_parts.push_back(p);
-        }
-    }
-    fn(0u);
-    for (unsigned p : inline_parts) fn(p);
-    for (auto &t : ts) t.join();
-}
 
 std::string shard_name(size_t i) { return "image spec: shard " + std::to_string(i); }
 
