@@ -234,7 +234,7 @@ def engine_runner(engine) -> Callable[[Any], tuple]:
 
 
 class PipelinedRunner:
-    """``run_batch`` for a pim engine with two batches in flight (issue: pipelined batches).
+    """``run_batch`` for a pim engine with two batches in flight.
 
     One thread runs ``engine.predict_many`` over a queue: while the DPUs run one batch, the host
     packs the next and runs the MLPs of the one before. ``run_batch`` (called from up to two
