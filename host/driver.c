@@ -464,29 +464,6 @@ int updlrm_driver_pull(struct updlrm_driver *drv, uint8_t *output, size_t output
     return code;
 }
 
-int updlrm_driver_launch(struct updlrm_driver *drv, const struct updlrm_launch_args *args, const uint8_t *request,
-                         size_t request_stride, uint32_t request_offset, size_t request_bytes, uint8_t *output,
-                         size_t output_stride, uint32_t output_offset, size_t output_bytes,
-                         struct updlrm_status *status, struct updlrm_launch_times *times, struct updlrm_fault *fault,
-                         char *msg, size_t msg_len)
-{
-    int code;
-    if (times == NULL || fault == NULL)
-        return fail(UPDLRM_DRV_ERR_ARG, msg, msg_len, "updlrm_driver_launch: NULL argument");
-    memset(times, 0, sizeof(*times));
-    memset(fault, 0, sizeof(*fault));
-    fault->dpu = -1;
-    fault->tasklet = -1;
-    code = updlrm_driver_push(drv, args, request, request_stride, request_offset, request_bytes, times, msg, msg_len);
-    if (code == UPDLRM_DRV_OK)
-        code = updlrm_driver_launch_async(drv, fault, msg, msg_len);
-    if (code == UPDLRM_DRV_OK)
-        code = updlrm_driver_wait(drv, status, times, fault, msg, msg_len);
-    if (code == UPDLRM_DRV_OK)
-        code = updlrm_driver_pull(drv, output, output_stride, output_offset, output_bytes, times, msg, msg_len);
-    return code;
-}
-
 void updlrm_driver_close(struct updlrm_driver *drv)
 {
     if (drv == NULL)

@@ -99,13 +99,6 @@ int updlrm_driver_wait(struct updlrm_driver *drv, struct updlrm_status *status, 
 int updlrm_driver_pull(struct updlrm_driver *drv, uint8_t *output, size_t output_stride, uint32_t output_offset,
                        size_t output_bytes, struct updlrm_launch_times *times, char *msg, size_t msg_len);
 
-/* push + launch_async + wait + pull, with *times and *fault reset first. */
-int updlrm_driver_launch(struct updlrm_driver *drv, const struct updlrm_launch_args *args, const uint8_t *request,
-                         size_t request_stride, uint32_t request_offset, size_t request_bytes, uint8_t *output,
-                         size_t output_stride, uint32_t output_offset, size_t output_bytes,
-                         struct updlrm_status *status, struct updlrm_launch_times *times, struct updlrm_fault *fault,
-                         char *msg, size_t msg_len);
-
 /* Frees the DPUs. Safe on NULL. */
 void updlrm_driver_close(struct updlrm_driver *drv);
 

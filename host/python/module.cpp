@@ -6,8 +6,8 @@
 //   start(batch)                                push + asynchronous launch (returns while DPUs run)
 //   finish(batch) -> dict                       wait, status, pull (+ any further launches)
 //   merge(batch, out)                           host: fused scatter-add + dequantize into [B, W]
-// so that a caller can pack batch n+1 and merge batch n-1 while the DPUs run batch n; lookup()
-// does the four in a row. The GIL is released in each. Errors of a batch come back as a dict
+// so that a caller can pack batch n+1 and merge batch n-1 while the DPUs run batch n
+// (updlrm/pim/embedding.py runs the four in a row for one batch, interleaved for a stream). The GIL is released in each. Errors of a batch come back as a dict
 // {"kind", "message", "dpu", "tasklet", "reason", ...} so that Python raises the right exception
 // (kind "input" for bad ids/offsets, "plan" for capacities, "fault"/"kernel" from the DPUs);
 // argument errors raise ValueError. HostPacker is the packer and merger alone (no DPUs), for
@@ -490,19 +490,6 @@ class Runtime {
         return merge_batch(st, out);
     }
 
-    py::dict lookup(py::array_t<int64_t, py::array::c_style | py::array::forcecast> indices,
-                    py::array_t<int64_t, py::array::c_style | py::array::forcecast> offsets, uint32_t batch_size,
-                    py::array_t<float, py::array::c_style> out) {
-        check_open();
-        std::shared_ptr<BatchState> st = pack(indices, offsets, batch_size);
-        start(st);
-        py::dict r = finish(st);
-        if (!r.contains("error")) r["merge_s"] = merge(st, out);
-        else r["merge_s"] = 0.0;
-        give_back(st);
-        return r;
-    }
-
     // Returns a finished batch's buffers for reuse by later batches.
     void give_back(const std::shared_ptr<BatchState> &st) {
         std::lock_guard<std::mutex> lock(pool_mu_);
@@ -734,7 +721,5 @@ PYBIND11_MODULE(UPDLRM_MODULE_NAME, m) {
         .def("finish", &Runtime::finish, py::arg("batch"))
         .def("merge", &Runtime::merge, py::arg("batch"), py::arg("out"))
         .def("give_back", &Runtime::give_back, py::arg("batch"))
-        .def("lookup", &Runtime::lookup, py::arg("indices"), py::arg("offsets"), py::arg("batch_size"),
-             py::arg("out"))
         .def("close", &Runtime::close);
 }

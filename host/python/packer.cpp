@@ -284,10 +284,10 @@ void Packer::count_cache_units(BatchPlan::Part &p) const {
     }
 }
 
-void Packer::pass_b(BatchPlan &bp, BatchPlan::Part &p, const int64_t *offsets, uint8_t *req, size_t stride) const {
+void Packer::pass_b(BatchPlan &bp, BatchPlan::Part &p, uint8_t *req, size_t stride) const {
     const PlanIndex &ix = *ix_;
     const PlanSpec &s = ix.spec();
-    const uint32_t T = ix.nr_tables(), B = bp.batch_size, D = ix.nr_dpus();
+    const uint32_t T = ix.nr_tables(), D = ix.nr_dpus();
     const BatchPlan::DpuCount *tot = bp.tot.data();
     BatchPlan::DpuCount *dc = p.dc.data();
     p.stage.resize(D);
@@ -505,7 +505,7 @@ void Packer::pack(const int64_t *indices, uint64_t nr_indices, const int64_t *of
         if (bp.full.size() < stride * D) bp.full.resize(stride * D);
         req = bp.full.data();
     }
-    run_parts(P, [&](unsigned pi) { pass_b(bp, bp.parts[pi], offsets, req, stride); });
+    run_parts(P, [&](unsigned pi) { pass_b(bp, bp.parts[pi], req, stride); });
     bp.pass_b_s = now_s() - t2;
     if (one_launch) {
         finish_args(bp, bp.launches[0], bp.tot.data());
@@ -661,10 +661,6 @@ void Packer::merge(const BatchPlan &bp, float *result) const {
         std::vector<int64_t> iacc(ix.max_dim());
         std::vector<float> facc(ix.max_dim());
         const BatchPlan::UnitRec *recs = p.recs.data();
-        const uint32_t nrec = static_cast<uint32_t>(p.recs.size());
-        uint32_t ahead = 0;  // partial sums are scattered over the DPUs' outputs: fetch a few ahead
-        (void)nrec;
-        (void)ahead;
         for (uint32_t b = p.b0; b < p.b1; b++) {  // result rows in order
             for (uint32_t t = 0; t < T; t++) {
                 const size_t rp = size_t(b - p.b0) * T + t;

@@ -192,7 +192,7 @@ class Packer {
     void pass_a(BatchPlan &bp, BatchPlan::Part &p, const int64_t *indices, const int64_t *offsets) const;
     void choose_replicas(BatchPlan &bp) const;
     void count_cache_units(BatchPlan::Part &p) const;
-    void pass_b(BatchPlan &bp, BatchPlan::Part &p, const int64_t *offsets, uint8_t *req, size_t stride) const;
+    void pass_b(BatchPlan &bp, BatchPlan::Part &p, uint8_t *req, size_t stride) const;
     void finish_args(BatchPlan &bp, Launch &L, const BatchPlan::DpuCount *dc) const;
     std::string cut_launches(BatchPlan &bp) const;
 

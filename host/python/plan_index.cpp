@@ -71,9 +71,7 @@ void PlanIndex::check() const {
         if (s_.shard_row_bytes[i] % 8 != 0 || s_.shard_row_bytes[i] == 0)
             bad("shard " + std::to_string(i) + " row bytes are not a positive multiple of 8");
     }
-    for (const auto *v : {&s_.group_kind})
-        if (v->size() != G) bad("per-group arrays differ in length");
-    if (s_.group_lo.size() != G || s_.group_hi.size() != G || s_.group_rows_ptr.size() != G + 1)
+    if (s_.group_kind.size() != G || s_.group_lo.size() != G || s_.group_hi.size() != G || s_.group_rows_ptr.size() != G + 1)
         bad("per-group arrays differ in length");
     if (s_.group_rows_ptr.back() != s_.group_rows.size()) bad("group_rows_ptr does not end at len(group_rows)");
     for (size_t g = 0; g < G; g++) {
