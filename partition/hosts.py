@@ -37,7 +37,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from .errors import PlanDoesNotFitError, PlanError, fmt_bytes
-from .io import _jsonify, plan_from_doc, plan_to_doc, rows_path
+from .io import _jsonify, plan_from_doc, plan_to_doc, read_plan_file, rows_path
 from .packing import even_bounds
 from .planner import DEFAULT_OUTPUT_BYTES, DEFAULT_REQUEST_BYTES, make_plan
 from .types import ELEM_BYTES, Plan, TableSpec, Topology, row_bytes
@@ -449,24 +449,7 @@ def is_host_plan_file(path: Union[str, os.PathLike]) -> bool:
 def load_host_plan(path: Union[str, os.PathLike], validate: bool = True) -> HostPlan:
     """Read a file written by :func:`save_host_plan`; validates both levels unless told not to."""
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PlanError(f"host plan file {str(path)!r} does not exist") from None
-    except json.JSONDecodeError as exc:
-        raise PlanError(f"host plan file {str(path)!r} is not JSON: {exc}") from None
-    if not isinstance(doc, dict) or doc.get("format") != HOST_PLAN_FORMAT:
-        raise PlanError(f"{str(path)!r} is not an updlrm host plan file (no 'format': {HOST_PLAN_FORMAT!r})")
-    if doc.get("version") != HOST_PLAN_FORMAT_VERSION:
-        raise PlanError(f"host plan file {str(path)!r} has format version {doc.get('version')!r}; "
-                        f"this updlrm reads version {HOST_PLAN_FORMAT_VERSION}")
-    arrays = {}
-    if doc.get("rows_file"):
-        rp = path.with_name(doc["rows_file"])
-        if not rp.exists():
-            raise PlanError(f"host plan file {str(path)!r} needs {str(rp)!r}, which does not exist")
-        with np.load(rp) as z:
-            arrays = {k: z[k] for k in z.files}
+    doc, arrays = read_plan_file(path, "host plan file", HOST_PLAN_FORMAT, HOST_PLAN_FORMAT_VERSION)
     where = f"host plan file {str(path)!r}"
     try:
         shards = []

@@ -95,28 +95,34 @@ def _dtype(doc: dict, where: str) -> str:
     return dtype
 
 
-def load_plan(path: Union[str, os.PathLike], validate: bool = True) -> Plan:
-    """Read a plan written by :func:`save_plan`; validates it unless ``validate=False``."""
-    path = Path(path)
+def read_plan_file(path: Path, label: str, fmt: str, version: int) -> tuple[dict, dict]:
+    """The JSON document of a plan file of format ``fmt`` / ``version`` and the row-set arrays of
+    its ``rows_file`` (``{}`` when it has none); PlanError naming ``label`` and the path when the
+    file is missing, not JSON, of another format or version, or its rows file is gone."""
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
-        raise PlanError(f"plan file {str(path)!r} does not exist") from None
+        raise PlanError(f"{label} {str(path)!r} does not exist") from None
     except json.JSONDecodeError as exc:
-        raise PlanError(f"plan file {str(path)!r} is not JSON: {exc}") from None
-    if not isinstance(doc, dict) or doc.get("format") != PLAN_FORMAT:
-        raise PlanError(f"{str(path)!r} is not an updlrm plan file (no 'format': {PLAN_FORMAT!r})")
-    if doc.get("version") != PLAN_FORMAT_VERSION:
-        raise PlanError(
-            f"plan file {str(path)!r} has format version {doc.get('version')!r}; this updlrm reads version {PLAN_FORMAT_VERSION}"
-        )
+        raise PlanError(f"{label} {str(path)!r} is not JSON: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("format") != fmt:
+        raise PlanError(f"{str(path)!r} is not an updlrm {label} (no 'format': {fmt!r})")
+    if doc.get("version") != version:
+        raise PlanError(f"{label} {str(path)!r} has format version {doc.get('version')!r}; this updlrm reads version {version}")
     arrays = {}
     if doc.get("rows_file"):
         rp = path.with_name(doc["rows_file"])
         if not rp.exists():
-            raise PlanError(f"plan file {str(path)!r} needs its row sets in {str(rp)!r}, which does not exist")
+            raise PlanError(f"{label} {str(path)!r} needs its row sets in {str(rp)!r}, which does not exist")
         with np.load(rp) as z:
             arrays = {k: z[k] for k in z.files}
+    return doc, arrays
+
+
+def load_plan(path: Union[str, os.PathLike], validate: bool = True) -> Plan:
+    """Read a plan written by :func:`save_plan`; validates it unless ``validate=False``."""
+    path = Path(path)
+    doc, arrays = read_plan_file(path, "plan file", PLAN_FORMAT, PLAN_FORMAT_VERSION)
     plan = plan_from_doc(doc, arrays, f"plan file {str(path)!r}")
     if validate:
         validate_plan(plan)
