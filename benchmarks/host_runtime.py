@@ -42,9 +42,8 @@ ALL = ["table_wise", "row_uniform", "column_wise", "tile_uniform", "popularity_b
 
 def _spec(plan, dtype: str, weights_max: np.ndarray, max_bag: int = 4096) -> dict:
     lay = plan_layout(plan)
-    if dtype == "int32":
-        scales = (float((2**31 - 1) // max_bag) / np.maximum(weights_max, 1e-30))
-        col_scale = np.repeat(scales, lay.dims)
+    if dtype == "int32":  # the PIM backend's per-table fixed-point scales
+        col_scale = np.repeat(fixed_point_scales(None, max_bag, max_abs=weights_max), lay.dims)
     else:
         col_scale = np.zeros(0)
     return lay.native_spec(dtype, col_scale), lay.width
