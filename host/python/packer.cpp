@@ -648,6 +648,22 @@ void Packer::gather_launch(BatchPlan &bp, size_t l, const uint8_t *launch_output
     }
 }
 
+// Sum of one bag's partial sums recs[r0, r1) (Q: their element type) into acc[0, dim) of the
+// accumulator type A, each column slice at its place in the table's row; returns acc.
+template <class Q, class A>
+const A *sum_units(const PlanIndex &ix, const BatchPlan::UnitRec *recs, uint32_t r0, uint32_t r1, const uint8_t *out,
+                   size_t ostride, uint32_t col_t, uint32_t dim, A *acc) {
+    std::fill(acc, acc + dim, A(0));
+    for (uint32_t r = r0; r < r1; r++) {
+        const BatchPlan::UnitRec &u = recs[r];
+        const ShardInfo &sh = ix.shard(u.shard);
+        const Q *q = reinterpret_cast<const Q *>(out + size_t(u.dpu) * ostride + u.out_offset);
+        A *a = acc + (sh.col - col_t);
+        for (uint32_t c = 0; c < sh.ncols; c++) a[c] += q[c];
+    }
+    return acc;
+}
+
 void Packer::merge(const BatchPlan &bp, float *result) const {
     const PlanIndex &ix = *ix_;
     const PlanSpec &s = ix.spec();
@@ -676,7 +692,7 @@ void Packer::merge(const BatchPlan &bp, float *result) const {
                     std::memset(dst, 0, sizeof(float) * dim);
                     continue;
                 }
-                const bool whole = r1 - r0 == 1 && s.shard_ncols[recs[r0].shard] == dim;
+                const bool whole = r1 - r0 == 1 && ix.shard(recs[r0].shard).ncols == dim;
                 if (is_int) {
                     const double *sc = scale + col_t;
                     if (whole) {
@@ -684,29 +700,15 @@ void Packer::merge(const BatchPlan &bp, float *result) const {
                         for (uint32_t c = 0; c < dim; c++) dst[c] = static_cast<float>(static_cast<double>(q[c]) / sc[c]);
                         continue;
                     }
-                    int64_t *acc = iacc.data();
-                    std::memset(acc, 0, sizeof(int64_t) * dim);
-                    for (uint32_t r = r0; r < r1; r++) {
-                        const BatchPlan::UnitRec &u = recs[r];
-                        const int32_t *q = reinterpret_cast<const int32_t *>(out + size_t(u.dpu) * ostride + u.out_offset);
-                        int64_t *a = acc + (s.shard_col[u.shard] - col_t);
-                        for (uint32_t c = 0, n = s.shard_ncols[u.shard]; c < n; c++) a[c] += q[c];
-                    }
+                    const int64_t *acc = sum_units<int32_t>(ix, recs, r0, r1, out, ostride, col_t, dim, iacc.data());
                     for (uint32_t c = 0; c < dim; c++) dst[c] = static_cast<float>(static_cast<double>(acc[c]) / sc[c]);
                 } else {
                     if (whole) {
                         std::memcpy(dst, out + size_t(recs[r0].dpu) * ostride + recs[r0].out_offset, sizeof(float) * dim);
                         continue;
                     }
-                    float *acc = facc.data();
-                    std::memset(acc, 0, sizeof(float) * dim);
-                    for (uint32_t r = r0; r < r1; r++) {
-                        const BatchPlan::UnitRec &u = recs[r];
-                        const float *q = reinterpret_cast<const float *>(out + size_t(u.dpu) * ostride + u.out_offset);
-                        float *a = acc + (s.shard_col[u.shard] - col_t);
-                        for (uint32_t c = 0, n = s.shard_ncols[u.shard]; c < n; c++) a[c] += q[c];
-                    }
-                    std::memcpy(dst, acc, sizeof(float) * dim);
+                    std::memcpy(dst, sum_units<float>(ix, recs, r0, r1, out, ostride, col_t, dim, facc.data()),
+                                sizeof(float) * dim);
                 }
             }
         }
